@@ -1,0 +1,13 @@
+"""jaxlm: the LLM360 family of models and methods in JAX/Flax."""
+
+__version__ = "0.1.0"
+
+from jaxlm.config import DecoderConfig, preset, preset_names  # noqa: E402
+from jaxlm.errors import CheckpointError, ConfigError, JaxlmError, MeshError  # noqa: E402
+
+
+def __getattr__(name):  # lazy: importing jaxlm should not import flax models eagerly
+    if name in ("DecoderLM", "KVCache"):
+        from jaxlm.models import decoder
+        return getattr(decoder, name)
+    raise AttributeError(name)

