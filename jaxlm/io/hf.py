@@ -230,8 +230,9 @@ def load_pretrained(path: str | os.PathLike, *, family: str | None = None, share
         model, cfg, _ = load_gguf(p, dtype=dtype, param_dtype=param_dtype)
         return model, cfg
     if not p.exists():
-        raise CheckpointError(f"checkpoint directory not found: {p}")
-    hf_cfg = read_hf_config(p)
+        raise CheckpointError(f"checkpoint not found: {p}")
+    # a single .safetensors file may be given; its config.json is the one beside it
+    hf_cfg = read_hf_config(p.parent if p.is_file() else p)
     store = TensorStore.open(p)
     if family is None:
         family = detect_family(hf_cfg, str(p / "config.json"))
