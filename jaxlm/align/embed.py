@@ -1,0 +1,77 @@
+"""Embedding-based retrieval of in-context examples.
+
+`JaxlmEmbedder` embeds texts with a jaxlm DecoderLM: the mean over real tokens of the final hidden states
+(`model(ids, return_hidden=True)[3]`). `Retriever` returns the k examples whose queries are most similar (cosine)
+to a query; ties go to the earlier example, so retrieval is deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from jaxlm.align.state import Example
+
+
+class JaxlmEmbedder:
+    """texts -> [N, D] float32. `encode` maps a string to token ids (e.g. a tokenizer's .encode)."""
+
+    def __init__(self, model, encode: Callable[[str], list[int]], *, max_len: int = 256, batch_size: int = 8):
+        import jax
+        from flax import nnx
+
+        self.encode, self.max_len, self.batch_size = encode, max_len, batch_size
+        self._gdef, self._state = nnx.split(model)
+        self._cache: dict[str, np.ndarray] = {}
+
+        def pooled(state, ids, mask):
+            m = nnx.merge(self._gdef, state)
+            _, _, _, h = m(ids, return_hidden=True)
+            w = mask[..., None].astype(h.dtype)
+            return (h * w).sum(1) / jax.numpy.maximum(w.sum(1), 1.0)
+
+        self._fn = jax.jit(pooled)
+
+    def _bucket(self, n: int) -> int:
+        b = 16
+        while b < n:
+            b *= 2
+        return min(b, self.max_len)
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        for i in range(0, len(todo), self.batch_size):
+            chunk = todo[i:i + self.batch_size]
+            ids = [list(self.encode(t))[: self.max_len] or [0] for t in chunk]
+            T = self._bucket(max(len(x) for x in ids))
+            arr = np.zeros((self.batch_size, T), np.int32)  # fixed batch: one compile per length bucket
+            mask = np.zeros((self.batch_size, T), np.float32)
+            for r, x in enumerate(ids):
+                arr[r, : len(x)] = x
+                mask[r, : len(x)] = 1.0
+            out = np.asarray(self._fn(self._state, arr, mask), np.float32)
+            for r, t in enumerate(chunk):
+                self._cache[t] = out[r]
+        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
+
+
+class Retriever:
+    """Top-k examples by cosine similarity between the query and the examples' queries."""
+
+    def __init__(self, examples: Sequence[Example], embed: Callable[[Sequence[str]], np.ndarray], k: int = 2):
+        self.examples, self.embed, self.k = tuple(examples), embed, k
+        e = np.asarray(embed([x.query for x in self.examples]), np.float64) if self.examples else np.zeros((0, 1))
+        self._keys = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+
+    def scores(self, query: str) -> np.ndarray:
+        q = np.asarray(self.embed([query]), np.float64)[0]
+        q = q / max(np.linalg.norm(q), 1e-12)
+        return self._keys @ q
+
+    def __call__(self, query: str) -> tuple[Example, ...]:
+        if self.k <= 0 or not self.examples:
+            return ()
+        s = self.scores(query)
+        order = sorted(range(len(s)), key=lambda i: (-round(float(s[i]), 9), i))
+        return tuple(self.examples[i] for i in order[: self.k])
