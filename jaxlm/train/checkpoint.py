@@ -1,0 +1,161 @@
+"""Orbax checkpoints of a training run: async saves, LLM360-style retention, exact resume, mesh-free restore.
+
+Each checkpoint step holds four items:
+  params  the float32 master weights (a pure nested dict, restorable alone, e.g. for HF export)
+  train   optimizer state, step and RNG key
+  data    the data iterator's JSON state (exact resume of the token stream)
+  meta    JSON: the run config and a compatibility record checked on resume
+
+Retention keeps the latest `keep_latest` checkpoints plus `keep_release` evenly spaced "release" checkpoints
+over the whole run (LLM360 publishes 360 evenly spaced checkpoints of Amber).
+Restoring takes abstract arrays carrying the *current* mesh's shardings, so a run saved on one mesh resumes on
+any other.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+from jaxlm.errors import CheckpointError, ConfigError
+
+ITEMS = ("params", "train", "data", "meta")
+
+
+def release_steps(total_steps: int, count: int) -> list[int]:
+    """`count` evenly spaced steps ending at `total_steps` (e.g. 4 over 100 -> [25, 50, 75, 100])."""
+    if count <= 0 or total_steps <= 0:
+        return []
+    return sorted({max(1, round(total_steps * (i + 1) / count)) for i in range(count)})
+
+
+def retained_steps(saved: list[int], keep_latest: int, release: list[int]) -> list[int]:
+    """Which of the `saved` steps the policy keeps (the pure rule; the manager applies the same one)."""
+    saved = sorted(saved)
+    keep = set(saved[-keep_latest:]) if keep_latest > 0 else set()
+    keep |= set(saved) & set(release)
+    return sorted(keep)
+
+
+class Checkpointer:
+    def __init__(self, directory, *, save_every: int, keep_latest: int = 2, release: list[int] = (),
+                 total_steps: int | None = None, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        self.save_every = int(save_every)
+        self.keep_latest = int(keep_latest)
+        self.release = sorted(set(release))
+        self.total_steps = total_steps
+        policies = [cm.LatestN(n=max(self.keep_latest, 1))]
+        if self.release:
+            policies.append(cm.CustomSteps(steps=self.release))
+        opts = ocp.CheckpointManagerOptions(
+            preservation_policy=cm.AnyPreservationPolicy(policies), enable_async_checkpointing=async_save,
+            create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=opts, item_names=ITEMS)
+
+    # -- saving
+    def should_save(self, step: int) -> bool:
+        return (self.save_every > 0 and step % self.save_every == 0) or step in self.release or \
+            (self.total_steps is not None and step == self.total_steps)
+
+    def save(self, step: int, state, data_state: dict, meta: dict) -> None:
+        """Save the TrainState `state` (after `step` updates) and the data iterator state that follows it."""
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            train=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step, "rng": state.rng}),
+            data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave(meta),
+        )
+        self.manager.save(step, args=args, force=True)
+
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    # -- reading
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def read_meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore(self, step: int, abstract_state):
+        """(TrainState, data_state, meta) restored onto the shardings carried by `abstract_state`."""
+        if step not in self.steps():
+            raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; have {self.steps()}")
+        a = abstract_state
+        args = ocp.args.Composite(
+            params=ocp.args.StandardRestore(a.params),
+            train=ocp.args.StandardRestore({"opt_state": a.opt_state, "step": a.step, "rng": a.rng}),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(),
+        )
+        try:
+            out = self.manager.restore(step, args=args)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"checkpoint step {step} in {self.directory} does not match this run's "
+                                  f"state layout: {e}") from e
+        tr = out["train"]
+        state = type(a)(params=out["params"], opt_state=tr["opt_state"], step=tr["step"], rng=tr["rng"])
+        return state, out["data"], out["meta"]
+
+    def restore_params(self, step: int, abstract_params):
+        out = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+        return out["params"]
+
+
+def check_compatible(saved: dict, current: dict, where: str) -> None:
+    """Raise ConfigError naming every key whose value differs between a checkpoint and this run."""
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<missing>"), current.get(key, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                if a.get(k, "<missing>") != b.get(k, "<missing>"):
+                    diffs.append(f"{key}.{k}: checkpoint has {a.get(k, '<missing>')!r}, this run has "
+                                 f"{b.get(k, '<missing>')!r}")
+        elif a != b:
+            diffs.append(f"{key}: checkpoint has {a!r}, this run has {b!r}")
+    if diffs:
+        raise ConfigError(f"cannot resume from {where}: the run config is incompatible with the checkpoint:\n  "
+                          + "\n  ".join(diffs) + "\n(start a new run with another --out, or restore the settings)")
+
+
+def export_hf(run_dir, out_dir, step: int | None = None, tokenizer=None) -> Path:
+    """Write any checkpoint of a run as a Hugging Face model directory (config.json + safetensors)."""
+    from jaxlm.config import DecoderConfig
+    from jaxlm.io import save_pretrained
+    from jaxlm.train.state import abstract_params
+
+    run_dir = Path(run_dir)
+    ckdir = run_dir / "checkpoints" if (run_dir / "checkpoints").exists() else run_dir
+    ck = Checkpointer(ckdir, save_every=0)
+    try:
+        steps = ck.steps()
+        if not steps:
+            raise CheckpointError(f"no checkpoints under {ckdir}")
+        step = steps[-1] if step is None else int(step)
+        if step not in steps:
+            raise CheckpointError(f"no checkpoint for step {step} under {ckdir}; have {steps}")
+        meta = ck.read_meta(step)
+        cfg = DecoderConfig(**meta["compat"]["model"])
+        mdef, abstract = abstract_params(cfg)
+        params = ck.restore_params(step, abstract)
+    finally:
+        ck.close()
+    model = mdef.merge(params)
+    out = save_pretrained(model, out_dir)
+    if tokenizer is not None and hasattr(tokenizer, "save"):
+        tokenizer.save(out)
+    (Path(out) / "jaxlm_checkpoint.json").write_text(json.dumps({"run": str(run_dir), "step": step}))
+    return Path(out)

@@ -1,0 +1,75 @@
+"""Process setup: simulated CPU devices for a local run, `jax.distributed.initialize()` on clusters.
+
+`prepare_devices(mesh_spec)` must run BEFORE jax is imported (recipes call it first thing): on a CPU-only
+machine it sets `XLA_FLAGS=--xla_force_host_platform_device_count=N` with N = the number of devices the mesh
+needs. It only touches the host (CPU) platform, so it is harmless on GPU/TPU machines.
+`initialize()` (after importing jax) joins a multi-process job when the environment describes one: SLURM,
+Open MPI, a TPU pod slice, or explicit JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+DEFAULT_CPU_DEVICES = 8
+
+
+def mesh_device_count(mesh_spec: str, default: int = DEFAULT_CPU_DEVICES) -> int:
+    """Devices a '--mesh' string needs (a -1 entry fills up to `default`, rounded up to a multiple)."""
+    try:
+        dims = [int(p) for p in str(mesh_spec).lower().split("x")]
+    except ValueError:
+        return default  # make_mesh reports the bad string with a clear MeshError later
+    known = math.prod(d for d in dims if d > 0) or 1
+    if -1 in dims:
+        return max(known, (default + known - 1) // known * known)
+    return known
+
+
+def prepare_devices(mesh_spec: str, *, force: bool = False) -> int | None:
+    """Set the simulated CPU device count for `mesh_spec` (no-op if jax is already imported or set by the user)."""
+    if "jax" in sys.modules and not force:
+        return None
+    n = mesh_device_count(mesh_spec)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return None
+    os.environ["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count={n}").strip()
+    return n
+
+
+def cluster_env() -> str | None:
+    """Which multi-process launcher (if any) the environment shows."""
+    env = os.environ
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return "explicit"
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        return "slurm"
+    if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+        return "openmpi"
+    if env.get("TPU_WORKER_HOSTNAMES") and "," in env.get("TPU_WORKER_HOSTNAMES", ""):
+        return "tpu-pod"
+    if env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return "tpu-multislice"
+    return None
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> dict:
+    """Call jax.distributed.initialize() when running multi-process; return a small description."""
+    import jax
+
+    kind = "explicit" if coordinator else cluster_env()
+    if kind is not None:
+        kw = {}
+        coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+        if coordinator:
+            kw["coordinator_address"] = coordinator
+            kw["num_processes"] = int(num_processes or os.environ["JAX_NUM_PROCESSES"])
+            kw["process_id"] = int(process_id if process_id is not None else os.environ["JAX_PROCESS_ID"])
+        jax.distributed.initialize(**kw)  # SLURM / Open MPI / TPU pods are auto-detected without arguments
+    return {"launcher": kind or "single-process", "process_index": jax.process_index(),
+            "process_count": jax.process_count(), "devices": jax.device_count(),
+            "local_devices": jax.local_device_count(), "platform": jax.devices()[0].platform}

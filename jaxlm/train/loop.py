@@ -1,0 +1,257 @@
+"""The generic training loop: data -> jitted step -> metrics, eval, checkpoints; resume; NaN guard; summary.
+
+`train(cfg, pipeline, mesh, out_dir, ...)` is used by every recipe. The pipeline is any object with
+`next() -> {"inputs", "targets", "source_id", ...}` (numpy, this process's rows), `get_state()` and
+`set_state(state)` (JSON), e.g. `jaxlm.data.build_pipeline(...)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxlm.errors import CheckpointError, ConfigError, JaxlmError
+from jaxlm.sharding import check_mesh_for_model
+from jaxlm.train.checkpoint import Checkpointer, check_compatible, release_steps
+from jaxlm.train.config import RunConfig, to_dict
+from jaxlm.train.metrics import (MetricsLog, Progress, device_peak_flops, phase_loss_summary, plot_loss_curve,
+                                 read_jsonl)
+from jaxlm.train.optim import make_optimizer
+from jaxlm.train.state import abstract_state, init_state, param_count
+from jaxlm.train.step import flops_per_token, make_eval_step, make_train_step, to_device_batch
+
+
+class NonFiniteLossError(JaxlmError):
+    """The loss or the gradient norm became NaN/inf; training stopped and the last good checkpoint is kept."""
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    final_step: int
+    summary: dict
+    losses: dict = field(default_factory=dict)  # step -> loss for the steps run in this call
+
+
+def compat_record(cfg: RunConfig, sources: list[str], vocab_size: int, opt_structure: str) -> dict:
+    t = cfg.train
+    return {"model": to_dict(cfg.model),
+            "data": {"seq_len": t.seq_len, "global_batch": t.global_batch, "data_seed": t.data_seed,
+                     "sources": list(sources), "vocab_size": int(vocab_size)},
+            "optimizer": {"structure": opt_structure}}
+
+
+def _eval(eval_step, params, eval_batches, mesh) -> dict:
+    out = {}
+    for name, batches in eval_batches.items():
+        tot = cnt = 0.0
+        for b in batches:
+            db = to_device_batch({"inputs": b["inputs"], "targets": b["targets"]}, mesh)
+            s, c = eval_step(params, db)
+            tot += float(s)
+            cnt += float(c)
+        if cnt:
+            loss = tot / cnt
+            out[f"eval/{name}/loss"] = loss
+            out[f"eval/{name}/ppl"] = float(math.exp(min(loss, 80.0)))
+    return out
+
+
+def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_batches: dict | None = None,
+          resume: bool = False, stop_at: int | None = None, extra_meta: dict | None = None,
+          progress: bool | None = None, print_fn=print, tokenizer=None) -> RunResult:
+    """Train `cfg` on `pipeline` over `mesh`, writing everything under `out_dir`.
+
+    resume: continue from the latest checkpoint in out_dir/checkpoints (exact: params, optimizer, step, RNG and
+    data iterator). stop_at: stop after this many total steps (a run can be continued later with resume).
+    """
+    cfg = cfg.validate()
+    t = cfg.train
+    out_dir = Path(out_dir).absolute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total = cfg.total_steps
+    end = total if stop_at is None else min(int(stop_at), total)
+    bounds = cfg.phase_bounds()
+    names = [p.name for p in cfg.phases]
+    eval_batches = eval_batches or {}
+
+    micro = t.global_batch // t.grad_accum
+    check_mesh_for_model(mesh, cfg.model, t.global_batch)
+    check_mesh_for_model(mesh, cfg.model, micro)
+    for name, bs in eval_batches.items():
+        for b in bs[:1]:
+            check_mesh_for_model(mesh, cfg.model, int(np.asarray(b["inputs"]).shape[0]))
+
+    mdef, state, shardings, tx = init_state(cfg.model, lambda p: make_optimizer(cfg, p), mesh, t.seed)
+    opt_structure = str(jax.tree.structure(state.opt_state))
+    compat = compat_record(cfg, sources, cfg.model.vocab_size, opt_structure)
+    meta = {"compat": compat, "config": to_dict(cfg), **(extra_meta or {})}
+
+    ckpt = Checkpointer(out_dir / "checkpoints", save_every=t.ckpt_every, keep_latest=t.keep_latest,
+                        release=release_steps(total, t.keep_release), total_steps=total, async_save=t.async_ckpt)
+    start = 0
+    existing = ckpt.steps()
+    if resume and existing:
+        last = existing[-1]
+        saved_meta = ckpt.read_meta(last)
+        check_compatible(saved_meta.get("compat", {}), compat, f"{ckpt.directory} step {last}")
+        state, data_state, _ = ckpt.restore(last, abstract_state(shardings, state))
+        pipeline.set_state(data_state)
+        start = int(state.step)
+        if start != last:
+            raise CheckpointError(f"checkpoint {ckpt.directory}/{last} holds step {start}")
+        print_fn(f"resumed from {ckpt.directory}/{last} (step {start} of {total})")
+    elif existing and not resume:
+        ckpt.close()
+        raise ConfigError(f"{out_dir} already holds checkpoints {existing}; pass --resume to continue that run "
+                          f"or choose another --out")
+    elif resume:
+        print_fn(f"--resume: no checkpoint in {ckpt.directory}; starting from step 0")
+
+    train_step = make_train_step(mdef, tx, cfg, len(sources), mesh, shardings)
+    eval_step = make_eval_step(mdef, mesh, shardings.params)
+    log = MetricsLog(out_dir / "metrics.jsonl", resume_step=start if start > 0 else None)
+    (out_dir / "config.json").write_text(json.dumps(meta["config"], indent=2))
+
+    n_params = param_count(state.params)
+    fpt = flops_per_token(cfg.model, t.seq_len)
+    peak, peak_src = device_peak_flops(t.peak_tflops)
+    peak_total = peak * jax.device_count()
+    tokens_per_step = t.global_batch * t.seq_len
+    bar = Progress(end, start=start, log_every=t.log_every, enabled=progress)
+    print_fn(f"{cfg.name}: {n_params / 1e6:.2f}M params, {total} steps in {len(cfg.phases)} phase(s), "
+             f"batch {t.global_batch}x{t.seq_len} tokens, mesh {dict(mesh.shape)}, out {out_dir}")
+
+    losses: dict[int, float] = {}
+    t_run = time.perf_counter()
+    step_times: list[float] = []
+    tokens_done = 0
+    time_done = 0.0
+    last_good = ckpt.latest_step() if start else None
+    status = "completed"
+    try:
+        for step in range(start, end):
+            phase_i = next(i for i, (a, b) in enumerate(bounds) if step < b or i == len(bounds) - 1)
+            host_batch = pipeline.next()
+            if "step" in host_batch and int(np.asarray(host_batch["step"]).reshape(-1)[0]) != step:
+                raise CheckpointError(f"data pipeline is at step {int(np.asarray(host_batch['step']).reshape(-1)[0])}"
+                                      f" but training is at step {step}")
+            t0 = time.perf_counter()
+            batch = to_device_batch(host_batch, mesh)
+            state, m = train_step(state, batch)
+            m = jax.device_get(m)
+            dt = time.perf_counter() - t0
+            if step > start:  # the first step includes compilation
+                step_times.append(dt)
+                tokens_done += tokens_per_step
+                time_done += dt
+            loss = float(m["loss"])
+            if not bool(m["finite"]):
+                ckpt.wait()
+                raise _nonfinite(step, phase_i, names, loss, float(m["grad_norm"]), host_batch, sources,
+                                 out_dir, ckpt)
+            losses[step] = loss
+            recent = step_times[-20:]
+            sec = sum(recent) / len(recent) if recent else dt
+            tok_s = tokens_per_step / sec
+            mfu = tok_s * fpt / peak_total if peak_total > 0 else float("nan")
+            rec = {"kind": "train", "step": step, "phase": names[phase_i], "loss": loss,
+                   "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]), "tokens_per_s": tok_s, "mfu": mfu,
+                   "time": time.perf_counter() - t_run}
+            for i, s in enumerate(sources):
+                if m["source_tokens"][i] > 0:
+                    rec[f"loss/{s}"] = float(m["source_loss"][i])
+            log.write(rec)
+            bar.update(step, names[phase_i], loss, tok_s, mfu, sec * (end - step - 1))
+            done = step + 1
+            is_phase_end = any(done == b for _, b in bounds)
+            if eval_batches and (is_phase_end or done == end or (t.eval_every and done % t.eval_every == 0)):
+                ev = _eval(eval_step, state.params, eval_batches, mesh)
+                log.write({"kind": "eval", "step": done, "phase": names[phase_i], **ev})
+                if is_phase_end or done == end:
+                    bar.message(f"  eval after step {done} ({names[phase_i]}): " + ", ".join(
+                        f"{k.split('/')[1]} ppl {v:.2f}" for k, v in ev.items() if k.endswith("/ppl")))
+            if ckpt.should_save(done) or done == end:
+                ckpt.save(done, state, pipeline.get_state(), meta)
+                last_good = done
+    except KeyboardInterrupt:
+        status = "interrupted"
+        bar.message("interrupted: waiting for checkpoints to finish")
+    finally:
+        log.close()
+        ckpt.close()
+
+    records = read_jsonl(out_dir / "metrics.jsonl")
+    phases = phase_loss_summary(records, bounds, names)
+    png = plot_loss_curve(records, bounds, names, out_dir / "loss_curve.png", title=f"{cfg.name} training loss")
+    final_eval = {}
+    for r in records:
+        if r.get("kind") == "eval":
+            final_eval = {k: v for k, v in r.items() if k.startswith("eval/")}
+    wall = time.perf_counter() - t_run
+    summary = {
+        "run": cfg.name, "status": status, "steps": [start, end], "total_steps": total, "params": n_params,
+        "tokens_per_step": tokens_per_step, "wall_seconds": wall,
+        "tokens_per_s": tokens_done / time_done if time_done else None,
+        "mfu": (tokens_done / time_done) * fpt / peak_total if time_done and peak_total > 0 else None,
+        "peak_flops_per_device": peak, "peak_source": peak_src,
+        "phases": phases, "final_eval": final_eval, "checkpoints": _list_ckpts(out_dir),
+        "last_checkpoint": last_good,
+        "outputs": {"dir": str(out_dir), "metrics": str(out_dir / "metrics.jsonl"),
+                    "loss_curve": str(png) if png else None, "summary": str(out_dir / "summary.json"),
+                    "checkpoints": str(out_dir / "checkpoints"), "config": str(out_dir / "config.json")},
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    text = format_summary(summary)
+    (out_dir / "summary.txt").write_text(text + "\n")
+    print_fn(text)
+    return RunResult(out_dir, end, summary, losses)
+
+
+def _list_ckpts(out_dir: Path) -> list[int]:
+    d = out_dir / "checkpoints"
+    if not d.exists():
+        return []
+    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _nonfinite(step, phase_i, names, loss, gnorm, host_batch, sources, out_dir, ckpt) -> NonFiniteLossError:
+    bad = out_dir / f"nonfinite_batch_step{step}.npz"
+    np.savez(bad, **{k: np.asarray(v) for k, v in host_batch.items()})
+    src = np.asarray(host_batch.get("source_id", []))
+    counts = {s: int((src == i).sum()) for i, s in enumerate(sources)} if src.size else {}
+    kept = _list_ckpts(out_dir)
+    last = kept[-1] if kept else None
+    where = f"{ckpt.directory}/{last}" if last is not None else "none saved yet"
+    return NonFiniteLossError(
+        f"non-finite training loss at step {step} (phase {names[phase_i]}): loss={loss}, grad_norm={gnorm}. "
+        f"The batch (rows by source: {counts}) is saved at {bad}. Training stopped; the last good checkpoint "
+        f"is step {last} ({where}); resume from it with --resume after lowering the learning rate.")
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"== {s['run']}: {s['status']}, steps {s['steps'][0]}..{s['steps'][1]} of {s['total_steps']} "
+             f"in {s['wall_seconds']:.0f} s"]
+    if s.get("tokens_per_s"):
+        mfu = s.get("mfu")
+        lines.append(f"   throughput {s['tokens_per_s']:.0f} tokens/s"
+                     + (f", MFU {100 * mfu:.2f}% ({s['peak_source']})" if mfu is not None and mfu == mfu else ""))
+    for p in s["phases"]:
+        lines.append(f"   {p['phase']:<10} steps {p['steps'][0]:>5}-{p['steps'][1]:<5} loss "
+                     f"{p['loss_start']:.3f} -> {p['loss_end']:.3f}" + ("" if p["falling"] else "  (NOT falling)"))
+    if s["final_eval"]:
+        lines.append("   held-out perplexity: " + ", ".join(
+            f"{k.split('/')[1]} {v:.2f}" for k, v in s["final_eval"].items() if k.endswith("/ppl")))
+    o = s["outputs"]
+    lines.append(f"   metrics      {o['metrics']}")
+    if o.get("loss_curve"):
+        lines.append(f"   loss curve   {o['loss_curve']}")
+    lines.append(f"   summary      {o['summary']}")
+    lines.append(f"   checkpoints  {o['checkpoints']}  (steps {s['checkpoints']})")
+    return "\n".join(lines)
