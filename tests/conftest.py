@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import json  # noqa: E402
 import pathlib  # noqa: E402
 
 import jax  # noqa: E402
@@ -43,7 +44,16 @@ def smollm2_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("smollm2_hf")
     tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
     model = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype=torch.float32)
-    model.save_pretrained(out)
+    # a GGUF-loaded model refuses save_pretrained ("not serializable"): write its state dict + a plain config
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    conf = model.config.to_dict()
+    conf.pop("quantization_config", None)
+    (out / "config.json").write_text(json.dumps(conf, indent=2))
     tok.save_pretrained(out)
     return out
 
