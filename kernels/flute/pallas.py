@@ -105,8 +105,6 @@ def _kernel(x_ref, p_ref, s_ref, t_ref, o_ref, *, bits, group_size, groups_per_s
     o_ref[...] = acc[None] if o_ref.ndim == 3 else acc
 
 
-@functools.partial(jax.jit, static_argnames=("bits", "group_size", "block_n", "block_m", "split_k", "num_warps",
-                                             "num_stages", "interpret", "paired"))
 def flute_matmul(x, packed, scales, table, *, bits: int, group_size: int, block_n: int = 128, block_m: int = 0,
                  split_k: int = 0, num_warps: int = 4, num_stages: int = 3, interpret: bool = False,
                  paired: bool | None = None):
@@ -114,7 +112,7 @@ def flute_matmul(x, packed, scales, table, *, bits: int, group_size: int, block_
 
     block_n: the largest power of two <= block_n dividing N is used. block_m: 0 = next power of two >= M (at least
     16, at most 64). split_k: 0 = automatic (enough programs to fill a GPU at decode). paired: None = use the
-    paired 4-bit table when x is bf16/f16.
+    paired 4-bit table when x is bf16.
     """
     k, n = check_operands(x, packed, scales, table, bits, group_size)
     if n % 16:
@@ -137,18 +135,28 @@ def flute_matmul(x, packed, scales, table, *, bits: int, group_size: int, block_
             split_k *= 2
     if ng % split_k:
         raise ValueError(f"split_k={split_k} does not divide the number of groups K/group_size={ng}")
-    gps = ng // split_k
-    cdtype = x.dtype
     if paired is None:
-        paired = bits == 4 and jnp.dtype(cdtype) == jnp.dtype(jnp.bfloat16)
+        paired = bits == 4 and jnp.dtype(x.dtype) == jnp.dtype(jnp.bfloat16)
     if paired and bits != 4:
         raise ValueError(f"paired=True needs bits=4, got bits={bits}")
-    # the paired table holds bf16 bit patterns (exact for bf16 compute; bf16-rounded table values otherwise)
-    tbl = pair_table(table, jnp.bfloat16) if paired else jnp.asarray(table, jnp.float32)
+    y = _padded_call(x2, packed, scales, jnp.asarray(table, jnp.float32), bits=bits, group_size=group_size,
+                     bm=bm, bn=bn, split_k=split_k, num_warps=num_warps, num_stages=num_stages,
+                     interpret=interpret, paired=bool(paired))
+    return y[:m].reshape(*lead, n)
 
-    kernel = functools.partial(_kernel, bits=bits, group_size=group_size, groups_per_split=gps, paired=paired,
-                               cdtype=cdtype)
-    grid = (mp // bm, n // bn, split_k)
+
+@functools.partial(jax.jit, static_argnames=("bits", "group_size", "bm", "bn", "split_k", "num_warps",
+                                             "num_stages", "interpret", "paired"))
+def _padded_call(x2, packed, scales, table, *, bits, group_size, bm, bn, split_k, num_warps, num_stages,
+                 interpret, paired):
+    mp, k = x2.shape
+    n = packed.shape[1]
+    ng = k // group_size
+    cdtype = x2.dtype
+    # the paired table holds bf16 bit patterns (exact for bf16 compute; bf16-rounded table values otherwise)
+    tbl = pair_table(table, jnp.bfloat16) if paired else table
+    kernel = functools.partial(_kernel, bits=bits, group_size=group_size, groups_per_split=ng // split_k,
+                               paired=paired, cdtype=cdtype)
     kwargs = {}
     if not interpret:
         from jax.experimental.pallas import triton as pltriton
@@ -156,7 +164,7 @@ def flute_matmul(x, packed, scales, table, *, bits: int, group_size: int, block_
     out = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((split_k, mp, n), jnp.float32),
-        grid=grid,
+        grid=(mp // bm, n // bn, split_k),
         in_specs=[
             pl.BlockSpec((bm, k), lambda i, j, s: (i, 0)),
             pl.BlockSpec((packed.shape[0], bn), lambda i, j, s: (0, j)),
@@ -168,7 +176,7 @@ def flute_matmul(x, packed, scales, table, *, bits: int, group_size: int, block_
         **kwargs,
     )(x2, packed, scales, tbl)
     y = out[0] if split_k == 1 else jnp.sum(out, axis=0)
-    return y[:m].astype(x.dtype).reshape(*lead, n)
+    return y.astype(cdtype)
 
 
 def lower_for_gpu(fn, *args, device_kind: str = "NVIDIA H100 80GB HBM3", num_cores: int = 132):
