@@ -80,3 +80,18 @@ def test_mesh_errors_name_the_flag():
         check_mesh_for_model(make_mesh("4x2"), cfg)
     with pytest.raises(MeshError, match="batch size 6"):
         check_mesh_for_model(make_mesh("8x1"), preset("amber-tiny"), batch_size=6)
+
+
+def test_pure_jitted_entry_points():
+    from jaxlm.models import forward, forward_cached
+
+    cfg = preset("phi-tiny")
+    model = DecoderLM(cfg, rngs=nnx.Rngs(0))
+    gdef, state = nnx.split(model)
+    ids = jnp.asarray(np.arange(12).reshape(2, 6) % 256, jnp.int32)
+    full = forward(gdef, state, ids)
+    np.testing.assert_allclose(np.asarray(full), np.asarray(model(ids)), atol=1e-6)
+    lg, cache = forward_cached(gdef, state, ids[:, :5], KVCache.zeros(cfg, 2, 8))
+    lg2, cache = forward_cached(gdef, state, ids[:, 5:], cache)
+    np.testing.assert_allclose(np.asarray(lg2[:, 0]), np.asarray(full[:, 5]), atol=1e-5)
+    assert cache.lengths.tolist() == [6, 6]

@@ -1,2 +1,2 @@
 """Model families assembled from jaxlm.nn."""
-from jaxlm.models.decoder import Block, DecoderLM, KVCache
+from jaxlm.models.decoder import Block, DecoderLM, KVCache, forward, forward_cached

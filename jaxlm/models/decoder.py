@@ -132,3 +132,17 @@ class DecoderLM(nnx.Module):
         if return_hidden:
             return logits, new_cache, hiddens, h
         return (logits, new_cache) if cache is not None else logits
+
+
+# ----------------------------------------------------------------------------- pure entry points
+# Jitted code takes (graphdef, state, inputs): graphdef is static (hashable), state is a pytree of arrays.
+def _forward(graphdef, state, input_ids, positions=None):
+    return nnx.merge(graphdef, state)(input_ids, positions)
+
+
+def _forward_cached(graphdef, state, input_ids, cache):
+    return nnx.merge(graphdef, state)(input_ids, cache=cache)
+
+
+forward = jax.jit(_forward, static_argnums=0)
+forward_cached = jax.jit(_forward_cached, static_argnums=0, donate_argnums=3)
