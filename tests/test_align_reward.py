@@ -100,6 +100,9 @@ def test_retry_then_success_and_cache(tmp_path):
     assert again.get("q1") == AspectSelection(("clarity", "depth"), "r")
     select_aspects(judge, ["q1", "q2"], cat=CAT, cache=again, stats=stats)
     assert judge.calls == n and stats["selection_cache_hit"] == 2
+    # a selection under another aspect-count range (stage 1: 3-6) is not served from the 2-5 entry
+    select_aspects(judge, ["q1"], cat=CAT, cache=again, stats=stats, cfg=JudgeConfig(min_aspects=3, max_aspects=6))
+    assert judge.calls > n and stats["selection_cache_hit"] == 2
 
 
 def test_hopeless_judge_never_crashes():

@@ -298,8 +298,11 @@ def select_aspects(judge: LLM, queries: Sequence[str], *, cat: Catalogue, cache:
     tpl = template or load_template("aspect_selector")
     out: dict[str, AspectSelection] = {}
     todo = []
+    # selections made under another aspect-count range (stage 1 asks for 3-6) are cached apart
+    key = (lambda q: q) if (cfg.min_aspects, cfg.max_aspects) == (2, 5) else (
+        lambda q: f"[{cfg.min_aspects}-{cfg.max_aspects} aspects] {q}")
     for q in dict.fromkeys(queries):
-        hit = cache.get(q) if cache is not None else None
+        hit = cache.get(key(q)) if cache is not None else None
         if hit is not None:
             out[q] = hit
             stats["selection_cache_hit"] += 1
@@ -321,13 +324,13 @@ def select_aspects(judge: LLM, queries: Sequence[str], *, cat: Catalogue, cache:
             else:
                 out[q] = sel
                 if cache is not None:
-                    cache.put(q, sel)
+                    cache.put(key(q), sel)
         todo = left
     for q in todo:
         stats["selection_fallback"] += 1
         out[q] = AspectSelection(cat.default, "default aspects (the judge's selection could not be parsed)", True)
         if cache is not None:
-            cache.put(q, out[q])
+            cache.put(key(q), out[q])
     return [out[q] for q in queries]
 
 
