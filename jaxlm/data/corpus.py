@@ -20,7 +20,7 @@ import re
 import sysconfig
 import threading
 
-from jaxlm.data.sources import DataError, SourceSpec
+from jaxlm.data.sources import DataError, SourceSpec, cache_dir
 from jaxlm.data.tokenizer import FIM_TOKENS, HFTokenizer
 
 EOS_TOKEN = "<|endoftext|>"
@@ -32,13 +32,6 @@ _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "e
               "ensurepip", "__pycache__", "lib2to3", "turtledemo", "idlelib", "tkinter", "__phello__"}
 _RECIPE = "jaxlm-corpus-v1"
 _LOCK = threading.Lock()
-
-
-def cache_dir() -> str:
-    root = os.environ.get("JAXLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxlm")
-    d = os.path.join(root, "data")
-    os.makedirs(d, exist_ok=True)
-    return d
 
 
 def _bucket(name: str) -> int:

@@ -29,10 +29,10 @@ import grain
 import numpy as np
 
 from jaxlm.data import fim as fim_lib
-from jaxlm.data.corpus import cache_dir, embedded_corpus
+from jaxlm.data.corpus import embedded_corpus
 from jaxlm.data.mixture import Mixture, PhaseSpec
 from jaxlm.data.pack import OverlayStore, PackedStream, TokenStore
-from jaxlm.data.sources import DataError, Documents, SourceSpec, open_source
+from jaxlm.data.sources import DataError, Documents, SourceSpec, cache_dir, open_source
 from jaxlm.data.tokenizer import Tokenizer, as_tokenizer
 from jaxlm.errors import ConfigError
 

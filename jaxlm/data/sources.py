@@ -29,6 +29,14 @@ _EXT = {".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt", ".text": "txt", ".md
         ".array_record": "array_record", ".arrayrecord": "array_record"}
 
 
+def cache_dir() -> str:
+    """$JAXLM_CACHE/data (default ~/.cache/jaxlm/data): tokenizers and token ids, keyed by content hashes."""
+    root = os.environ.get("JAXLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxlm")
+    d = os.path.join(root, "data")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
 class DataError(JaxlmError):
     """Bad data: a missing, empty, non-UTF-8 or malformed file, record or field (the message names it)."""
 

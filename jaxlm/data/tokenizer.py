@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxlm.data.sources import DataError, DataFileNotFoundError
+from jaxlm.data.sources import DataError, DataFileNotFoundError, cache_dir
 
 FIM_TOKENS = ("<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>")
 _FIM_SPELLINGS = (FIM_TOKENS, ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"),
@@ -174,6 +174,30 @@ def _eos_from_config(path: Path, tk, eos_token: str | None) -> tuple[int, int | 
     return eos, bos
 
 
+def _gguf_tok(p: Path):
+    """The tokenizer embedded in a GGUF (jaxlm.io.tokenizer.Tok), cached as tokenizer.json under
+    $JAXLM_CACHE/data: opening a GGUF takes seconds, the cached copy milliseconds."""
+    from jaxlm.io.tokenizer import Tok
+
+    st = p.stat()
+    key = hashlib.blake2b(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode(), digest_size=12).hexdigest()
+    d = Path(cache_dir()) / f"gguf-tokenizer-{key}"
+    if (d / "tokenizer.json").exists():
+        return Tok.from_dir(d)
+    import gguf
+
+    from jaxlm.io.gguf import read_gguf_metadata
+
+    tok = Tok.from_gguf_fields(read_gguf_metadata(gguf.GGUFReader(str(p))), source=str(p))
+    tmp = d.with_name(f"{d.name}.{os.getpid()}.tmp")
+    tok.save(tmp)
+    try:
+        os.replace(tmp, d)
+    except OSError:  # another process won the race
+        pass
+    return Tok.from_dir(d)
+
+
 def load_tokenizer(path, *, eos_token: str | None = None) -> Tokenizer:
     """Load a tokenizer from tokenizer.json, tokenizer.model, a directory holding one, or a .gguf file."""
     p = Path(path)
@@ -187,13 +211,7 @@ def load_tokenizer(path, *, eos_token: str | None = None) -> Tokenizer:
     if not p.exists():
         raise DataFileNotFoundError(f"tokenizer file not found: {p}")
     if p.suffix == ".gguf":
-        import gguf
-
-        from jaxlm.io.gguf import read_gguf_metadata
-        from jaxlm.io.tokenizer import Tok
-
-        tok = Tok.from_gguf_fields(read_gguf_metadata(gguf.GGUFReader(str(p))), source=str(p))
-        return as_tokenizer(tok, name=str(p), eos_token=eos_token)
+        return as_tokenizer(_gguf_tok(p), name=str(p), eos_token=eos_token)
     if p.suffix == ".model":
         eos = None
         if eos_token is not None:
