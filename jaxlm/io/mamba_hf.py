@@ -29,22 +29,31 @@ _TO_HF = {"copy": lambda a: a, "linear": lambda a: a.T, "conv": lambda a: a.T[:,
 _FROM_HF = {"copy": lambda a: a, "linear": lambda a: a.T, "conv": lambda a: a[:, 0, :].T}
 
 
+_SHAPE_TO_HF = {"copy": lambda s: s, "linear": lambda s: s[::-1], "conv": lambda s: (s[1], 1, s[0])}
+
+
 def _value(p, idx):
     a = np.asarray(p[...])
     return a if idx is None else a[idx]
+
+
+def _meta(p, idx):
+    """(shape, dtype) of a parameter (or of one layer of a stacked one); works on abstract (eval_shape) models."""
+    v = p.get_value()
+    return (tuple(v.shape) if idx is None else tuple(v.shape[1:])), np.dtype(v.dtype)
 
 
 def export_tensors(table) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(_TO_HF[lay](_value(p, idx))) for k, p, idx, lay in table}
 
 
-def import_tensors(table, store, source: str, optional=(), ignore=()):
+def import_tensors(table, store, source: str, ignore=()):
     """Assign every table entry from `store` (a TensorStore or dict of arrays); strict about missing / unexpected /
-    mis-shaped keys. `optional`: keys that may be absent (kept at their current value); `ignore`: keys that may be
-    present and are not used."""
+    mis-shaped keys (`ignore`: keys that may be present and are not used). The model may be abstract
+    (`nnx.eval_shape`): every parameter in the table is then materialized from the checkpoint."""
     present = set(store.keys())
     expected = {k for k, *_ in table}
-    missing = sorted(expected - present - set(optional))
+    missing = sorted(expected - present)
     if missing:
         raise CheckpointError(f"{source}: missing key(s) {missing[:8]}{' ...' if len(missing) > 8 else ''} "
                               f"({len(missing)} missing)")
@@ -54,22 +63,28 @@ def import_tensors(table, store, source: str, optional=(), ignore=()):
                               f"({len(unexpected)} unexpected)")
     staged: dict[int, tuple] = {}
     for k, p, idx, lay in table:
-        if k not in present:
-            continue
-        cur = _value(p, idx)
-        want = tuple(_TO_HF[lay](cur).shape)
+        shape, dtype = _meta(p, idx)
+        want = tuple(_SHAPE_TO_HF[lay](shape))
         got = tuple(store.shape(k)) if hasattr(store, "shape") else tuple(np.shape(store[k]))
         if got != want:
             raise CheckpointError(f"{source}: key {k!r} has shape {list(got)}, expected {list(want)}")
-        arr = _FROM_HF[lay](np.asarray(store[k])).astype(cur.dtype)
+        arr = _FROM_HF[lay](np.asarray(store[k])).astype(dtype)
         if idx is None:
             staged[id(p)] = (p, arr)
         else:
-            full = staged.get(id(p), (p, np.array(p[...])))[1]
-            full[idx] = arr
-            staged[id(p)] = (p, full)
+            if id(p) not in staged:
+                full_shape = tuple(p.get_value().shape)
+                staged[id(p)] = (p, np.zeros(full_shape, dtype))
+            staged[id(p)][1][idx] = arr
     for p, arr in staged.values():
-        p[...] = jnp.asarray(arr, dtype=p[...].dtype)
+        p.set_value(jnp.asarray(arr))
+
+
+def _abstract(make):
+    """Build a model without computing its random init (the checkpoint provides every parameter)."""
+    from flax import nnx
+
+    return nnx.eval_shape(make)
 
 
 def _write(tensors, out_dir, config: dict, max_shard_bytes=None):
@@ -182,7 +197,7 @@ def load_mamba2(path, *, dtype: str | None = None):
     cfg = mamba2_config_from_hf(d, str(cfg_path))
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
-    model = Mamba2LM(cfg, rngs=nnx.Rngs(0))
+    model = _abstract(lambda: Mamba2LM(cfg, rngs=nnx.Rngs(0)))
     store = _open_store(path)
     keys = set(store.keys())
     if "backbone.embedding.weight" in keys and "backbone.embeddings.weight" not in keys:  # legacy name (HF hook)
@@ -309,7 +324,7 @@ def load_phi_mamba(path, *, dtype: str | None = None):
     cfg = phi_mamba_config_from_dict(d, str(cfg_path))
     if dtype is not None:
         cfg = cfg.replace(base=cfg.base.replace(dtype=dtype))
-    model = PhiMambaLM(cfg, rngs=nnx.Rngs(0))
+    model = _abstract(lambda: PhiMambaLM(cfg, rngs=nnx.Rngs(0)))
     import_tensors(phi_mamba_table(model), _open_store(path), str(path))
     return model, cfg
 
@@ -322,3 +337,4 @@ def save_phi_mamba(model, out_dir, max_shard_bytes=None):
 __all__ = ["load_mamba2", "save_mamba2", "load_phi_mamba", "save_phi_mamba", "mamba2_config_from_hf",
            "mamba2_config_to_hf", "phi_mamba_config_from_dict", "phi_mamba_config_to_dict", "import_tensors",
            "export_tensors"]
+
