@@ -1,0 +1,150 @@
+"""quantize() on a tiny DecoderLM: logits, greedy decoding with the KV cache, NFL, checkpoint round trip."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm import preset
+from jaxlm.errors import CheckpointError
+from jaxlm.models.decoder import DecoderLM, KVCache
+from jaxlm.nn import Linear
+from jaxlm.quant import QuantLinear, load_quantized, quantize, save_quantized
+from jaxlm.quant.nfl import layer_output_error
+from jaxlm.quant.quantize import capture_inputs
+
+CFG = preset("smollm2-tiny")  # hidden 64, intermediate 176 (not a multiple of 32: exercises K padding)
+
+
+def _model(cfg=CFG, seed=0):
+    return DecoderLM(cfg, rngs=nnx.Rngs(seed))
+
+
+def _ids(b=2, t=12, seed=0, vocab=CFG.vocab_size):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, vocab, (b, t)), jnp.int32)
+
+
+def _logits(model, ids):
+    g, s = nnx.split(model)
+    return jax.jit(lambda s, i: nnx.merge(g, s)(i))(s, ids)
+
+
+def _dequantized_copy(qmodel):
+    """The same model with every QuantLinear replaced by a float Linear holding its dequantized kernel."""
+    m = nnx.merge(*nnx.split(qmodel))
+    for path, node in list(nnx.iter_graph(m)):
+        if isinstance(node, QuantLinear):
+            lin = Linear(node.in_features, node.out_features, bias=node.bias is not None, rngs=nnx.Rngs(0))
+            lin.kernel = nnx.Param(node.dequantized_kernel())
+            if node.bias is not None:
+                lin.bias = nnx.Param(node.bias[...])
+            parent = m
+            for p in path[:-1]:
+                parent = getattr(parent, p)
+            setattr(parent, path[-1], lin)
+    return m
+
+
+@pytest.mark.parametrize("bits,g", [(4, 32), (3, 64)])
+def test_quantized_logits(bits, g):
+    ids = _ids()
+    model = _model()
+    ref = np.asarray(_logits(model, ids))
+    quantize(model, bits=bits, group_size=g)
+    n_q = sum(isinstance(n, QuantLinear) for _, n in nnx.iter_graph(model))
+    assert n_q == 7 and not any(type(n) is Linear for _, n in nnx.iter_graph(model))
+    assert model.layers.attn.q.packed.shape == (CFG.num_layers, 64 * bits // 8, 64)  # stacked layers
+    q = np.asarray(_logits(model, ids))
+    # QuantLinear computes exactly x @ W_hat: same logits as the float model with dequantized kernels
+    np.testing.assert_allclose(q, np.asarray(_logits(_dequantized_copy(model), ids)), rtol=1e-5, atol=1e-5)
+    rel = np.linalg.norm(q - ref) / np.linalg.norm(ref)
+    print("relative logit error", bits, g, rel)
+    assert rel < {4: 0.15, 3: 0.4}[bits], rel
+    if bits == 4:  # at 4 bits the greedy predictions mostly agree with the float model
+        assert (q.argmax(-1) == ref.argmax(-1)).mean() > 0.7
+
+
+def test_greedy_decoding_with_kv_cache_on_quantized_model():
+    model = quantize(_model(seed=1), bits=4, group_size=32)
+    g, s = nnx.split(model)
+    prompt = _ids(1, 5, seed=3)
+    steps, max_len = 6, 16
+
+    @jax.jit
+    def step(s, ids, cache):
+        logits, cache = nnx.merge(g, s)(ids, cache=cache)
+        return jnp.argmax(logits[:, -1], -1).astype(jnp.int32), cache
+
+    cache = KVCache.zeros(CFG, 1, max_len)
+    tok, cache = step(s, prompt, cache)
+    out = [int(tok[0])]
+    for _ in range(steps - 1):
+        tok, cache = step(s, tok[:, None], cache)
+        out.append(int(tok[0]))
+    assert int(cache.lengths[0]) == 5 + steps - 1
+    # the same tokens from full recomputation without a cache (causal: right padding does not matter)
+    full_logits = jax.jit(lambda s, i: nnx.merge(g, s)(i))
+    seq = np.zeros((1, 5 + steps), np.int32)
+    seq[:, :5] = np.asarray(prompt)
+    full = []
+    for t in range(steps):
+        nxt = int(jnp.argmax(full_logits(s, jnp.asarray(seq))[0, 4 + t]))
+        full.append(nxt)
+        seq[0, 5 + t] = nxt
+    assert out == full
+
+
+def test_nfl_quantize_learns_scales_that_lower_layer_error():
+    ids = _ids(2, 32, seed=5)
+    base = _model(seed=2)
+    nf = quantize(nnx.merge(*nnx.split(base)), bits=3, group_size=32, method="nf")
+    nfl = quantize(nnx.merge(*nnx.split(base)), bits=3, group_size=32, method="nfl", calib_ids=ids, nfl_steps=25)
+    inputs = capture_inputs(base, ids, [("layers", "mlp", "down"), ("layers", "attn", "q")])
+    total_nf = total_nfl = 0.0
+    for path, xs in inputs.items():
+        w = getattr(getattr(base.layers, path[1]), path[2]).kernel[...]
+        q_nf = getattr(getattr(nf.layers, path[1]), path[2])
+        q_nfl = getattr(getattr(nfl.layers, path[1]), path[2])
+        for layer, x in enumerate(xs):
+            kp = q_nf.packed.shape[-2] * 8 // 3
+            wl = jnp.pad(w[layer], ((0, kp - w.shape[1]), (0, 0)))
+            xl = np.pad(x, ((0, 0), (0, kp - x.shape[1])))
+            e_nf = layer_output_error(wl, q_nf.scales[layer], xl, q_nf.format)
+            e_nfl = layer_output_error(wl, q_nfl.scales[layer], xl, q_nfl.format)
+            assert e_nfl <= e_nf * (1 + 1e-5)
+            total_nf, total_nfl = total_nf + e_nf, total_nfl + e_nfl
+    assert total_nfl < 0.95 * total_nf, (total_nf, total_nfl)
+    assert nfl.quant_info["method"] == "nfl"
+
+
+def test_save_load_bit_identical(tmp_path):
+    cfg = dataclasses.replace(CFG, tie_embeddings=False, qkv_bias=True)
+    model = quantize(_model(cfg), bits=3, group_size=32, lm_head=True)
+    assert isinstance(model.lm_head, QuantLinear) and model.layers.attn.q.bias is not None
+    ids = _ids()
+    before = np.asarray(_logits(model, ids))
+    save_quantized(model, tmp_path / "q")
+    loaded = load_quantized(tmp_path / "q")
+    assert isinstance(loaded.lm_head, QuantLinear) and loaded.layers.mlp.up.table == model.layers.mlp.up.table
+    np.testing.assert_array_equal(np.asarray(_logits(loaded, ids)), before)
+    with pytest.raises(CheckpointError, match="quant_config.json"):
+        load_quantized(tmp_path / "missing")
+
+
+def test_quantize_errors_name_the_parameter():
+    with pytest.raises(ValueError, match="bits=5"):
+        quantize(_model(), bits=5)
+    with pytest.raises(ValueError, match="group_size=48"):
+        quantize(_model(), group_size=48)
+    with pytest.raises(ValueError, match="group_size=128 does not divide.*K=64.*layers.attn"):
+        quantize(_model(), group_size=128, pad_k=False)
+    with pytest.raises(ValueError, match="table has 4 values but bits=4"):
+        quantize(_model(), bits=4, table=[-1.0, 0.0, 0.5, 1.0])
+    with pytest.raises(ValueError, match="method='gptq'"):
+        quantize(_model(), method="gptq")
+    with pytest.raises(ValueError, match="calib_ids"):
+        quantize(_model(), method="nfl")
