@@ -142,10 +142,29 @@ register_cache(KVCache, CacheSpec(batch_axes={"k": 1, "v": 1}, seq_axes={"k": 2,
                                   init=lambda cfg, b, s: KVCache.zeros(cfg, b, s)), model_cls=DecoderLM)
 
 
+def _register_mamba2():
+    """Mamba-2's recurrent state (conv [L, B, K-1, C], ssm [L, B, H, P, N]): no token axis, no ragged prefill."""
+    try:
+        from jaxlm.models.mamba2 import Mamba2LM, SSMCache
+    except ImportError:  # the SSM models are optional for generation
+        return
+    register_cache(SSMCache, CacheSpec(batch_axes={"conv": 1, "ssm": 1}, ragged_prefill=False,
+                                       init=lambda cfg, b, s: SSMCache.zeros(cfg, b)), model_cls=Mamba2LM)
+
+
+_register_mamba2()
+
+
 def cache_logical_axes(cache) -> dict[str, tuple]:
     """Logical axis names of the cache fields for sharding (batch rows over data/fsdp, kv heads over tensor)."""
     if isinstance(cache, KVCache):
         names = ("layers", "batch", "length", "kv", "head_dim")
         return {"k": names, "v": names, "lengths": ("batch",)}
     names = getattr(type(cache), "logical_axes", None)
-    return dict(names) if names else {}
+    if names:
+        return dict(names)
+    spec = spec_of(cache)  # default: shard only the batch rows
+    out = {n: tuple("batch" if i == ax else None for i in range(getattr(cache, n).ndim))
+           for n, ax in spec.batch_axes.items()}
+    out["lengths"] = ("batch",)
+    return out

@@ -45,6 +45,11 @@ class PromptTooLongError(ValueError):
     """A prompt (plus the tokens asked for) does not fit the model's context."""
 
 
+def model_context(cfg) -> int:
+    """The longest sequence a model config allows (unbounded recurrent models: 2**24)."""
+    return int(getattr(cfg, "max_position_embeddings", None) or 1 << 24)
+
+
 def bucket(n: int, minimum: int = 1, cap: int | None = None) -> int:
     """Smallest power of two >= max(n, minimum), capped at `cap`."""
     b = 1 << max(int(n) - 1, 0).bit_length()
@@ -122,7 +127,7 @@ class DecodeBatch:
             graphdef, state = nnx.split(model)
         self.graphdef, self.state, self.mesh = graphdef, state, mesh
         self.model = model
-        self.context_len = int(context_len or self.cfg.max_position_embeddings)
+        self.context_len = int(context_len or model_context(self.cfg))
         self.vocab = self.cfg.vocab_size
         self.spec = cache_lib.spec_of(cache_lib.cache_class_for(model))
         self._alloc(bucket(rows), bucket(capacity, MIN_LEN_BUCKET, self.context_len))
@@ -360,13 +365,14 @@ class Generator:
             raise ValueError(f"truncate={truncate!r}: expected 'error' or 'left'")
         self.model, self.tokenizer, self.mesh, self.truncate = model, tokenizer, mesh, truncate
         self.cfg = model.cfg
-        self.context_len = int(context_len or self.cfg.max_position_embeddings)
+        self.context_len = int(context_len or model_context(self.cfg))
         graphdef, state = nnx.split(model)
         if mesh is not None:
             state = jax.device_put(state, state_shardings(state, mesh))
         self.graphdef, self.state = graphdef, state
         if eos_ids is None:
-            eos_ids = {i for i in (getattr(tokenizer, "eos_id", None), self.cfg.eos_token_id) if i is not None}
+            eos_ids = {i for i in (getattr(tokenizer, "eos_id", None), getattr(self.cfg, "eos_token_id", None))
+                       if i is not None}
             if tokenizer is None:
                 eos_ids = set()
         self.eos_ids = frozenset(int(i) for i in eos_ids)

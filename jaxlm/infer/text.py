@@ -48,20 +48,13 @@ class HFTokenizer:
 
 
 def load_tokenizer(path: str):
-    """The tokenizer stored beside a checkpoint, or None when the directory has none."""
-    try:  # the project's own tokenizer wrapper, when it knows how to read a directory
-        from jaxlm.io import tokenizer as jtok  # noqa: F401
-        for name in ("load_tokenizer", "from_dir", "from_pretrained"):
-            fn = getattr(jtok, name, None) or getattr(getattr(jtok, "Tok", None), name, None)
-            if fn is not None:
-                try:
-                    return fn(path)
-                except Exception:  # noqa: BLE001 - fall through to transformers
-                    break
-    except ImportError:
-        pass
-    if any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json",
-                                                           "tokenizer.model")):
+    """The tokenizer stored beside a checkpoint (tokenizer.json via jaxlm.io.tokenizer.Tok, else transformers), or
+    None when the directory has none."""
+    if os.path.exists(os.path.join(path, "tokenizer.json")):
+        from jaxlm.io.tokenizer import Tok
+
+        return Tok.from_dir(path)
+    if any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer_config.json", "tokenizer.model")):
         return HFTokenizer(path)
     return None
 
