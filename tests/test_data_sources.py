@@ -1,13 +1,14 @@
 """Sources (jsonl, txt, parquet, ArrayRecord, TFDS array_record), tokenizer loading, and bad input: missing,
 empty, non-UTF-8 and malformed data name the file and place; bad configs name the field."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from jaxlm.data import (DataConfig, DataError, DataFileNotFoundError, PhaseSpec, SourceSpec, build_pipeline,
-                        default_tokenizer, load_tokenizer, open_source)
+                        default_tokenizer, load_tokenizer, open_source, pack)
 from jaxlm.errors import ConfigError
 
 DOCS = ["first document\nwith two lines", "second: ünïcödé ✓", "third " * 40]
@@ -16,6 +17,14 @@ DOCS = ["first document\nwith two lines", "second: ünïcödé ✓", "third " * 
 @pytest.fixture(scope="module")
 def tok():
     return default_tokenizer()
+
+
+def _assert_packed(batch, docs, tok):
+    """The batch rows are the reference LLM360 packing of `docs` (EOS-joined, no BOS), in order."""
+    ref = pack([tok.encode(d) for d in docs], tok.eos_id, batch["inputs"].shape[1])
+    rows = np.concatenate([batch["inputs"], batch["targets"][:, -1:]], axis=1)
+    np.testing.assert_array_equal(rows, ref[:len(rows)])
+    assert tok.eos_id in ref
 
 
 def _write_jsonl(path, docs, key="text"):
@@ -86,9 +95,9 @@ def test_tfds_array_record_source_without_tensorflow(tmp_path, tok):
     assert len(texts) == 40 and sorted(texts) == sorted(f"tfds document {i}: " + "lorem ipsum " * (i % 7 + 1)
                                                         for i in range(40))
     assert SourceSpec.from_path(f"tfds:tiny_corpus:test@{tmp_path}").tfds_split == "test"
-    cfg = DataConfig(seq_len=16, global_batch=4, sources={"t": spec}, phases=(PhaseSpec(3, {"t": 1.0}),))
-    b = build_pipeline(cfg, tok).next()
-    assert "tfds document" in tok.decode(b["inputs"].reshape(-1))
+    cfg = DataConfig(seq_len=16, global_batch=4, sources={"t": spec}, phases=(PhaseSpec(3, {"t": 1.0}),),
+                     shuffle=False)
+    _assert_packed(build_pipeline(cfg, tok).next(), texts, tok)
     with pytest.raises(DataFileNotFoundError, match="tfds:no_such_dataset"):
         open_source(SourceSpec.tfds("no_such_dataset", data_dir=tmp_path))
 
@@ -232,8 +241,8 @@ def test_load_tokenizer_json_and_sentencepiece(tmp_path, tok):
     assert sp.decode(ids) == "the lazy fox" and sp.eos_id == 2 and sp.fim is not None
     cfg = DataConfig(seq_len=8, global_batch=2, sources={"s": SourceSpec.from_docs(["the quick brown fox"] * 20)},
                      phases=(PhaseSpec(2, {"s": 1.0}),))
-    b = build_pipeline(cfg, sp).next()
-    assert sp.eos_id in b["inputs"] and sp.bos_id not in b["inputs"]  # EOS joins, no BOS
+    cfg = dataclasses.replace(cfg, shuffle=False)
+    _assert_packed(build_pipeline(cfg, sp).next(), ["the quick brown fox"] * 20, sp)  # EOS joins, no BOS
 
 
 def test_gguf_tokenizer(tok):
@@ -247,7 +256,6 @@ def test_gguf_tokenizer(tok):
     assert t.vocab_size == 49152 and t.eos_id is not None
     text = "The capital of France is Paris."
     assert t.decode(t.encode(text)) == text
-    cfg = DataConfig(seq_len=16, global_batch=2, sources={"s": SourceSpec.from_docs([text * 5] * 4)},
-                     phases=(PhaseSpec(2, {"s": 1.0}),))
-    b = build_pipeline(cfg, t).next()
-    assert t.eos_id in b["inputs"] and b["inputs"].max() < 49152
+    cfg = DataConfig(seq_len=16, global_batch=2, sources={"s": SourceSpec.from_docs([text] * 8)},
+                     phases=(PhaseSpec(2, {"s": 1.0}),), shuffle=False)
+    _assert_packed(build_pipeline(cfg, t).next(), [text] * 8, t)

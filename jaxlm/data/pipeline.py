@@ -5,7 +5,8 @@ Every sample of every step is a pure function of (config, tokenizer, seed, step)
     step t -> phase p (PhaseSpec schedule) -> per-source counts (multinomial with the phase weights, seeded)
            -> slot j: source s, draw k = samples s contributed before t + rank of j among s's slots this step
            -> source s's segment (a new one whenever the source's FIM setting changes between phases)
-           -> epoch e and index i within the epoch -> grain index_shuffle permutation -> packed sample
+           -> epoch e and index i within the epoch -> seeded permutation (numpy; grain index_shuffle for huge
+              epochs) -> packed sample
               (documents of the epoch in a seeded order, FIM applied per document with seeded decisions,
                joined with EOS, cut into seq_len+1 windows).
 
@@ -39,6 +40,7 @@ from jaxlm.errors import ConfigError
 _TAG_ORDER, _TAG_FIM, _TAG_PERM = 0x6F7264, 0x66696D, 0x70726D
 _STATE_VERSION = 1
 _BIG = 2**62  # the iterator never runs out: after the last phase the last phase continues
+_MATERIALIZE = 1 << 24  # epochs up to this many samples use a stored numpy permutation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +151,6 @@ class SourceStream:
                             f"{len(self.base)} documents: fewer than one sample of seq_len+1 = {seq_len + 1}")
         self._char_lens = None
         self._epochs: dict[tuple, _Epoch] = {}
-        self._epoch_sizes: dict[tuple, list[int]] = {}
         self._lock = threading.RLock()
 
     def _fim_store(self, seg: int, cfg: tuple[float, float], e: int):
@@ -197,9 +198,13 @@ class SourceStream:
             store = self._fim_store(seg, cfg, e) if cfg[0] > 0 else self.base
             stream = PackedStream(store, order, self.tok.eos_id, self.seq_len)
             perm = None
-            if self.shuffle and stream.n_samples > 1:
-                perm = grain.MapDataset.range(stream.n_samples).shuffle(seed=_hash32("perm", self.seed, self.key,
-                                                                                      seg, e))
+            n_perm = self.n_base_samples
+            if self.shuffle and n_perm > 1:
+                pseed = _hash32("perm", self.seed, self.key, seg, e)
+                if n_perm <= _MATERIALIZE:
+                    perm = np.random.default_rng([pseed, _TAG_PERM]).permutation(n_perm)
+                else:  # grain's Feistel index_shuffle: O(1) memory for very large epochs
+                    perm = grain.MapDataset.range(n_perm).shuffle(seed=pseed)
             ep = _Epoch(stream, perm)
             if len(self._epochs) >= 8:
                 self._epochs.pop(next(iter(self._epochs)))
@@ -207,24 +212,17 @@ class SourceStream:
             return ep
 
     def locate(self, seg: int, cfg: tuple[float, float], k: int) -> tuple[int, int]:
-        """Draw k of a segment -> (epoch, index within the epoch)."""
-        if cfg[0] == 0:  # the token count, hence the epoch size, does not depend on the document order
-            return divmod(k, self.n_base_samples)
-        with self._lock:
-            sizes = self._epoch_sizes.setdefault((seg, cfg), [0])
-            e = 0
-            while True:
-                if len(sizes) <= e + 1:
-                    sizes.append(sizes[-1] + self.epoch(seg, cfg, e).stream.n_samples)
-                if k < sizes[e + 1]:
-                    return e, k - sizes[e]
-                e += 1
+        """Draw k of a segment -> (epoch, index within the epoch). Every epoch has `n_base_samples` samples (the
+        packed size without FIM), so any draw is located without building earlier epochs. A FIM epoch's stream
+        is slightly longer (sentinels, split tokens): its samples past that size, the tail of that epoch's
+        shuffled document order, are not used."""
+        return divmod(k, self.n_base_samples)
 
     def sample(self, seg: int, cfg: tuple[float, float], k: int) -> np.ndarray:
         e, i = self.locate(seg, cfg, k)
         ep = self.epoch(seg, cfg, e)
         j = int(ep.perm[i]) if ep.perm is not None else i
-        return ep.stream.sample(j)
+        return ep.stream.sample(j % ep.stream.n_samples)
 
 
 class _StepDataset(grain.MapDataset):

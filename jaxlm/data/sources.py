@@ -232,7 +232,7 @@ def _read_txt(path: str, sample_by: str) -> list[str]:
         return [text]
     if sample_by == "paragraph":
         return [p for p in re.split(r"\n[ \t\r]*\n", text) if p.strip()]
-    return [ln for ln in text.split("\n") if ln.strip()]
+    return [ln.rstrip("\r") for ln in text.split("\n") if ln.strip()]
 
 
 def _read_parquet(path: str, text_key: str) -> list[str]:
