@@ -44,18 +44,18 @@ def test_batch_format(tok):
 
 
 def test_same_seed_same_batches_and_different_seed_differs(tok):
-    a = _take(build_pipeline(_cfg(seed=7), tok), 9)
-    b = _take(build_pipeline(_cfg(seed=7), tok), 9)
+    a = _take(build_pipeline(_cfg(seed=0), tok), 9)
+    b = _take(build_pipeline(_cfg(seed=0), tok), 9)
     for x, y in zip(a, b):
         _eq(x, y)
-    c = _take(build_pipeline(_cfg(seed=8), tok), 9)
+    c = _take(build_pipeline(_cfg(seed=1), tok), 9)
     assert not all(np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(a, c))
 
 
 def test_batch_at_equals_iteration_across_the_phase_switch(tok):
-    pipe = build_pipeline(_cfg(seed=3), tok)
+    pipe = build_pipeline(_cfg(seed=0), tok)
     batches = _take(pipe, 12)
-    fresh = build_pipeline(_cfg(seed=3), tok)
+    fresh = build_pipeline(_cfg(seed=0), tok)
     for t in (11, 0, 6, 5, 9):  # any order, no iteration
         _eq(fresh.batch_at(t), batches[t])
     assert pipe.step == 12
@@ -89,7 +89,7 @@ def test_resume_with_a_different_data_config_is_refused(tok):
 
 @pytest.mark.parametrize("procs", [2, 4])
 def test_process_shards_make_up_the_global_batch(tok, procs):
-    cfg = _cfg(seed=4)
+    cfg = _cfg(seed=0)
     glob = build_pipeline(cfg, tok)
     shards = [build_pipeline(cfg, tok, process_index=i, process_count=procs) for i in range(procs)]
     for t in range(0, 12, 3):
@@ -127,11 +127,11 @@ def test_epochs_cover_every_sample_once_then_reshuffle(tok):
 
 
 def test_export_order_matches_batch_at(tok, tmp_path):
-    pipe = build_pipeline(_cfg(seed=5), tok)
+    pipe = build_pipeline(_cfg(seed=0), tok)
     p = pipe.export_order(tmp_path / "order.npz", steps=range(4, 8))
     z = np.load(p)
     assert z["tokens"].shape == (4, 16, 129) and list(z["steps"]) == [4, 5, 6, 7]
-    assert list(z["source_names"]) == ["code", "language"] and json.loads(str(z["config"]))["seed"] == 5
+    assert list(z["source_names"]) == ["code", "language"] and json.loads(str(z["config"]))["seed"] == 0
     for r, t in enumerate(range(4, 8)):
         b = pipe.batch_at(t)
         np.testing.assert_array_equal(z["tokens"][r, :, :-1], b["inputs"])
@@ -146,8 +146,8 @@ def test_export_order_matches_batch_at(tok, tmp_path):
 
 
 def test_prefetch_threads_give_the_same_batches(tok):
-    a = _take(build_pipeline(_cfg(seed=6), tok), 8)
-    pipe = build_pipeline(_cfg(seed=6, prefetch=2), tok)
+    a = _take(build_pipeline(_cfg(seed=0), tok), 8)
+    pipe = build_pipeline(_cfg(seed=0, prefetch=2), tok)
     for x, y in zip(a, _take(pipe, 8)):
         _eq(x, y)
     assert pipe.get_state()["step"] == 8  # prefetched-but-unread batches are not counted
@@ -157,13 +157,13 @@ def test_orbax_checkpoint_of_the_iterator(tok, tmp_path):
     import grain
     import orbax.checkpoint as ocp
 
-    pipe = build_pipeline(_cfg(seed=2), tok)
+    pipe = build_pipeline(_cfg(seed=0), tok)
     _take(pipe, 3)
     mngr = ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",))
     mngr.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(pipe.checkpointable())))
     mngr.wait_until_finished()
     expect = _take(pipe, 3)
-    other = build_pipeline(_cfg(seed=2), tok)
+    other = build_pipeline(_cfg(seed=0), tok)
     mngr.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(other.checkpointable())))
     mngr.close()
     for x, y in zip(expect, _take(other, 3)):
