@@ -47,7 +47,7 @@ def validate_phases(phases: Sequence[PhaseSpec], names: Sequence[str]) -> list[n
             raise ConfigError(f"{where}.steps must be a positive integer, got {ph.steps!r}")
         for field in ("fim_rate", "fim_spm_rate"):
             v = getattr(ph, field)
-            if not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+            if not isinstance(v, (int, float, np.integer, np.floating)) or not 0.0 <= float(v) <= 1.0:
                 raise ConfigError(f"{where}.{field} must be in [0, 1], got {v!r}")
         if not isinstance(ph.weights, Mapping) or not ph.weights:
             raise ConfigError(f"{where}.weights must be a non-empty mapping source name -> weight")

@@ -65,8 +65,10 @@ class DataConfig:
             v = getattr(self, field)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
                 raise ConfigError(f"DataConfig.{field} must be an integer >= {lo}, got {v!r}")
-        if not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**32:
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"DataConfig.seed must be an integer in [0, 2**32), got {self.seed!r}")
+        for field in ("seq_len", "global_batch", "seed"):
+            object.__setattr__(self, field, int(getattr(self, field)))
         if not isinstance(self.prefetch, int) or self.prefetch < 0:
             raise ConfigError(f"DataConfig.prefetch must be an integer >= 0, got {self.prefetch!r}")
         if not isinstance(self.sources, Mapping) or not self.sources:
