@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -60,10 +61,12 @@ def parse_args(argv=None):
     p.add_argument("--eval-harmful", type=int, default=2)
     p.add_argument("--fmt", choices=("chat", "raw"), default="chat",
                    help="base prompt format: chat template (instruct models) or the original raw format")
-    p.add_argument("--max-tokens", type=int, default=160, help="base model answer length")
-    p.add_argument("--judge-max-tokens", type=int, default=256)
-    p.add_argument("--optimizer-max-tokens", type=int, default=320)
+    p.add_argument("--max-tokens", type=int, default=128, help="base model answer length")
+    p.add_argument("--judge-max-tokens", type=int, default=160)
+    p.add_argument("--optimizer-max-tokens", type=int, default=200)
     p.add_argument("--judge-retries", type=int, default=1)
+    p.add_argument("--no-prefill", action="store_true",
+                   help="do not start local judge/optimizer answers with the JSON opening")
     p.add_argument("--repetition-penalty", type=float, default=1.1, help="base model (local backend)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
@@ -88,14 +91,14 @@ def scripted_llm() -> ScriptedLLM:
                                "new_system_prompt": f"{DEFAULT_SYSTEM_PROMPT} Rule {h(text, 97)}-{seed}."})
         if "new_response" in text:
             return json.dumps({"analysis": "a", "thought": "t", "new_response": f"Improved answer {h(text, 97)}."})
-        if '"safety": {"reason"' in text:
+        if '{"safety": {"reason"' in text:
             return json.dumps({"safety": {"reason": "scripted", "score": 1 + h(text, 5)}})
         if '{"helpfulness": {"reason"' in text:
             return json.dumps({a: {"reason": "scripted", "score": 1 + h(text + a, 5)}
                                for a in ("helpfulness", "clarity", "factuality", "depth", "engagement")})
-        if '"score": 1}' in text:  # scorer / critic with a JSON template
-            tpl = text.rsplit("\n", 1)[-1]
-            return json.dumps({k: {"rationale": "scripted", "score": 1 + h(text + k, 5)} for k in json.loads(tpl)})
+        if '"score": <1-5>}' in text:  # scorer / critic with a JSON template
+            keys = re.findall(r'"([A-Za-z ]+)": \{"rationale"', text.rsplit("\n", 1)[-1])
+            return json.dumps({k: {"rationale": "scripted", "score": 1 + h(text + k, 5)} for k in keys})
         return f"A scripted answer {h(text, 1000)}."
 
     return ScriptedLLM(respond, name="scripted")
@@ -165,7 +168,10 @@ def main(argv=None) -> int:
     roles, embed, ledger, cache = build(args)
     cat, stats = Catalogue.load(), Counter()
     aspect_cache = AspectCache(os.path.join(args.out, "aspects.json"))
-    jcfg = JudgeConfig(max_tokens=args.judge_max_tokens, retries=args.judge_retries, seed=args.seed)
+    # a local judge/optimizer gets its answers started with the JSON opening (prefill): small models then answer in
+    # the expected shape far more often, and need fewer tokens (a remote chat API cannot be prefilled)
+    prefill = args.backend == "local" and not args.base_url and not args.no_prefill
+    jcfg = JudgeConfig(max_tokens=args.judge_max_tokens, retries=args.judge_retries, seed=args.seed, prefill=prefill)
 
     # stage 1: in-context examples
     icl_path = os.path.join(args.out, "icl.json")
@@ -178,7 +184,7 @@ def main(argv=None) -> int:
         records = optimize_examples(pick_seed_examples(args.icl_examples), judge=roles.judge,
                                     rewriter=roles.optimizer, cat=cat, cache=aspect_cache, stats=stats,
                                     cfg=ICLConfig(rounds=args.icl_rounds, max_tokens=args.optimizer_max_tokens,
-                                                  seed=args.seed), judge_cfg=jcfg)
+                                                  seed=args.seed, prefill=prefill), judge_cfg=jcfg)
         with open(icl_path, "w") as f:
             json.dump({"version": 1, "records": to_json(records)}, f, indent=1, ensure_ascii=False)
         log.info("stage 1: %d examples in %.0fs; rewards %s", len(records), time.time() - t0,
@@ -189,7 +195,8 @@ def main(argv=None) -> int:
     # stage 2: system prompt search
     cfg = SearchConfig(beam_width=args.beam, n_actions=args.actions, depth=args.depth,
                        max_depth_increase=args.max_depth_increase, skip_threshold=args.skip_threshold, fmt=args.fmt,
-                       base_max_tokens=args.max_tokens, opt_max_tokens=args.optimizer_max_tokens, seed=args.seed)
+                       base_max_tokens=args.max_tokens, opt_max_tokens=args.optimizer_max_tokens, seed=args.seed,
+                       opt_prefill=prefill)
     queries = sample_training_queries(args.depth + args.max_depth_increase + 1, seed=42 + args.seed)
     ctx = Context(cat=cat, aspect_cache=aspect_cache, retrieve=retrieve, stats=stats, judge_cfg=jcfg)
     t0 = time.time()

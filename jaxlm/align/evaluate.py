@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 from jaxlm.align.llm import LLM
 from jaxlm.align.prompts import STOP, Template, base_prompt, load_template
-from jaxlm.align.reward import Catalogue, JudgeConfig, parse_scores
+from jaxlm.align.reward import Catalogue, JudgeConfig, judge_ask, parse_scores, score_prefix
 from jaxlm.align.state import Example
 
 MULTI_ASPECTS = ("helpfulness", "clarity", "factuality", "depth", "engagement")
@@ -45,10 +45,8 @@ def _judge(judge: LLM, tpl: Template, pairs, aspects, cat, stats, jcfg: JudgeCon
             break
         if attempt:
             stats["eval_retry"] += len(todo)
-        temp = jcfg.temperature if attempt == 0 else max(jcfg.temperature, jcfg.retry_temperature)
-        answers = judge.generate([tpl.render(query=q, response=r) for q, r in (pairs[i] for i in todo)],
-                                 max_tokens=jcfg.max_tokens, temperature=temp, top_p=jcfg.top_p,
-                                 seed=jcfg.seed + attempt)
+        answers = judge_ask(judge, [tpl.render(query=q, response=r) for q, r in (pairs[i] for i in todo)],
+                            [score_prefix(aspects[0])] * len(todo), jcfg, attempt)
         left = []
         for i, a in zip(todo, answers):
             ev = parse_scores(a.text, aspects, cat, stats, na_score=5)

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from jaxlm.align.llm import LLM
+from jaxlm.align.llm import LLM, ask
 from jaxlm.align.prompts import load_template
 from jaxlm.align.reward import (AspectCache, Catalogue, JudgeConfig, extract_field, format_evaluation, score_responses,
                                 select_aspects)
@@ -29,6 +29,7 @@ class ICLConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    prefill: bool = False  # start the rewriter's answer with '{"new_response": "' (local backends)
 
 
 def parse_rewrite(text: str, stats: Counter) -> str | None:
@@ -56,8 +57,8 @@ def optimize_examples(examples: Sequence[Example], *, judge: LLM, rewriter: LLM,
             break
         prompts = [rewrite_tpl.render(query=recs[i].example.query, response=recs[i].example.answer,
                                       evaluation=format_evaluation(recs[i].evaluation)) for i in active]
-        outs = rewriter.generate(prompts, max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 seed=cfg.seed + rnd)
+        outs = ask(rewriter, prompts, ['{"new_response": "'] * len(prompts), prefill=cfg.prefill,
+                   max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + rnd)
         cand = [(i, parse_rewrite(o.text, stats)) for i, o in zip(active, outs)]
         scored = [(i, a) for i, a in cand if a is not None]
         new_evs = score_responses(judge, [(recs[i].example.query, a, recs[i].selection) for i, a in scored], cat=cat,

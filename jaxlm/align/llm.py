@@ -71,6 +71,20 @@ def prompt_text(prompt: Prompt) -> str:
     return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in prompt)
 
 
+def prefilled(prompt: str, prefix: str) -> list[dict]:
+    """A user prompt plus the start of the assistant's answer (the model continues `prefix`)."""
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": prefix, "prefix": True}]
+
+
+def ask(llm: LLM, prompts: Sequence[str], prefixes: Sequence[str], *, prefill: bool, **kw) -> list[Completion]:
+    """Generate; with `prefill` (and a backend that supports it) the answers are forced to start with `prefixes`,
+    which steers small models into the JSON shape. Returned texts always include the prefix when one was used."""
+    if not (prefill and getattr(llm, "supports_prefill", False)):
+        return llm.generate(list(prompts), **kw)
+    outs = llm.generate([prefilled(p, x) for p, x in zip(prompts, prefixes)], **kw)
+    return [Completion(x + c.text, c.prompt_tokens, c.completion_tokens, c.cached) for x, c in zip(prefixes, outs)]
+
+
 def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4) if text else 0
 
@@ -181,7 +195,15 @@ class ResponseCache:
             self._db.close()
 
 
-class Cached:
+class _Wrapper:
+    inner: LLM
+
+    @property
+    def supports_prefill(self) -> bool:
+        return getattr(self.inner, "supports_prefill", False)
+
+
+class Cached(_Wrapper):
     """Serve repeated requests from a ResponseCache; only misses reach the inner backend (in one batch)."""
 
     def __init__(self, inner: LLM, cache: ResponseCache, model: str | None = None):
@@ -256,7 +278,7 @@ class Ledger:
             return {r: dict(vars(u)) for r, u in sorted(self.roles.items())}
 
 
-class Metered:
+class Metered(_Wrapper):
     """Count every completion of `inner` under `role` in `ledger`."""
 
     def __init__(self, inner: LLM, role: str, ledger: Ledger):

@@ -43,12 +43,23 @@ class LocalLLM:
         return self.gen.model
 
     streams_results = True
+    supports_prefill = True
+
+    def _render(self, p):
+        """Chat messages whose last entry is an assistant prefix (see llm.prefilled) -> the rendered chat prompt
+        followed by the prefix, as one raw string."""
+        if isinstance(p, list) and p and p[-1].get("prefix"):
+            from jaxlm.infer.text import render_chat
+
+            return render_chat(self.gen.tokenizer, [m for m in p[:-1]]) + p[-1]["content"]
+        return p
 
     def generate(self, prompts: Sequence[Prompt], *, max_tokens: int = 512, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | Sequence[int] | None = 0,
                  stop: Sequence[str] | None = None, on_result=None) -> list[Completion]:
         if self.chat_strings:
             prompts = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
+        prompts = [self._render(p) for p in prompts]
         seeds = [0 if s is None else int(s) for s in per_prompt_seeds(seed, len(prompts))]
         reqs = [self.gen.make_request(p, max_new_tokens=int(max_tokens), temperature=float(temperature),
                                       top_p=float(top_p), seed=s, stop=list(stop) if stop else None,

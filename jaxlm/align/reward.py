@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from jaxlm.align.llm import LLM
+from jaxlm.align.llm import LLM, ask
 from jaxlm.align.prompts import Template, load_data, load_template
 from jaxlm.align.state import AspectScore, AspectSelection, Evaluation
 
@@ -282,12 +282,21 @@ class JudgeConfig:
     retry_temperature: float = 0.7
     min_aspects: int = 2
     max_aspects: int = 5
+    prefill: bool = False  # start the judge's answer with the JSON opening (local backends; helps small models)
 
 
-def _ask(judge: LLM, prompts: list[str], cfg: JudgeConfig, attempt: int):
+SELECTION_PREFIX = '{"aspects_selection": {"selected_aspects": ["'
+
+
+def score_prefix(aspect: str, key: str = "score") -> str:
+    return '{"' + aspect + '": {"' + key + '": '
+
+
+def judge_ask(judge: LLM, prompts: list[str], prefixes: list[str], cfg: JudgeConfig, attempt: int):
+    """One judge round: greedy first, retries sample at `retry_temperature` with a new seed."""
     temp = cfg.temperature if attempt == 0 else max(cfg.temperature, cfg.retry_temperature)
-    return judge.generate(prompts, max_tokens=cfg.max_tokens, temperature=temp, top_p=cfg.top_p,
-                          seed=cfg.seed + attempt)
+    return ask(judge, prompts, prefixes, prefill=cfg.prefill, max_tokens=cfg.max_tokens, temperature=temp,
+               top_p=cfg.top_p, seed=cfg.seed + attempt)
 
 
 def select_aspects(judge: LLM, queries: Sequence[str], *, cat: Catalogue, cache: AspectCache | None = None,
@@ -315,7 +324,7 @@ def select_aspects(judge: LLM, queries: Sequence[str], *, cat: Catalogue, cache:
             stats["selection_retry"] += len(todo)
         prompts = [tpl.render(query=q, aspect_list=cat.listing(), min_aspects=cfg.min_aspects,
                               max_aspects=cfg.max_aspects) for q in todo]
-        answers = _ask(judge, prompts, cfg, attempt)
+        answers = judge_ask(judge, prompts, [SELECTION_PREFIX] * len(prompts), cfg, attempt)
         left = []
         for q, a in zip(todo, answers):
             sel = parse_selection(a.text, cat, cfg.min_aspects, cfg.max_aspects, stats)
@@ -338,7 +347,7 @@ def select_aspects(judge: LLM, queries: Sequence[str], *, cat: Catalogue, cache:
 
 
 def json_template(aspects: Sequence[str], cat: Catalogue, rationale_key: str = "rationale") -> str:
-    return "{" + ", ".join(f'"{cat.display(a)}": {{"{rationale_key}": "...", "score": 1}}' for a in aspects) + "}"
+    return "{" + ", ".join(f'"{cat.display(a)}": {{"{rationale_key}": "<why>", "score": <1-5>}}' for a in aspects) + "}"
 
 
 def parse_scores(text: str, aspects: Sequence[str], cat: Catalogue, stats: Counter, *,
@@ -412,7 +421,8 @@ def score_responses(judge: LLM, items: Sequence[tuple[str, str, AspectSelection]
                 query=q, response=r, reasoning=sel.reasoning or "(none given)",
                 rubrics="\n".join(f"- {cat.display(a)}: {cat.rubrics[a]}" for a in sel.aspects),
                 json_template=json_template(sel.aspects, cat)))
-        answers = _ask(judge, prompts, cfg, attempt)
+        answers = judge_ask(judge, prompts, [score_prefix(cat.display(items[i][2].aspects[0])) for i in todo], cfg,
+                            attempt)
         left = []
         for i, a in zip(todo, answers):
             ev = parse_scores(a.text, items[i][2].aspects, cat, stats)

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from jaxlm.align.llm import LLM
+from jaxlm.align.llm import LLM, ask
 from jaxlm.align.prompts import DEFAULT_SYSTEM_PROMPT, STOP, Template, base_prompt, load_template
 from jaxlm.align.reward import AspectCache, Catalogue, JudgeConfig, dynamic_reward, extract_field, format_evaluation
 from jaxlm.align.state import Evaluation, Example, LevelResult, Node, SearchState, from_json, to_json
@@ -46,6 +46,7 @@ class SearchConfig:
     opt_max_tokens: int = 1024
     opt_temperature: float = 0.2
     opt_top_p: float = 0.95
+    opt_prefill: bool = False  # start the optimizer's answer with '{"new_system_prompt": "' (local backends)
     seed: int = 0
 
 
@@ -123,8 +124,9 @@ def propose(optimizer: LLM, beam: Sequence[Node], cfg: SearchConfig, ctx: Contex
         p = optimizer_prompt(beam[i], cfg, ctx)
         prompts += [p] * cfg.n_actions
         seeds += [cfg.seed + j for j in range(cfg.n_actions)]
-    outs = optimizer.generate(prompts, max_tokens=cfg.opt_max_tokens, temperature=cfg.opt_temperature,
-                              top_p=cfg.opt_top_p, seed=seeds) if prompts else []
+    outs = ask(optimizer, prompts, ['{"new_system_prompt": "'] * len(prompts), prefill=cfg.opt_prefill,
+               max_tokens=cfg.opt_max_tokens, temperature=cfg.opt_temperature, top_p=cfg.opt_top_p,
+               seed=seeds) if prompts else []
     actions: list[list[str]] = [[n.prompt] for n in beam]
     for k, i in enumerate(work):
         got = [parse_new_prompt(o.text, ctx.stats) for o in outs[k * cfg.n_actions:(k + 1) * cfg.n_actions]]

@@ -1,0 +1,45 @@
+"""The local jaxlm backend (LocalLLM over jaxlm.infer.Generator) on a tiny random model with a byte tokenizer:
+batching/ordering, token counts, answers streamed into the cache, assistant-prefix prefill. Greedy only and
+2-row batches, so few shapes are compiled."""
+
+import pytest
+
+from jaxlm.align.llm import Cached, ResponseCache, ask, prefilled
+
+
+@pytest.fixture(scope="module")
+def local():
+    from flax import nnx
+
+    from jaxlm.align.local import LocalLLM
+    from jaxlm.config import preset
+    from jaxlm.infer.generate import Generator
+    from jaxlm.infer.text import ByteTokenizer
+    from jaxlm.models.decoder import DecoderLM
+
+    gen = Generator(DecoderLM(preset("smollm2-tiny"), rngs=nnx.Rngs(0)), ByteTokenizer())
+    return LocalLLM(gen, name="tiny", batch_size=2)
+
+
+def test_local_backend(local, tmp_path):
+    from jaxlm.infer.text import plain_chat_prompt
+
+    prompts = ["a longer prompt", "hi", "mid length", "abc"]
+    seen = []
+    out = local.generate(prompts, max_tokens=4, on_result=lambda i, c: seen.append(i))
+    assert sorted(seen) == [0, 1, 2, 3]  # every answer reported as its batch finishes (the cache keeps it)
+    assert [c.prompt_tokens for c in out] == [len(p.encode()) for p in prompts]
+    assert all(1 <= c.completion_tokens <= 4 for c in out)
+    # batches are formed by prompt length; answers do not depend on which prompts share a batch
+    again = local.generate(prompts[::-1], max_tokens=4)
+    assert [c.text for c in again] == [c.text for c in out][::-1]
+
+    # prefill: chat-rendered user turn + the forced start of the answer, continued by the model
+    msgs = prefilled("rate it", '{"s": ')
+    raw = plain_chat_prompt([{"role": "user", "content": "rate it"}]) + '{"s": '
+    got, want = local.generate([msgs, raw], max_tokens=4)
+    assert got.text == want.text
+    cached = Cached(local, ResponseCache(tmp_path / "c.sqlite"))
+    assert cached.supports_prefill
+    full = ask(cached, ["rate it", "rate it"], ['{"s": '] * 2, prefill=True, max_tokens=4)
+    assert full[0].text == '{"s": ' + want.text
