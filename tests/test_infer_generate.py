@@ -12,7 +12,11 @@ from jaxlm.infer.generate import Generator, PromptTooLongError, bucket
 from jaxlm.infer.text import ByteTokenizer
 from jaxlm.models.decoder import DecoderLM
 
-FAMILIES = ["crystalcoder-tiny", "mobillama-tiny", "phi-tiny", "smollm2-tiny", "amber-tiny"]
+# CrystalCoder and MobiLlama are also checked below against decode logits of their original code (fixtures), so
+# their random-weight variants only run with -m slow
+SLOW = pytest.mark.slow
+FAMILIES = [pytest.param("crystalcoder-tiny", marks=SLOW), pytest.param("mobillama-tiny", marks=SLOW), "phi-tiny",
+            "smollm2-tiny", "amber-tiny"]
 
 
 def tiny(name="smollm2-tiny", seed=0, **kw):
@@ -152,10 +156,6 @@ def test_sampled_generation_is_seeded_and_batch_independent(small):
     assert g.generate_ids([prompts[1]], seed=12, **kw)[0] == a[1]  # rows do not influence each other
     c = g.generate_ids(prompts, seed=[13, 14], **kw)
     assert c != a
-    # a greedy row next to sampled rows stays greedy
-    mixed = g.generate_ids([prompts[0]] * 2, seed=[0, 1], **{**kw, "temperature": 0.0})
-    assert mixed[0] == mixed[1] == g.generate_ids([prompts[0]], max_new_tokens=12, ignore_eos=True,
-                                                                repetition_penalty=1.3)[0]
 
 
 def test_sharded_decode_matches_single_device(small):
