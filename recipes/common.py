@@ -63,6 +63,9 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
                         "glob, or tfds:NAME[:SPLIT][@DATA_DIR]. Repeat per source; NAME must match the phase "
                         "mixtures (code, language); KIND is code|language (default: code for names starting "
                         "with 'code'). One unnamed PATH trains every phase on it.")
+    p.add_argument("--eval-data", action="append", default=[], metavar="[NAME[:KIND]=]PATH",
+                   help="held-out data for perplexity, same syntax as --data (default: the embedded held-out "
+                        "split when training on the embedded corpus)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer.json / tokenizer.model / GGUF (default: BPE trained on the embedded corpus)")
     p.add_argument("--steps", type=int, default=None,
@@ -151,14 +154,15 @@ def build_data(cfg: RunConfig, args, tok, process_index: int, process_count: int
                         phases=dphases)
     pipe = D.build_pipeline(dcfg, tok, process_index=process_index, process_count=process_count)
     if t.eval_batches > 0:
-        if args.data:
-            held = {}  # no held-out split for user data unless the data module provides one
-            if hasattr(D, "heldout_sources"):
-                held = D.heldout_sources(sources)
+        if args.eval_data:
+            held = {n: D.SourceSpec.from_path(p, kind=k) for n, (k, p) in parse_data_args(args.eval_data).items()}
+        elif args.data:
+            held = {}  # user data has no held-out split unless --eval-data names one
         else:
             held = D.embedded_corpus(split="heldout")
         for name in sorted(held):
-            eval_bs[name] = D.build_eval_batches(tok, name, t.seq_len, t.global_batch, t.eval_batches)
+            eval_bs[name] = D.build_eval_batches(tok, name, t.seq_len, t.global_batch, t.eval_batches,
+                                                 sources=held)
     return pipe, names, eval_bs, cfg
 
 
@@ -168,6 +172,23 @@ def load_tok(args):
     if args.tokenizer:
         return D.load_tokenizer(args.tokenizer)
     return D.default_tokenizer()
+
+
+def enable_compile_cache() -> None:
+    """Persist compiled programs (a re-run or --resume skips most compile time). JAXLM_COMPILE_CACHE=0 disables;
+    the directory is $JAX_COMPILATION_CACHE_DIR or ~/.cache/jaxlm/xla."""
+    if os.environ.get("JAXLM_COMPILE_CACHE", "1") == "0":
+        return
+    import jax
+
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "jaxlm", "xla")
+    try:
+        os.makedirs(path, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    except OSError:
+        pass
 
 
 def main(recipe: Recipe, argv=None) -> int:
@@ -188,6 +209,8 @@ def _run(recipe: Recipe, args) -> int:
         print(json.dumps(to_dict(resolve_config(recipe, args)), indent=2))
         return 0
     from jaxlm.train import distributed
+
+    enable_compile_cache()
 
     info = distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     import jax  # noqa: F401  (after device setup)

@@ -16,6 +16,7 @@ Sources map onto two names: `code` (StarCoder/GitHub) and `language` (SlimPajama
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from jaxlm.config import preset
@@ -45,11 +46,13 @@ PAPER = RunConfig(
 
 # Tiny CPU default: the same three stages and schedule shapes (phase-1 decay horizon 294,337/79,721 = 3.69x the
 # phase, FIM 0 / 0.9 / 0.3, the same mixtures and peaks), at a size that trains in minutes on 2 cores.
+# muP: mup_width_scale = base width / model width = 256 / 4096 for the 7B. The 64-wide tiny model is narrower than
+# the base width, so its hidden matrices take the base learning rate (the scale is clamped at 1).
 TINY_STEPS = (150, 150, 150)
 TINY = RunConfig(
     name="crystal-tiny",
     model=preset("crystalcoder-tiny", dtype="bfloat16", param_dtype="float32"),
-    optim=OPTIM,
+    optim=dataclasses.replace(OPTIM, mup_width_scale=min(1.0, 256 / 64)),
     train=TrainConfig(seq_len=128, global_batch=16, seed=0, log_every=25, eval_every=0, eval_batches=2,
                       ckpt_every=50, keep_latest=2, keep_release=3),
     phases=(

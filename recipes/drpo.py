@@ -171,7 +171,8 @@ def main(argv=None) -> int:
     # a local judge/optimizer gets its answers started with the JSON opening (prefill): small models then answer in
     # the expected shape far more often, and need fewer tokens (a remote chat API cannot be prefilled)
     prefill = args.backend == "local" and not args.base_url and not args.no_prefill
-    jcfg = JudgeConfig(max_tokens=args.judge_max_tokens, retries=args.judge_retries, seed=args.seed, prefill=prefill)
+    jcfg = JudgeConfig(max_tokens=args.judge_max_tokens, retries=args.judge_retries, seed=args.seed, prefill=prefill,
+                       selection_max_tokens=48 if prefill else None)
 
     # stage 1: in-context examples
     icl_path = os.path.join(args.out, "icl.json")

@@ -23,7 +23,7 @@ from jaxlm.train.config import RunConfig, to_dict
 from jaxlm.train.metrics import (MetricsLog, Progress, device_peak_flops, phase_loss_summary, plot_loss_curve,
                                  read_jsonl)
 from jaxlm.train.optim import make_optimizer
-from jaxlm.train.state import abstract_state, init_state, param_count
+from jaxlm.train.state import param_count, setup_state
 from jaxlm.train.step import flops_per_token, make_eval_step, make_train_step, to_device_batch
 
 
@@ -37,6 +37,7 @@ class RunResult:
     final_step: int
     summary: dict
     losses: dict = field(default_factory=dict)  # step -> loss for the steps run in this call
+    state: object = None  # the final TrainState (sharded on the run's mesh)
 
 
 def compat_record(cfg: RunConfig, sources: list[str], vocab_size: int, opt_structure: str) -> dict:
@@ -88,8 +89,9 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
         for b in bs[:1]:
             check_mesh_for_model(mesh, cfg.model, int(np.asarray(b["inputs"]).shape[0]))
 
-    mdef, state, shardings, tx = init_state(cfg.model, lambda p: make_optimizer(cfg, p), mesh, t.seed)
-    opt_structure = str(jax.tree.structure(state.opt_state))
+    setup = setup_state(cfg.model, lambda p: make_optimizer(cfg, p), mesh, t.seed)
+    mdef, shardings, tx = setup.mdef, setup.shardings, setup.tx
+    opt_structure = str(jax.tree.structure(setup.abstract.opt_state))
     compat = compat_record(cfg, sources, cfg.model.vocab_size, opt_structure)
     meta = {"compat": compat, "config": to_dict(cfg), **(extra_meta or {})}
 
@@ -100,8 +102,12 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
     if resume and existing:
         last = existing[-1]
         saved_meta = ckpt.read_meta(last)
-        check_compatible(saved_meta.get("compat", {}), compat, f"{ckpt.directory} step {last}")
-        state, data_state, _ = ckpt.restore(last, abstract_state(shardings, state))
+        try:
+            check_compatible(saved_meta.get("compat", {}), compat, f"{ckpt.directory} step {last}")
+        except ConfigError:
+            ckpt.close()
+            raise
+        state, data_state, _ = ckpt.restore(last, setup.abstract)
         pipeline.set_state(data_state)
         start = int(state.step)
         if start != last:
@@ -111,8 +117,10 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
         ckpt.close()
         raise ConfigError(f"{out_dir} already holds checkpoints {existing}; pass --resume to continue that run "
                           f"or choose another --out")
-    elif resume:
-        print_fn(f"--resume: no checkpoint in {ckpt.directory}; starting from step 0")
+    else:
+        if resume:
+            print_fn(f"--resume: no checkpoint in {ckpt.directory}; starting from step 0")
+        state = setup.create()
 
     train_step = make_train_step(mdef, tx, cfg, len(sources), mesh, shardings)
     eval_step = make_eval_step(mdef, mesh, shardings.params)
@@ -136,6 +144,9 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
     last_good = ckpt.latest_step() if start else None
     status = "completed"
     try:
+        if eval_batches and start == 0 and end > 0:  # the starting point of the held-out curves
+            ev = _eval(eval_step, state.params, eval_batches, mesh)
+            log.write({"kind": "eval", "step": 0, "phase": names[0], **ev})
         for step in range(start, end):
             phase_i = next(i for i, (a, b) in enumerate(bounds) if step < b or i == len(bounds) - 1)
             host_batch = pipeline.next()
@@ -211,7 +222,7 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
     text = format_summary(summary)
     (out_dir / "summary.txt").write_text(text + "\n")
     print_fn(text)
-    return RunResult(out_dir, end, summary, losses)
+    return RunResult(out_dir, end, summary, losses, state)
 
 
 def _list_ckpts(out_dir: Path) -> list[int]:

@@ -84,31 +84,54 @@ def state_shardings_for(tx, params_state, mesh) -> TrainState:
     return TrainState(params=p_sh, opt_state=opt_state_shardings(tx, abstract_params, p_sh, mesh), step=rep, rng=rep)
 
 
-def init_state(mdef_cfg: DecoderConfig, tx_factory, mesh, seed: int):
-    """Build (ModelDef, TrainState sharded on `mesh`, shardings, tx). Weights are created directly sharded."""
-    mdef, params_state = abstract_model(mdef_cfg, seed)
-    pure_abstract = nnx.to_pure_dict(params_state)
+@dataclass
+class Setup:
+    """Everything about a run's state except its values: model definition, optimizer, shardings, abstract state."""
+
+    mdef: ModelDef
+    tx: Any
+    shardings: TrainState
+    abstract: TrainState  # ShapeDtypeStructs carrying the shardings (restore target)
+    seed: int
+
+    def create(self) -> TrainState:
+        """Fresh weights (created directly sharded by one jitted init) and optimizer state."""
+        cfg, tx, seed = self.mdef.cfg, self.tx, self.seed
+
+        def create():
+            model = DecoderLM(cfg, rngs=nnx.Rngs(seed))
+            params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+            return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
+                              rng=jax.random.key_data(jax.random.key(seed)))
+
+        return jax.jit(create, out_shardings=self.shardings)()
+
+
+def setup_state(model_cfg: DecoderConfig, tx_factory, mesh, seed: int) -> Setup:
+    """Shapes, shardings and optimizer for a run, without allocating or compiling anything."""
+    mdef, params_state = abstract_model(model_cfg, seed)
+    pure_abstract = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(params_state))
     tx = tx_factory(pure_abstract)
     shardings = state_shardings_for(tx, params_state, mesh)
-
-    def create():
-        model = DecoderLM(mdef_cfg, rngs=nnx.Rngs(seed))
-        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-        return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
-                          rng=jax.random.key_data(jax.random.key(seed)))
-
-    state = jax.jit(create, out_shardings=shardings)()
-    return mdef, state, shardings, tx
+    like = TrainState(params=pure_abstract, opt_state=jax.eval_shape(tx.init, pure_abstract),
+                      step=jax.ShapeDtypeStruct((), jnp.int32), rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+    return Setup(mdef, tx, shardings, abstract_state(shardings, like), seed)
 
 
-def abstract_state(state_or_shardings: TrainState, like: TrainState) -> TrainState:
-    """ShapeDtypeStructs of `like` carrying the shardings of `state_or_shardings` (for a sharded restore)."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), like, state_or_shardings)
+def init_state(model_cfg: DecoderConfig, tx_factory, mesh, seed: int):
+    """(ModelDef, a fresh TrainState sharded on `mesh`, its shardings, the optimizer)."""
+    s = setup_state(model_cfg, tx_factory, mesh, seed)
+    return s.mdef, s.create(), s.shardings, s.tx
+
+
+def abstract_state(shardings: TrainState, like: TrainState) -> TrainState:
+    """ShapeDtypeStructs shaped like `like` carrying `shardings` (the target of a sharded restore)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), like, shardings)
 
 
 def param_count(params) -> int:
     return int(sum(x.size for x in jax.tree.leaves(params)))
 
 
-__all__ = ["TrainState", "ModelDef", "init_state", "abstract_model", "abstract_params", "state_shardings_for", "abstract_state",
-           "param_count"]
+__all__ = ["TrainState", "ModelDef", "Setup", "setup_state", "init_state", "abstract_model", "abstract_params",
+           "state_shardings_for", "abstract_state", "param_count"]
