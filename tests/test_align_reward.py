@@ -154,3 +154,25 @@ def test_base_prompt_formats():
     assert chat[0]["role"] == "system" and "A1." in chat[0]["content"] and chat[1] == {"role": "user", "content": "Q2?"}
     with pytest.raises(ValueError, match="format"):
         base_prompt("x", [], "q", "html")
+
+
+class PrefillScripted(ScriptedLLM):
+    supports_prefill = True
+
+
+def test_prefilled_judge_answers_are_completed_and_parsed():
+    def respond(text, seed, temp):
+        assert text.splitlines()[-1].startswith("assistant: {")  # the answer was started for the model
+        if "selected_aspects" in text.splitlines()[-1]:
+            return 'Clarity", "Depth"]}} and some rambling'
+        return '4, "rationale": "ok"}, "Depth": {"score": 2}}\nmore rambling'
+    judge, stats = PrefillScripted(respond), Counter()
+    cfg = JudgeConfig(prefill=True, selection_max_tokens=16)
+    evs = dynamic_reward(judge, [("q", "r")], cat=CAT, stats=stats, cfg=cfg)
+    assert [(s.aspect, s.score) for s in evs[0].scores] == [("clarity", 4), ("depth", 2)]
+    assert judge.calls == 2 and stats["json_repaired"] == 2  # the stop strings cut the closing brackets
+    # without prefill support the same config sends plain prompts
+    plain = ScriptedLLM(lambda t, s, x: json.dumps({"selected_aspects": ["Clarity", "Depth"]}) if "selected_aspects"
+                        in t else '{"Clarity": {"score": 5}, "Depth": {"score": 5}}')
+    assert dynamic_reward(plain, [("q", "r")], cat=CAT, cfg=cfg)[0].reward == 5.0
+    assert "assistant:" not in plain.log[0][0]

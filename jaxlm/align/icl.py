@@ -58,7 +58,8 @@ def optimize_examples(examples: Sequence[Example], *, judge: LLM, rewriter: LLM,
         prompts = [rewrite_tpl.render(query=recs[i].example.query, response=recs[i].example.answer,
                                       evaluation=format_evaluation(recs[i].evaluation)) for i in active]
         outs = ask(rewriter, prompts, ['{"new_response": "'] * len(prompts), prefill=cfg.prefill,
-                   max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + rnd)
+                   prefill_stop=['"}'], max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                   seed=cfg.seed + rnd)
         cand = [(i, parse_rewrite(o.text, stats)) for i, o in zip(active, outs)]
         scored = [(i, a) for i, a in cand if a is not None]
         new_evs = score_responses(judge, [(recs[i].example.query, a, recs[i].selection) for i, a in scored], cat=cat,

@@ -76,11 +76,15 @@ def prefilled(prompt: str, prefix: str) -> list[dict]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": prefix, "prefix": True}]
 
 
-def ask(llm: LLM, prompts: Sequence[str], prefixes: Sequence[str], *, prefill: bool, **kw) -> list[Completion]:
+def ask(llm: LLM, prompts: Sequence[str], prefixes: Sequence[str], *, prefill: bool,
+        prefill_stop: Sequence[str] | None = None, **kw) -> list[Completion]:
     """Generate; with `prefill` (and a backend that supports it) the answers are forced to start with `prefixes`,
-    which steers small models into the JSON shape. Returned texts always include the prefix when one was used."""
+    which steers small models into the JSON shape, and stop at `prefill_stop` (e.g. the closing bracket; the
+    lenient JSON parser closes what the stop cut). Returned texts always include the prefix when one was used."""
     if not (prefill and getattr(llm, "supports_prefill", False)):
         return llm.generate(list(prompts), **kw)
+    if prefill_stop:
+        kw["stop"] = list(prefill_stop)
     outs = llm.generate([prefilled(p, x) for p, x in zip(prompts, prefixes)], **kw)
     return [Completion(x + c.text, c.prompt_tokens, c.completion_tokens, c.cached) for x, c in zip(prefixes, outs)]
 

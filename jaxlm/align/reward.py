@@ -100,20 +100,23 @@ def parse_json(text: str) -> tuple[Any | None, str]:
             return obj, "ok"
     except ValueError:
         pass
-    candidates = [m.group(1) for m in _FENCE.finditer(t)]
+    ident = lambda s: s  # noqa: E731
+    close = lambda s: _close_truncated(_repair_syntax(s))  # noqa: E731
+    attempts = [(m.group(1), f) for m in _FENCE.finditer(t) for f in (ident, _repair_syntax, close)]
     start = t.find("{")
     if start != -1:
         end = t.rfind("}")
-        candidates.append(t[start:end + 1] if end > start else t[start:])
-        candidates.append(t[start:])
-    for c in candidates:
-        for fix in (lambda s: s, _repair_syntax, lambda s: _close_truncated(_repair_syntax(s))):
-            try:
-                obj = json.loads(fix(c))
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                return obj, "repaired"
+        whole = t[start:end + 1] if end > start else t[start:]
+        # a complete object first; then the text closed after its end (an answer cut by a stop string or the
+        # token limit) before the text up to its last brace, so trailing content is not thrown away
+        attempts += [(whole, ident), (whole, _repair_syntax), (t[start:], close), (whole, close)]
+    for cand, fix in attempts:
+        try:
+            obj = json.loads(fix(cand))
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            return obj, "repaired"
     return None, "failed"
 
 
@@ -283,6 +286,7 @@ class JudgeConfig:
     min_aspects: int = 2
     max_aspects: int = 5
     prefill: bool = False  # start the judge's answer with the JSON opening (local backends; helps small models)
+    selection_max_tokens: int | None = None  # default max_tokens (a prefilled selection needs only a few dozen)
 
 
 SELECTION_PREFIX = '{"aspects_selection": {"selected_aspects": ["'
@@ -292,11 +296,13 @@ def score_prefix(aspect: str, key: str = "score") -> str:
     return '{"' + aspect + '": {"' + key + '": '
 
 
-def judge_ask(judge: LLM, prompts: list[str], prefixes: list[str], cfg: JudgeConfig, attempt: int):
-    """One judge round: greedy first, retries sample at `retry_temperature` with a new seed."""
+def judge_ask(judge: LLM, prompts: list[str], prefixes: list[str], cfg: JudgeConfig, attempt: int, *,
+              stop: Sequence[str] = ("}}",), max_tokens: int | None = None):
+    """One judge round: greedy first, retries sample at `retry_temperature` with a new seed. `stop` applies to
+    prefilled answers only."""
     temp = cfg.temperature if attempt == 0 else max(cfg.temperature, cfg.retry_temperature)
-    return ask(judge, prompts, prefixes, prefill=cfg.prefill, max_tokens=cfg.max_tokens, temperature=temp,
-               top_p=cfg.top_p, seed=cfg.seed + attempt)
+    return ask(judge, prompts, prefixes, prefill=cfg.prefill, prefill_stop=stop,
+               max_tokens=max_tokens or cfg.max_tokens, temperature=temp, top_p=cfg.top_p, seed=cfg.seed + attempt)
 
 
 def select_aspects(judge: LLM, queries: Sequence[str], *, cat: Catalogue, cache: AspectCache | None = None,
@@ -324,7 +330,8 @@ def select_aspects(judge: LLM, queries: Sequence[str], *, cat: Catalogue, cache:
             stats["selection_retry"] += len(todo)
         prompts = [tpl.render(query=q, aspect_list=cat.listing(), min_aspects=cfg.min_aspects,
                               max_aspects=cfg.max_aspects) for q in todo]
-        answers = judge_ask(judge, prompts, [SELECTION_PREFIX] * len(prompts), cfg, attempt)
+        answers = judge_ask(judge, prompts, [SELECTION_PREFIX] * len(prompts), cfg, attempt, stop=("]",),
+                            max_tokens=cfg.selection_max_tokens)
         left = []
         for q, a in zip(todo, answers):
             sel = parse_selection(a.text, cat, cfg.min_aspects, cfg.max_aspects, stats)

@@ -125,8 +125,8 @@ def propose(optimizer: LLM, beam: Sequence[Node], cfg: SearchConfig, ctx: Contex
         prompts += [p] * cfg.n_actions
         seeds += [cfg.seed + j for j in range(cfg.n_actions)]
     outs = ask(optimizer, prompts, ['{"new_system_prompt": "'] * len(prompts), prefill=cfg.opt_prefill,
-               max_tokens=cfg.opt_max_tokens, temperature=cfg.opt_temperature, top_p=cfg.opt_top_p,
-               seed=seeds) if prompts else []
+               prefill_stop=['"}'], max_tokens=cfg.opt_max_tokens, temperature=cfg.opt_temperature,
+               top_p=cfg.opt_top_p, seed=seeds) if prompts else []
     actions: list[list[str]] = [[n.prompt] for n in beam]
     for k, i in enumerate(work):
         got = [parse_new_prompt(o.text, ctx.stats) for o in outs[k * cfg.n_actions:(k + 1) * cfg.n_actions]]
