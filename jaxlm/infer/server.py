@@ -1,0 +1,418 @@
+"""An OpenAI-compatible HTTP server over a `Generator`, with continuous batching.
+
+Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (``"stream": true`` answers with
+server-sent events ending in ``data: [DONE]``), GET /health.
+
+Threads: the stdlib `ThreadingHTTPServer` runs one thread per connection; those threads only parse, validate and
+tokenize, then hand requests to one `BatchWorker` thread that owns the device state. The worker admits every waiting
+request into a free row of its running `DecodeBatch` (prefilled together), steps the whole batch one token at a time,
+and routes each row's tokens to its request's queue. A request that finishes (or whose client disconnected) frees
+its row at once; the others never notice.
+
+Request fields understood besides the OpenAI ones: top_k, min_p, repetition_penalty, ignore_eos.
+Unsupported OpenAI options (logprobs, a nonzero presence/frequency penalty, tools) answer HTTP 400.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+from jaxlm.infer.generate import Generator, PromptTooLongError, Request, advance
+from jaxlm.infer.sampling import SamplingError
+from jaxlm.infer.text import validate_messages
+
+MAX_N = 8
+
+
+class BadRequest(ValueError):
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+@dataclass
+class Job:
+    """One row of work: a `Request` plus where its events go."""
+
+    req: Request
+    index: int                      # choice index in the response
+    out: "queue.Queue"              # shared by all choices of one HTTP request
+    prompt_index: int = 0
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+
+
+_DONE = object()
+
+
+class BatchWorker(threading.Thread):
+    """Owns the DecodeBatch; admits jobs into free rows and steps all live rows together."""
+
+    def __init__(self, generator: Generator, max_batch: int = 8):
+        super().__init__(daemon=True, name="jaxlm-batch-worker")
+        self.g, self.max_batch = generator, max_batch
+        self.inbox: queue.Queue[Job] = queue.Queue()
+        self.stop_event = threading.Event()
+        self.max_live = 0               # most rows decoding at once (observability, tests)
+        self.log: list[tuple[str, int]] = []   # (finish reason, tokens) per finished job
+        self.live: dict[int, Job] = {}
+
+    def submit(self, jobs: list[Job]):
+        for j in jobs:
+            self.inbox.put(j)
+
+    def shutdown(self):
+        self.stop_event.set()
+        self.inbox.put(None)  # wake the worker
+
+    # -- worker loop
+    def run(self):
+        batch = self.g.new_batch(1)
+        while not self.stop_event.is_set():
+            try:
+                batch = self._tick(batch)
+            except Exception as e:  # noqa: BLE001 - fail the jobs in flight, keep serving
+                traceback.print_exc()
+                for job in list(self.live.values()):
+                    job.error = f"generation failed: {type(e).__name__}: {e}"
+                    self._finish(job, "error")
+                self.live.clear()
+                batch = self.g.new_batch(1)
+
+    def _finish(self, job: Job, reason: str):
+        self.log.append((reason, len(job.req.tokens)))
+        job.out.put((job.index, _DONE))
+
+    def _admit(self, batch):
+        new: list[Job] = []
+        block = not self.live
+        while len(self.live) + len(new) < self.max_batch:
+            try:
+                job = self.inbox.get(block=block, timeout=0.5 if block else None)
+            except queue.Empty:
+                break
+            block = False
+            if job is None:
+                continue
+            if job.cancelled.is_set():
+                self._finish(job, "cancelled")
+                continue
+            new.append(job)
+        if not new:
+            return batch
+        if not self.live:
+            batch = self.g.new_batch(len(new))  # idle: start over at the size this work needs
+        try:
+            batch.grow_rows(len(self.live) + len(new))
+            # room for the longest request at once: fewer (recompiling) capacity changes than growing token by token
+            batch.ensure_capacity(max(len(j.req.prompt) + j.req.max_new_tokens for j in new))
+            rows = batch.free_rows()[:len(new)]
+            toks = np.asarray(batch.add(rows, [j.req.prompt for j in new], [j.req.params for j in new]))
+        except Exception as e:
+            for j in new:
+                j.error = f"generation failed: {type(e).__name__}: {e}"
+                self._finish(j, "error")
+            raise
+        for r, j, t in zip(rows, new, toks):
+            j.req.row = r
+            self.live[r] = j
+            self._emit(batch, r, j, int(t))
+        return batch
+
+    def _emit(self, batch, row: int, job: Job, token: int):
+        ev = advance(job.req, token)
+        ev.index = job.index
+        if ev.text or ev.token is not None:
+            job.out.put((job.index, ev))
+        if job.req.done:
+            batch.free(row)
+            del self.live[row]
+            self._finish(job, job.req.finish_reason)
+
+    def _tick(self, batch):
+        for r, job in list(self.live.items()):
+            if job.cancelled.is_set():
+                batch.free(r)
+                del self.live[r]
+                self._finish(job, "cancelled")
+        batch = self._admit(batch)
+        self.max_live = max(self.max_live, len(self.live))
+        if not self.live:
+            return batch
+        toks = np.asarray(batch.step())
+        for r, job in list(self.live.items()):
+            self._emit(batch, r, job, int(toks[r]))
+        return batch
+
+
+# ---------------------------------------------------------------- request parsing
+
+def _get(body: dict, name: str, types, default=None):
+    v = body.get(name, default)
+    if v is None:
+        return default
+    if types is not None and (isinstance(v, bool) and bool not in types or not isinstance(v, types)):
+        raise BadRequest(f"'{name}': expected {' or '.join(t.__name__ for t in types)}, got {v!r}", name)
+    return v
+
+
+def parse_sampling(body: dict, g: Generator, default_max: int, chat: bool) -> dict:
+    num = (int, float)
+    n = _get(body, "n", (int,), 1)
+    if not 1 <= n <= MAX_N:
+        raise BadRequest(f"'n'={n}: must be between 1 and {MAX_N}", "n")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if _get(body, name, num, 0) != 0:
+            raise BadRequest(f"'{name}' is not supported (use repetition_penalty)", name)
+    for name in ("logprobs", "top_logprobs", "tools", "functions", "best_of"):
+        if body.get(name) not in (None, False, 0, 1 if name == "best_of" else None):
+            raise BadRequest(f"'{name}' is not supported by this server", name)
+    if body.get("echo"):
+        raise BadRequest("'echo' is not supported by this server", "echo")
+    max_key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _get(body, max_key, (int,), default_max)
+    if max_tokens < 1:
+        raise BadRequest(f"'{max_key}'={max_tokens}: must be >= 1", max_key)
+    kw = dict(max_new_tokens=max_tokens,
+              temperature=_get(body, "temperature", num, 1.0), top_p=_get(body, "top_p", num, 1.0),
+              top_k=_get(body, "top_k", (int,), 0), min_p=_get(body, "min_p", num, 0.0),
+              repetition_penalty=_get(body, "repetition_penalty", num, 1.0),
+              ignore_eos=_get(body, "ignore_eos", (bool,), False))
+    stop = body.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 16:
+            raise BadRequest("'stop': expected a non-empty string or a list of up to 16 non-empty strings", "stop")
+        kw["stop"] = stop
+    seed = _get(body, "seed", (int,), None)
+    if seed is not None and not 0 <= seed < 2**63:
+        raise BadRequest(f"'seed'={seed}: must be in [0, 2**63)", "seed")
+    return dict(kw=kw, n=n, seed=seed, stream=_get(body, "stream", (bool,), False))
+
+
+def build_jobs(g: Generator, prompts: list, sp: dict, out: queue.Queue) -> list[Job]:
+    jobs = []
+    base_seed = sp["seed"] if sp["seed"] is not None else int(np.random.default_rng().integers(0, 2**31))
+    for pi, prompt in enumerate(prompts):
+        for j in range(sp["n"]):
+            try:
+                req = g.make_request(prompt, seed=base_seed + j, **sp["kw"])
+            except PromptTooLongError as e:
+                raise BadRequest(str(e), "messages" if _is_chat(prompt) else "prompt", "context_length_exceeded")
+            except SamplingError as e:
+                raise BadRequest(str(e), str(e).split("=")[0])
+            except ValueError as e:
+                raise BadRequest(str(e))
+            jobs.append(Job(req, pi * sp["n"] + j, out, prompt_index=pi))
+    return jobs
+
+
+def _is_chat(p) -> bool:
+    return isinstance(p, list) and bool(p) and isinstance(p[0], dict)
+
+
+# ---------------------------------------------------------------- HTTP
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "jaxlm"
+    app: "App"  # set on the subclass made by make_server
+
+    def log_message(self, fmt, *args):  # quiet by default
+        if self.app.verbose:
+            super().log_message(fmt, *args)
+
+    # -- plumbing
+    def _send_json(self, status: int, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, param=None, code=None, etype="invalid_request_error"):
+        self._send_json(status, {"error": {"message": message, "type": etype, "param": param, "code": code}})
+
+    def _body(self) -> dict:
+        n = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(n) if n else b""
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BadRequest(f"the request body is not valid JSON: {e}")
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return body
+
+    # -- routes
+    def do_GET(self):
+        path = self.path.split("?")[0].rstrip("/")
+        if path == "/v1/models":
+            self._send_json(200, {"object": "list", "data": [self.app.model_card()]})
+        elif path == "/v1/models/" + self.app.model_name:
+            self._send_json(200, self.app.model_card())
+        elif path in ("/health", ""):
+            self._send_json(200, {"status": "ok", "active_rows": len(self.app.worker.live)})
+        else:
+            self._error(404, f"no route GET {path}", code="not_found")
+
+    def do_POST(self):
+        path = self.path.split("?")[0].rstrip("/")
+        try:
+            if path not in ("/v1/completions", "/v1/chat/completions"):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                return self._error(404, f"no route POST {path}", code="not_found")
+            chat = path.endswith("chat/completions")
+            body = self._body()
+            self._complete(body, chat)
+        except BadRequest as e:
+            self._error(400, str(e), e.param, e.code)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            try:
+                self._error(500, f"{type(e).__name__}: {e}", etype="server_error")
+            except OSError:
+                pass
+
+    def _complete(self, body: dict, chat: bool):
+        g, app = self.app.generator, self.app
+        if chat:
+            try:
+                prompts = [validate_messages(body.get("messages"))]
+            except ValueError as e:
+                raise BadRequest(str(e), "messages")
+        else:
+            p = body.get("prompt")
+            if isinstance(p, str) or (isinstance(p, list) and p and all(isinstance(t, int) for t in p)):
+                prompts = [p]
+            elif isinstance(p, list) and p and all(isinstance(x, str) for x in p):
+                prompts = list(p)
+            else:
+                raise BadRequest("'prompt': expected a string, a list of strings or a list of token ids", "prompt")
+        sp = parse_sampling(body, g, app.default_max_tokens if chat else 16, chat)
+        out: queue.Queue = queue.Queue()
+        jobs = build_jobs(g, prompts, sp, out)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        app.worker.submit(jobs)
+        try:
+            if sp["stream"]:
+                self._stream(rid, chat, jobs, out)
+            else:
+                self._collect(rid, chat, jobs, out)
+        finally:
+            for j in jobs:  # a client gone mid-stream (or any failure here) releases its rows
+                if not j.req.done:
+                    j.cancelled.set()
+
+    @staticmethod
+    def _usage(jobs):
+        prompts = {j.prompt_index: len(j.req.prompt) for j in jobs}  # n choices of one prompt count it once
+        done = sum(len(j.req.tokens) for j in jobs)
+        return {"prompt_tokens": sum(prompts.values()), "completion_tokens": done,
+                "total_tokens": sum(prompts.values()) + done}
+
+    def _wait(self, jobs, out):
+        """Yield (index, Event) until every job is done."""
+        remaining = len(jobs)
+        while remaining:
+            idx, ev = out.get()
+            if ev is _DONE:
+                remaining -= 1
+                if jobs[idx].error:
+                    raise RuntimeError(jobs[idx].error)
+                continue
+            yield idx, ev
+
+    def _collect(self, rid, chat, jobs, out):
+        texts = [""] * len(jobs)
+        for idx, ev in self._wait(jobs, out):
+            texts[idx] += ev.text
+        created = int(time.time())
+        choices = []
+        for j in jobs:
+            reason = j.req.finish_reason if j.req.finish_reason in ("stop", "length") else "stop"
+            if chat:
+                choices.append({"index": j.index, "message": {"role": "assistant", "content": texts[j.index]},
+                                "logprobs": None, "finish_reason": reason})
+            else:
+                choices.append({"index": j.index, "text": texts[j.index], "logprobs": None, "finish_reason": reason})
+        self._send_json(200, {"id": rid, "object": "chat.completion" if chat else "text_completion",
+                              "created": created, "model": self.app.model_name, "choices": choices,
+                              "usage": self._usage(jobs)})
+
+    def _sse(self, obj):
+        data = b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def _stream(self, rid, chat, jobs, out):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        created, model = int(time.time()), self.app.model_name
+        obj = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(index, text=None, reason=None, role=False):
+            if chat:
+                delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+                ch = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+            else:
+                ch = {"index": index, "text": text or "", "logprobs": None, "finish_reason": reason}
+            return {"id": rid, "object": obj, "created": created, "model": model, "choices": [ch]}
+
+        if chat:
+            for j in jobs:
+                self._sse(chunk(j.index, role=True))
+        for idx, ev in self._wait(jobs, out):
+            if ev.text:
+                self._sse(chunk(idx, ev.text))
+            if ev.finish_reason:
+                self._sse(chunk(idx, None, ev.finish_reason))
+        self._sse(b"[DONE]")
+
+
+class App:
+    def __init__(self, generator: Generator, model_name: str, *, max_batch: int = 8, default_max_tokens: int = 256,
+                 verbose: bool = False):
+        self.generator, self.model_name, self.verbose = generator, model_name, verbose
+        self.default_max_tokens = default_max_tokens
+        self.worker = BatchWorker(generator, max_batch)
+        self.created = int(time.time())
+
+    def model_card(self) -> dict:
+        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "jaxlm",
+                "context_length": self.generator.context_len}
+
+
+def make_server(generator: Generator, host: str = "127.0.0.1", port: int = 8000, *, model_name: str = "jaxlm",
+                max_batch: int = 8, default_max_tokens: int = 256, verbose: bool = False) -> ThreadingHTTPServer:
+    """A ready server (worker thread started); call `serve_forever()` and, when done, `shutdown_all(server)`."""
+    app = App(generator, model_name, max_batch=max_batch, default_max_tokens=default_max_tokens, verbose=verbose)
+    handler = type("JaxlmHandler", (Handler,), {"app": app})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    server.app = app
+    app.worker.start()
+    return server
+
+
+def shutdown_all(server: ThreadingHTTPServer):
+    server.shutdown()
+    server.server_close()
+    server.app.worker.shutdown()
