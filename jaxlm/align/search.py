@@ -221,7 +221,8 @@ def run_search(roles: Roles, queries: Sequence[str], ctx: Context, cfg: SearchCo
     """Run the search to the end, checkpointing after the root and after every level (resuming if one exists)."""
     if checkpoint and os.path.exists(checkpoint):
         state, stats = load_checkpoint(checkpoint, queries, cfg)
-        ctx.stats.update({k: v for k, v in stats.items() if k not in ctx.stats})
+        if not ctx.stats:  # counters of the interrupted run continue (calls served by the cache count again)
+            ctx.stats.update(stats)
     else:
         state = init_search(roles, queries, ctx, cfg)
         if checkpoint:
