@@ -74,6 +74,8 @@ def test_parse_scores_variants():
     ev = parse_scores("Helpfulness: 3/5 because... Depth score 2.", aspects, CAT, stats)
     assert [(s.aspect, s.score) for s in ev.scores] == [("helpfulness", 3), ("depth", 2)]
     assert parse_scores("I refuse to grade this.", aspects, CAT, stats) is None
+    halves = parse_scores('{"Helpfulness": {"score": 2.5}, "Clarity": {"score": 1.5}}', aspects, CAT, Counter())
+    assert [s.score for s in halves.scores] == [3, 2]
 
 
 def _judge(bad_first: bool):

@@ -16,6 +16,7 @@ the mean. Judges are weak and answer in broken JSON, so parsing is lenient and e
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import threading
@@ -186,7 +187,7 @@ def parse_score(value: Any, stats: Counter) -> int | None:
     if not isinstance(value, (int, float)):
         stats["bad_score"] += 1
         return None
-    s = int(round(float(value)))
+    s = int(math.floor(float(value) + 0.5))  # half up (round() would send 2.5 to 2 but 3.5 to 4)
     if s < 1 or s > 5:
         stats["bad_score"] += 1
         s = min(5, max(1, s))
