@@ -163,6 +163,9 @@ def run(cfg, out: Path, resume: bool, log=print, *, teacher_tok=None, stop_at: i
                              f"{meta['config']['seq_len']} differs from this run's {cfg['steps']} / {cfg['seq_len']}")
         report = meta["report"]
         g0 = latest
+        full = nnx.to_pure_dict(nnx.state(student, nnx.Param))
+        mk.merge_params(student, ck.restore_params(
+            g0, jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), full)))
         log(f"resuming from global step {g0} (stage {meta['stage']})")
 
     if "teacher" not in report["ppl"]:

@@ -158,12 +158,13 @@ def next_token_nll(logits, ids):
 # ----------------------------------------------------------------------------------------------------------------
 # jitted steps
 
-def trainable_filter(stage: int, freeze_mlp: bool = False):
+def trainable_filter(stage: int, freeze_mlp: bool = False, freeze_attention: bool = False):
+    """Stages 1-2: the SSM mixers only. Stage 3: everything, minus the MLPs (freeze_mlp) and minus the attention
+    mixers kept by a hybrid student (freeze_attention)."""
     if stage in (1, 2):
         return nnx.All(nnx.Param, nnx.PathContains("mixer"))
-    if freeze_mlp:
-        return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("mlp")))
-    return nnx.Param
+    frozen = [nnx.PathContains("mlp")] * freeze_mlp + [nnx.PathContains("attn")] * freeze_attention
+    return nnx.All(nnx.Param, nnx.Not(nnx.Any(*frozen))) if frozen else nnx.Param
 
 
 @dataclass
@@ -183,23 +184,30 @@ class StageStep:
         return self.fn(params, opt_state, self.frozen, self.teacher, ids)
 
 
-def split_student(student: PhiMambaLM, stage: int, freeze_mlp: bool = False):
-    """(graphdef, trainable params, frozen rest) of the student for a stage."""
-    return nnx.split(student, trainable_filter(stage, freeze_mlp), ...)
+def split_student(student: PhiMambaLM, stage: int, freeze_mlp: bool = False, freeze_attention: bool = False):
+    """(graphdef, trainable params as a pure nested dict, frozen rest State) of the student for a stage."""
+    gdef, params, frozen = nnx.split(student, trainable_filter(stage, freeze_mlp, freeze_attention), ...)
+    return gdef, nnx.to_pure_dict(params), frozen
 
 
 def make_stage_step(student: PhiMambaLM, teacher: DecoderLM, stage: int, tx, *, temperature: float = 1.0,
-                    freeze_mlp: bool = False) -> tuple[StageStep, object]:
+                    freeze_mlp: bool = False, freeze_attention: bool = False) -> tuple[StageStep, object]:
     """Returns (step, trainable params). Stages 1-2: ONE jax.jit over all layers (loss = sum of per-layer losses;
-    the gradient of layer l's parameters is the gradient of its own loss, and AdamW is element-wise)."""
+    the gradient of layer l's parameters is the gradient of its own loss, and AdamW is element-wise).
+    In stages 1-2 the teacher may be truncated to the first layers (`truncate_teacher`): only the student's SSM
+    layers below its depth are trained (a hybrid student keeps attention above)."""
     if stage not in (1, 2, 3):
         raise ConfigError(f"stage={stage}: expected 1, 2 or 3")
-    gdef, params, frozen = split_student(student, stage, freeze_mlp)
+    if stage in (1, 2):
+        deep = [i for i, b in enumerate(student.layers) if not b.is_attention and i >= teacher.cfg.num_layers]
+        if deep:
+            raise ConfigError(f"SSM layers {deep} are deeper than the teacher's {teacher.cfg.num_layers} layers")
+    gdef, params, frozen = split_student(student, stage, freeze_mlp, freeze_attention)
     tgdef, tstate = nnx.split(teacher)
     st = StageStep(stage, gdef, frozen, tstate, tx)
 
     def loss_fn(p, frozen_, tstate_, ids):
-        model = nnx.merge(gdef, p, frozen_)
+        model = nnx.merge(gdef, nnx.State(p), frozen_)
         t = nnx.merge(tgdef, tstate_)
         if stage in (1, 2):
             ins, probs, outs = teacher_targets(t, ids, probs=stage == 1)
@@ -235,8 +243,8 @@ def make_optimizer(lr: float, steps: int, weight_decay: float = 0.0, warmup_frac
 
 
 def merge_params(student: PhiMambaLM, params):
-    """Write trained params (from a stage step) back into the student module."""
-    nnx.update(student, params)
+    """Write trained params (a pure dict from a stage step, possibly a subset) back into the student module."""
+    nnx.update(student, nnx.State(params))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -281,10 +289,15 @@ def eval_batches(tokens: np.ndarray, batch: int, seq_len: int, max_batches: int)
     return [wins[i:i + batch] for i in range(0, n - n % batch or n, batch)][:max_batches]
 
 
+@jax.jit(static_argnums=0)
+def _model_nll(gdef, state, ids):
+    return next_token_nll(nnx.merge(gdef, state)(ids), ids)
+
+
 def perplexity(model, batches) -> float:
+    """exp(mean next-token NLL) over the batches (one compiled function per model structure)."""
     gdef, state = nnx.split(model)
-    f = jax.jit(lambda s, ids: next_token_nll(nnx.merge(gdef, s)(ids), ids))
-    nll = [float(f(state, jnp.asarray(b))) for b in batches]
+    nll = [float(_model_nll(gdef, state, jnp.asarray(b))) for b in batches]
     return float(np.exp(np.mean(nll)))
 
 
