@@ -35,6 +35,26 @@ FORMAT_NAME = "jaxlm-flute"
 FORMAT_VERSION = 1
 
 
+@dataclasses.dataclass(frozen=True)
+class QuantInfo:
+    """What `quantize` did to a model (kept on the model as `model.quant_info`; hashable, so graphdefs stay so)."""
+
+    bits: int
+    group_size: int
+    table: tuple[float, ...]
+    method: str
+    lm_head: bool
+    layers: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["table"], d["layers"] = list(self.table), list(self.layers)
+        return d
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+
 def _linear_paths(model, lm_head: bool):
     out = []
     for path, node in nnx.iter_graph(model):
@@ -150,8 +170,8 @@ def quantize(model, bits: int = 4, group_size: int = 128, method: str = "nf", ca
         lin = _get(model, p)
         _set(model, p, QuantLinear.from_linear(lin, fmt, scales=learned.get(p), scale_dtype=scale_dtype,
                                                pad_k=pad_k, impl=impl))
-    model.quant_info = dict(fmt.to_json(), method=method, lm_head=bool(lm_head),
-                            layers=[".".join(map(str, p)) for p in paths])
+    model.quant_info = QuantInfo(fmt.bits, fmt.group_size, fmt.table, method, bool(lm_head),
+                                 tuple(".".join(map(str, p)) for p in paths))
     return model
 
 
@@ -177,12 +197,12 @@ def save_quantized(model, out_dir) -> pathlib.Path:
     arrays = {k: jnp.asarray(v) for k, v in _flat_arrays(model).items()}
     save_file(arrays, str(out / "model.safetensors"), metadata={"format": FORMAT_NAME})
     layers = {}
-    for name in info["layers"]:
+    for name in info.layers:
         ql = _get(model, tuple(name.split(".")))
         layers[name] = {"in_features": ql.in_features, "out_features": ql.out_features, "dtype": ql.dtype,
                         "bias": ql.bias is not None}
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": dataclasses.asdict(model.cfg),
-            "quantization": {k: v for k, v in info.items() if k != "layers"}, "layers": layers}
+            "quantization": {k: v for k, v in info.to_json().items() if k != "layers"}, "layers": layers}
     (out / "quant_config.json").write_text(json.dumps(meta, indent=1))
     return out
 
@@ -228,6 +248,6 @@ def load_quantized(path, *, impl: str | None = None):
             raise CheckpointError(f"{st_file}: key {key!r} has shape {tuple(arrays[key].shape)}, expected {want}")
         flat.append((kpath, arrays[key]))
     nnx.update(model, nnx.from_flat_state(flat))
-    model.quant_info = dict(fmt.to_json(), method=q.get("method", "nf"), lm_head=q.get("lm_head", False),
-                            layers=list(meta["layers"]))
+    model.quant_info = QuantInfo(fmt.bits, fmt.group_size, fmt.table, q.get("method", "nf"),
+                                 bool(q.get("lm_head", False)), tuple(meta["layers"]))
     return model
