@@ -89,10 +89,13 @@ def _kernel(x_ref, p_ref, s_ref, t_ref, o_ref, *, bits, group_size, groups_per_s
             part += _partial_dot(x_ref[:, pl.ds(k0, sb)], lo)
             part += _partial_dot(x_ref[:, pl.ds(k0 + sb, sb)], hi)
         else:
+            slabs = {}  # each packed slab is loaded once per group and shared by the sub-blocks it holds
             for koff, size, fields in blocks:
                 code = None
                 for row, shift, mask, cshift in fields:
-                    v = p_ref[pl.ds(r0 + row, size), :].astype(jnp.int32)
+                    if (row, size) not in slabs:
+                        slabs[(row, size)] = p_ref[pl.ds(r0 + row, size), :].astype(jnp.int32)
+                    v = slabs[(row, size)]
                     v = (v >> shift) & mask if shift else v & mask
                     v = v << cshift if cshift else v
                     code = v if code is None else code | v
