@@ -22,6 +22,12 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def int_table(bits: int) -> np.ndarray:
+    """Symmetric integer RTN as a table: levels k / (2^(b-1) - 1), k = -2^(b-1) .. 2^(b-1) - 1 (scale = absmax/7)."""
+    h = 2 ** (bits - 1)
+    return np.arange(-h, h, dtype=np.float64) / (h - 1)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="skip the NFL rows")
@@ -50,8 +56,8 @@ def main(argv=None):
 
     configs = [("NF", 4, 64, "nf", None), ("NF", 4, 128, "nf", None), ("NF", 3, 64, "nf", None),
                ("NF", 3, 128, "nf", None),
-               ("INT (uniform RTN)", 4, 128, "nf", np.linspace(-1, 1, 16)),
-               ("INT (uniform RTN)", 3, 128, "nf", np.linspace(-1, 1, 8))]
+               ("INT (uniform RTN)", 4, 128, "nf", int_table(4)),
+               ("INT (uniform RTN)", 3, 128, "nf", int_table(3))]
     if not args.quick:
         configs += [("NFL", 4, 128, "nfl", None), ("NFL", 3, 128, "nfl", None)]
     for name, bits, g, method, table in configs:
@@ -85,7 +91,8 @@ def main(argv=None):
         f"({args.calib_seqs} x {args.seq_len} tokens, {args.nfl_steps} Adam steps per layer, layer-output MSE with "
         "a straight-through estimator). All q/k/v/o/gate/up/down layers quantized; the tied embedding stays fp32. "
         "K=576 is not a multiple of 128: at G=128 those layers are zero-padded to 640 rows (the last group holds "
-        "64 real weights). INT rows: the same machinery with a uniform 2^b-level table (round-to-nearest).\n")
+        "64 real weights). INT rows: the same machinery with the symmetric integer table k/(2^(b-1)-1), "
+        "k = -2^(b-1)..2^(b-1)-1 (plain round-to-nearest INT quantization, scale = group absmax / (2^(b-1)-1)).\n")
     section += (f"\n### {now} — {machine}; python {platform.python_version()}, jax {jax.__version__} / jaxlib "
                 f"{jaxlib.__version__}\n\n" + header + body)
     with open(bench, "a") as f:
