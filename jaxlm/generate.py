@@ -35,6 +35,14 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from jaxlm.infer.generate import Generator
+    from jaxlm.infer.sampling import SamplingParams
+
+    try:  # bad flags fail before the model is loaded
+        SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                       repetition_penalty=args.repetition_penalty, seed=args.seed)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     mesh = None
     if args.mesh:

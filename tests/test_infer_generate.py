@@ -207,3 +207,26 @@ def test_mobillama_fixture_decode_logits(fixtures_dir):
     nnx.update(rounded, nnx.state(model))
     inc_b = np.asarray(Generator(rounded).decode_logits(io["input_ids"], prompt_len=20))
     np.testing.assert_allclose(inc_b[:, 1:], io["decode_logits"], atol=2e-3, rtol=0)
+
+
+def test_from_pretrained_hf_dir_and_orbax_run(small, tmp_path):
+    """--checkpoint accepts an HF directory (jaxlm.io.save_pretrained) and an orbax training run (jaxlm.train)."""
+    import dataclasses
+
+    from jaxlm.io import save_pretrained
+    from jaxlm.train.checkpoint import Checkpointer
+    from jaxlm.train.state import TrainState
+
+    model, g = small
+    want = g.generate_ids([[5, 6, 7]], max_new_tokens=12, ignore_eos=True)
+    save_pretrained(model, tmp_path / "hf")
+    assert Generator.from_pretrained(str(tmp_path / "hf")).generate_ids([[5, 6, 7]], max_new_tokens=12) == want
+    ck = Checkpointer(tmp_path / "run" / "checkpoints", save_every=1, async_save=False)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    state = TrainState(params=params, opt_state={"mu": jnp.zeros(2)}, step=jnp.int32(3),
+                       rng=jnp.zeros(2, jnp.uint32))
+    ck.save(3, state, {"next_index": 0}, {"compat": {"model": dataclasses.asdict(model.cfg)}})
+    ck.close()
+    assert Generator.from_pretrained(str(tmp_path / "run")).generate_ids([[5, 6, 7]], max_new_tokens=12) == want
+    with pytest.raises(FileNotFoundError, match="neither an HF checkpoint"):
+        Generator.from_pretrained(str(tmp_path))

@@ -74,8 +74,7 @@ class _Mesh:
 
 # ---------------------------------------------------------------- jitted steps
 
-@partial(jax.jit, static_argnames=("graphdef", "flags", "mesh", "with_logits"), donate_argnames=("cache", "seen"))
-def _prefill(graphdef, state, cache, seen, keys, params, ids, lens, rows, *, flags, mesh=None, with_logits=False):
+def _prefill(graphdef, mesh, state, cache, seen, keys, params, ids, lens, rows, *, flags, with_logits=False):
     """ids [n, T] right-padded prompts with true lengths [n] go into rows `rows` [n] (index >= B: a dummy row).
 
     Returns the batch cache, the seen mask, the first drawn token per prompt [n] (and its logits [n, V])."""
@@ -94,8 +93,7 @@ def _prefill(graphdef, state, cache, seen, keys, params, ids, lens, rows, *, fla
     return (cache, seen, tok, last) if with_logits else (cache, seen, tok)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "flags", "mesh", "with_logits"), donate_argnames=("cache", "seen"))
-def _decode(graphdef, state, cache, seen, keys, params, tok, *, flags, mesh=None, with_logits=False):
+def _decode(graphdef, mesh, state, cache, seen, keys, params, tok, *, flags, with_logits=False):
     """Feed tok [B] (one token per row) and draw the next token of every row."""
     with _Mesh(mesh):
         model = nnx.merge(graphdef, state)
@@ -104,6 +102,20 @@ def _decode(graphdef, state, cache, seen, keys, params, tok, *, flags, mesh=None
         nxt = sample(logits, params, flags, keys, cache.lengths, seen)
         seen = update_seen(seen, nxt)
     return (cache, seen, nxt, logits) if with_logits else (cache, seen, nxt)
+
+
+_COMPILED: dict = {}
+
+
+def compiled_steps(graphdef, mesh=None):
+    """(prefill, decode) jitted for one model structure (and mesh). The graphdef is bound here, once, instead of being
+    a static argument hashed on every call (that hash costs more than a small model's decode step)."""
+    key = (graphdef, mesh)
+    if key not in _COMPILED:
+        kw = dict(static_argnames=("flags", "with_logits"), donate_argnames=("cache", "seen"))
+        _COMPILED[key] = (jax.jit(partial(_prefill, graphdef, mesh), **kw),
+                          jax.jit(partial(_decode, graphdef, mesh), **kw))
+    return _COMPILED[key]
 
 
 # ---------------------------------------------------------------- device state of a running batch
@@ -130,6 +142,7 @@ class DecodeBatch:
         self.context_len = int(context_len or model_context(self.cfg))
         self.vocab = self.cfg.vocab_size
         self.spec = cache_lib.spec_of(cache_lib.cache_class_for(model))
+        self._prefill_fn, self._decode_fn = compiled_steps(graphdef, mesh)
         self._alloc(bucket(rows), bucket(capacity, MIN_LEN_BUCKET, self.context_len))
 
     # -- allocation
@@ -142,6 +155,8 @@ class DecodeBatch:
         self.params: list[SamplingParams] = [SamplingParams()] * rows
         self.active = np.zeros(rows, bool)
         self.lengths = np.zeros(rows, np.int64)
+        self._settings = None
+        self._sticky = SamplingFlags()
 
     def _place(self, cache):
         if self.mesh is None:
@@ -178,6 +193,7 @@ class DecodeBatch:
         self.cache = self._place(dataclasses.replace(c, lengths=_pad_rows(c.lengths, rows), **upd))
         self.seen, self.keys, self.tok = (_pad_rows(x, rows) for x in (self.seen, self.keys, self.tok))
         self.params = self.params + [SamplingParams()] * pad
+        self._settings = None
         self.active = np.concatenate([self.active, np.zeros(pad, bool)])
         self.lengths = np.concatenate([self.lengths, np.zeros(pad, np.int64)])
         self.rows = rows
@@ -195,11 +211,17 @@ class DecodeBatch:
         self._alloc(bucket(rows), bucket(capacity, MIN_LEN_BUCKET, self.context_len))
 
     # -- work
-    def _flags(self) -> SamplingFlags:
-        return SamplingFlags.of([p for p, a in zip(self.params, self.active) if a])
-
-    def _packed(self):
-        return {k: jnp.asarray(v) for k, v in pack_params(self.params).items()}
+    def _current(self):
+        """(flags, per-row parameter arrays on device), rebuilt only when rows change."""
+        if self._settings is None:
+            now = SamplingFlags.of([p for p, a in zip(self.params, self.active) if a])
+            # sticky: a stage stays compiled in once used (rows finishing must not trigger a recompile); stages
+            # are no-ops for rows with neutral settings, so a superset of flags gives the same tokens
+            flags = SamplingFlags(*(a or b for a, b in zip(dataclasses.astuple(now),
+                                                          dataclasses.astuple(self._sticky))))
+            self._sticky = flags
+            self._settings = (flags, {k: jnp.asarray(v) for k, v in pack_params(self.params).items()})
+        return self._settings
 
     def add(self, rows: Sequence[int], prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
             with_logits: bool = False):
@@ -213,6 +235,7 @@ class DecodeBatch:
             if not p:
                 raise ValueError("empty prompt: at least one token is needed to start generation")
             self.params[r] = sp
+            self._settings = None
             self.active[r] = True
             self.lengths[r] = len(p)
         self.keys = self.keys.at[jnp.asarray(rows)].set(row_keys([sp.seed for sp in params]))
@@ -224,8 +247,7 @@ class DecodeBatch:
             for i, p in enumerate(prompts):
                 by_len.setdefault(len(p), []).append(i)
             groups = list(by_len.values())
-        flags = self._flags()
-        packed = self._packed()
+        flags, packed = self._current()
         first = [None] * len(rows)
         for g in groups:
             n = bucket(len(g))
@@ -238,8 +260,8 @@ class DecodeBatch:
                 ids[j, :len(prompts[i])] = prompts[i]
                 lens[j] = len(prompts[i])
                 rws[j] = rows[i]
-            out = _prefill(self.graphdef, self.state, self.cache, self.seen, self.keys, packed, jnp.asarray(ids),
-                           jnp.asarray(lens), jnp.asarray(rws), flags=flags, mesh=self.mesh, with_logits=with_logits)
+            out = self._prefill_fn(self.state, self.cache, self.seen, self.keys, packed, jnp.asarray(ids),
+                                   jnp.asarray(lens), jnp.asarray(rws), flags=flags, with_logits=with_logits)
             self.cache, self.seen, tok = out[:3]
             for j, i in enumerate(g):
                 first[i] = (tok[j], out[3][j]) if with_logits else tok[j]
@@ -252,6 +274,7 @@ class DecodeBatch:
     def free(self, row: int):
         self.active[row] = False
         self.params[row] = SamplingParams()
+        self._settings = None
 
     def step(self, with_logits: bool = False, tokens=None):
         """One decode step for every row (rows not active compute garbage that is ignored). `tokens` [B] overrides
@@ -260,8 +283,9 @@ class DecodeBatch:
             raise RuntimeError("no active rows")
         self.ensure_capacity(int(self.lengths[self.active].max()) + 1)
         feed = self.tok if tokens is None else jnp.asarray(tokens, jnp.int32)
-        out = _decode(self.graphdef, self.state, self.cache, self.seen, self.keys, self._packed(), feed,
-                      flags=self._flags(), mesh=self.mesh, with_logits=with_logits)
+        flags, packed = self._current()
+        out = self._decode_fn(self.state, self.cache, self.seen, self.keys, packed, feed, flags=flags,
+                              with_logits=with_logits)
         self.cache, self.seen, self.tok = out[:3]
         self.lengths += 1
         return (self.tok, out[3]) if with_logits else self.tok
@@ -530,20 +554,27 @@ def load_model(path: str | None = None):
 
         model, _cfg = load_pretrained(path)
         return model, load_tokenizer(path)
-    loader = _orbax_loader()
-    if loader is not None:
-        model = loader(path)
-        return model, load_tokenizer(path)
-    raise FileNotFoundError(f"--checkpoint {path}: no config.json (HF checkpoint) found in the directory")
+    if _looks_like_orbax(path):
+        return _load_orbax(path)
+    raise FileNotFoundError(f"--checkpoint {path}: neither an HF checkpoint (config.json) nor an orbax training run "
+                            f"(checkpoints/<step>/ or <step>/ folders)")
 
 
-def _orbax_loader():
-    """The training package's checkpoint loader (model from an orbax directory), when it provides one."""
-    try:
-        from jaxlm.train import checkpoint as ck  # noqa: F401
-    except ImportError:
-        return None
-    for name in ("load_model", "restore_model"):
-        if hasattr(ck, name):
-            return getattr(ck, name)
-    return None
+def _looks_like_orbax(path: str) -> bool:
+    d = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+    return any(n.isdigit() and os.path.isdir(os.path.join(d, n)) for n in os.listdir(d))
+
+
+def _load_orbax(path: str):
+    """The latest checkpoint of a training run (jaxlm.train), exported to HF layout in a temporary folder and loaded
+    from there (the export restores the float32 master weights without needing the training mesh)."""
+    import tempfile
+
+    from jaxlm.infer.text import load_tokenizer
+    from jaxlm.io import load_pretrained
+    from jaxlm.train.checkpoint import export_hf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_hf(path, tmp)
+        model, _cfg = load_pretrained(tmp)
+    return model, load_tokenizer(path)

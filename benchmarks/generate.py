@@ -1,0 +1,117 @@
+"""Decode speed of SmolLM2-135M-Instruct on CPU: jaxlm `Generator` vs transformers `generate` (torch), same machine,
+same run, same weights (the GGUF dequantized to float32), greedy, batch 1 and 8.
+
+Decode tokens/s = B * (N - 1) / (t(N new tokens) - t(1 new token)): the prefill and the first token are subtracted
+out on both sides. Best of --repeats runs. Appends a dated row to BENCHMARKS.md.
+
+    python benchmarks/generate.py [--new 64] [--prompt-len 32] [--repeats 3] [--batches 1 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def best(fn, repeats):
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from jaxlm.infer.generate import Generator
+    from jaxlm.io.gguf import cached_hf_dir, load_gguf, smollm2_gguf_path
+
+    hf_dir = cached_hf_dir(smollm2_gguf_path())
+    model, cfg, tok = load_gguf()
+    gen = Generator(model, tok)
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    hf.generation_config.eos_token_id = None
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(100, cfg.vocab_size - 100, args.prompt_len).tolist()
+    N = args.new
+    rows = []
+    for B in args.batches:
+        prompts = [base] * B  # equal lengths: no padding on either side
+
+        def ours(n):
+            out = gen.generate_ids(prompts, max_new_tokens=n, ignore_eos=True)
+            assert all(len(o) == n for o in out)
+            return out
+
+        ids = torch.tensor(prompts, dtype=torch.long)
+
+        def theirs(n):
+            with torch.no_grad():
+                out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                                  num_beams=1, pad_token_id=0)
+            assert out.shape[1] == ids.shape[1] + n
+            return out
+
+        same = ours(N)[0] == theirs(N)[0, args.prompt_len:].tolist()  # warm-up (compiles) + a sanity check
+        ours(1)
+        theirs(1)
+        j = B * (N - 1) / (best(lambda: ours(N), args.repeats) - best(lambda: ours(1), args.repeats))
+        t = B * (N - 1) / (best(lambda: theirs(N), args.repeats) - best(lambda: theirs(1), args.repeats))
+        rows.append((B, j, t, same))
+
+    cpu = platform.processor() or platform.machine()
+    print(f"\nSmolLM2-135M decode, CPU ({os.cpu_count()} cores, {cpu}), prompt {args.prompt_len}, {N} new tokens, "
+          f"float32, greedy; best of {args.repeats}")
+    print(f"{'batch':>5} | {'jaxlm tok/s':>11} | {'transformers tok/s':>18} | {'ratio':>6} | same tokens")
+    for B, j, t, same in rows:
+        print(f"{B:>5} | {j:>11.1f} | {t:>18.1f} | {j / t:>6.2f} | {same}")
+    if args.no_record:
+        return
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    md = ROOT / "BENCHMARKS.md"
+    header = "\n## Generation: SmolLM2-135M decode on CPU (benchmarks/generate.py)\n\n" \
+             "| date (UTC) | machine | versions | batch | jaxlm tok/s | transformers tok/s | ratio |\n" \
+             "|---|---|---|---|---|---|---|\n"
+    text = md.read_text() if md.exists() else "# Benchmarks\n"
+    if "benchmarks/generate.py)" not in text:
+        text += header
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    machine = f"{os.cpu_count()}-core {platform.machine()} CPU, load {load:.1f}"
+    versions = f"jax {jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}"
+    lines = "".join(f"| {now} | {machine} | {versions} | {B} | {j:.1f} | {t:.1f} | {j / t:.2f} |\n"
+                    for B, j, t, _ in rows)
+    # append under this section (sections of other benchmarks may follow it)
+    head_at = text.index("benchmarks/generate.py)")
+    nxt = text.find("\n## ", head_at)
+    text = text + lines if nxt < 0 else text[:nxt].rstrip("\n") + "\n" + lines + text[nxt:]
+    md.write_text(text)
+    print(f"recorded in {md}")
+
+
+if __name__ == "__main__":
+    main()
