@@ -110,6 +110,11 @@ class Checkpointer:
         return state, out["data"], out["meta"]
 
     def restore_params(self, step: int, abstract_params):
+        """Parameters only; leaves without a sharding land on this process's first device (any topology)."""
+        dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract_params = jax.tree.map(
+            lambda x: x if getattr(x, "sharding", None) is not None else
+            jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev), abstract_params)
         out = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
         return out["params"]
 
@@ -155,7 +160,23 @@ def export_hf(run_dir, out_dir, step: int | None = None, tokenizer=None) -> Path
         ck.close()
     model = mdef.merge(params)
     out = save_pretrained(model, out_dir)
-    if tokenizer is not None and hasattr(tokenizer, "save"):
-        tokenizer.save(out)
+    if tokenizer is not None:
+        _save_tokenizer(tokenizer, Path(out))
     (Path(out) / "jaxlm_checkpoint.json").write_text(json.dumps({"run": str(run_dir), "step": step}))
     return Path(out)
+
+
+def _save_tokenizer(tok, out: Path) -> None:
+    """tokenizer.json (+ eos/bos in tokenizer_config.json) for a `tokenizers`-backed tokenizer."""
+    if hasattr(tok, "save") and not hasattr(tok, "tk"):
+        tok.save(out)
+        return
+    tk = getattr(tok, "tk", None)
+    if tk is None or not hasattr(tk, "save"):
+        return
+    tk.save(str(out / "tokenizer.json"))
+    conf = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False}
+    for key, tid in (("eos_token", getattr(tok, "eos_id", None)), ("bos_token", getattr(tok, "bos_id", None))):
+        if tid is not None:
+            conf[key] = tk.id_to_token(int(tid))
+    (out / "tokenizer_config.json").write_text(json.dumps(conf, indent=2))

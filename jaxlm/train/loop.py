@@ -147,6 +147,8 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
         if eval_batches and start == 0 and end > 0:  # the starting point of the held-out curves
             ev = _eval(eval_step, state.params, eval_batches, mesh)
             log.write({"kind": "eval", "step": 0, "phase": names[0], **ev})
+        if start < end:
+            bar.message(f"compiling the train step (first step {start}) ...")
         for step in range(start, end):
             phase_i = next(i for i, (a, b) in enumerate(bounds) if step < b or i == len(bounds) - 1)
             host_batch = pipeline.next()
@@ -169,8 +171,8 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
                                  out_dir, ckpt)
             losses[step] = loss
             recent = step_times[-20:]
-            sec = sum(recent) / len(recent) if recent else dt
-            tok_s = tokens_per_step / sec
+            sec = sum(recent) / len(recent) if recent else float("nan")  # the first step is mostly compile
+            tok_s = tokens_per_step / sec if recent else float("nan")
             mfu = tok_s * fpt / peak_total if peak_total > 0 else float("nan")
             rec = {"kind": "train", "step": step, "phase": names[phase_i], "loss": loss,
                    "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]), "tokens_per_s": tok_s, "mfu": mfu,

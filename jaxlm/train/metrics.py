@@ -77,9 +77,10 @@ class Progress:
         frac = done / max(self.total, 1)
         n = int(frac * self.width)
         bar = "#" * n + "." * (self.width - n)
-        mfu_s = f"{100 * mfu:.1f}%" if math.isfinite(mfu) else "n/a"
+        mfu_s = f"{100 * mfu:.1f}%" if math.isfinite(mfu) else "--"
+        tok_s = fmt_num(tok_s) if math.isfinite(tok_s) else "--"
         line = (f"{phase:<10} [{bar}] {done:>{len(str(self.total))}}/{self.total} loss {loss:7.4f} "
-                f"| {fmt_num(tok_s)} tok/s | MFU {mfu_s} | ETA {fmt_time(eta)}")
+                f"| {tok_s} tok/s | MFU {mfu_s} | ETA {fmt_time(eta)}")
         if self.tty:
             self.stream.write("\r" + line + "\x1b[K")
             if done == self.total:
