@@ -178,3 +178,15 @@ def test_prefilled_judge_answers_are_completed_and_parsed():
                         in t else '{"Clarity": {"score": 5}, "Depth": {"score": 5}}')
     assert dynamic_reward(plain, [("q", "r")], cat=CAT, cfg=cfg)[0].reward == 5.0
     assert "assistant:" not in plain.log[0][0]
+
+
+def test_copied_placeholders_are_rejected():
+    from jaxlm.align.icl import parse_rewrite
+    from jaxlm.align.search import parse_new_prompt
+
+    stats = Counter()
+    assert parse_rewrite('{"new_response": "The full improved answer."}', stats) is None
+    assert parse_new_prompt('{"new_system_prompt": "the full new system prompt', stats) is None
+    assert stats["placeholder_copied"] == 2 and stats["rewrite_failed"] == 1 and stats["action_failed"] == 1
+    assert parse_rewrite('{"new_response": "Paris is the capital."}', stats) == "Paris is the capital."
+    assert parse_new_prompt('new_system_prompt: You are careful and kind.', stats) == "You are careful and kind."

@@ -132,23 +132,33 @@ def _repair_syntax(s: str) -> str:
     return s
 
 
-def extract_field(text: str, key: str, stats: Counter, *, min_len: int = 1) -> str | None:
+def _norm(s: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", s.lower()).strip()
+
+
+def extract_field(text: str, key: str, stats: Counter, *, min_len: int = 1, placeholder: str = "") -> str | None:
     """A string field of a JSON answer (e.g. 'new_response'); failing JSON, the text after a `key` label.
-    None (counted as '<key>_failed') when neither gives at least `min_len` characters."""
+    None (counted as '<key>_failed') when neither gives at least `min_len` characters, or when the model only copied
+    the template's `placeholder` (counted as 'placeholder_copied'; small models do)."""
+    found = None
     obj, status = parse_json(text)
     if obj is not None:
         if status == "repaired":
             stats["json_repaired"] += 1
         v = obj.get(key)
         if isinstance(v, str) and len(v.strip()) >= min_len:
-            return v.strip()
-    if isinstance(text, str) and key in text:
+            found = v.strip()
+    if found is None and isinstance(text, str) and key in text:
         tail = text.split(key, 1)[1].lstrip("\"': ").rstrip("}\"' \n").strip()
         if len(tail) >= min_len:
             stats["regex_repaired"] += 1
-            return tail
-    stats[f"{key}_failed"] += 1
-    return None
+            found = tail
+    if found is not None and placeholder and _norm(found) == _norm(placeholder):
+        stats["placeholder_copied"] += 1
+        found = None
+    if found is None:
+        stats[f"{key}_failed"] += 1
+    return found
 
 
 def _find_key(obj: Any, key: str) -> Any:
