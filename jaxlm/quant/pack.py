@@ -22,6 +22,9 @@ layout above is our own, chosen so that a Pallas/Triton kernel can slice refs in
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 
 from jaxlm.quant.formats import check_bits, check_group_size
@@ -62,8 +65,13 @@ def pack(codes, bits: int, group_size: int):
     codes = jnp.asarray(codes)
     if codes.ndim < 2:
         raise ValueError(f"codes must be at least 2-D [K, N], got shape {codes.shape}")
+    check_group_size(group_size, codes.shape[-2])
+    return _pack(codes, bits, group_size)
+
+
+@functools.partial(jax.jit, static_argnames=("bits", "group_size"))
+def _pack(codes, bits: int, group_size: int):
     *lead, k, n = codes.shape
-    check_group_size(group_size, k)
     v = codes.astype(jnp.uint8).reshape(*lead, k // group_size, group_size, n)
     if bits == 3:
         blocks = [_pack_plane(v & jnp.uint8(3), 2), _pack_plane((v >> jnp.uint8(2)) & jnp.uint8(1), 1)]
@@ -85,6 +93,13 @@ def unpack(packed, bits: int, group_size: int):
     if r % rg:
         raise ValueError(f"packed has {r} rows, not a multiple of {rg} (= group_size*bits/8 for bits={bits}, "
                          f"group_size={group_size})")
+    return _unpack(packed, bits, group_size)
+
+
+@functools.partial(jax.jit, static_argnames=("bits", "group_size"))
+def _unpack(packed, bits: int, group_size: int):
+    *lead, r, n = packed.shape
+    rg = rows_per_group(bits, group_size)
     p = packed.reshape(*lead, r // rg, rg, n)
     if bits == 3:
         q = group_size // 4
