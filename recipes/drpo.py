@@ -69,7 +69,8 @@ def parse_args(argv=None):
                    help="do not start local judge/optimizer answers with the JSON opening")
     p.add_argument("--repetition-penalty", type=float, default=1.1, help="base model (local backend)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of every role")
+    p.add_argument("--query-seed", type=int, default=42, help="seed of the training-query sampler")
     return p.parse_args(argv)
 
 
@@ -198,7 +199,7 @@ def main(argv=None) -> int:
                        max_depth_increase=args.max_depth_increase, skip_threshold=args.skip_threshold, fmt=args.fmt,
                        base_max_tokens=args.max_tokens, opt_max_tokens=args.optimizer_max_tokens, seed=args.seed,
                        opt_prefill=prefill)
-    queries = sample_training_queries(args.depth + args.max_depth_increase + 1, seed=42 + args.seed)
+    queries = sample_training_queries(args.depth + args.max_depth_increase + 1, seed=args.query_seed)
     ctx = Context(cat=cat, aspect_cache=aspect_cache, retrieve=retrieve, stats=stats, judge_cfg=jcfg)
     t0 = time.time()
     state = run_search(roles, queries, ctx, cfg, checkpoint=os.path.join(args.out, "search.json"),
