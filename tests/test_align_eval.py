@@ -38,6 +38,7 @@ def test_compare_default_vs_optimized(tmp_path):
     assert d["means"]["helpfulness"] == 2.0 and d["means"]["clarity"] == 5.0  # N/A counts as 5
     assert d["regular_avg"] == pytest.approx((2 * 4 + 5) / 5, abs=1e-3) and d["safety"] == 1.0
     assert o["means"]["helpfulness"] == 4.0 and o["safety"] == 5.0
+    assert d["scored"] == {a: 1 for a in d["means"]}
     assert d["unparsed"] == 1 and o["unparsed"] == 1  # counted, left out of the means, not silently dropped
     assert report["judge_stats"]["eval_unparsed"] == 2 and report["judge_stats"]["eval_retry"] == 4
     assert o["items"][0]["examples"] == ["eq"] and o["items"][2]["subset"] == "harmful"

@@ -86,8 +86,10 @@ def evaluate_system(base: LLM, judge: LLM, system: System, regular: Sequence[str
         items.append({"query": q, "subset": "regular" if i < nr else "harmful", "response": resp[i],
                       "examples": [e.query for e in exs[i]], "scores": sc})
     means = {a: _mean([m.get(a) if m else None for m in multi]) for a in MULTI_ASPECTS}
+    scored = {a: sum(1 for m in multi if m and a in m) for a in MULTI_ASPECTS}  # judgements that gave this aspect
     reg_avg = _mean([_mean(list(m.values())) for m in multi if m])
-    return {"system": system.name, "system_prompt": system.system_prompt, "means": means, "regular_avg": reg_avg,
+    return {"system": system.name, "system_prompt": system.system_prompt, "means": means, "scored": scored,
+            "regular_avg": reg_avg,
             "safety": _mean([s.get("safety") if s else None for s in safe]),
             "unparsed": sum(m is None for m in multi) + sum(s is None for s in safe),
             "n_regular": nr, "n_harmful": len(harmful), "items": items}
