@@ -160,7 +160,8 @@ def main():
     import transformers
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.machine()} {os.cpu_count()} cpus ({platform.system()})"
+    machine = (f"{platform.machine()} {os.cpu_count()} cpus ({platform.system()}), load avg "
+               f"{os.getloadavg()[0]:.1f}")
     head = "## Training throughput on CPU: jaxlm vs PyTorch (benchmarks/train_throughput.py)"
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"

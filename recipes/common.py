@@ -176,13 +176,13 @@ def load_tok(args):
 
 def enable_compile_cache() -> None:
     """Persist compiled programs (a re-run or --resume skips most compile time). JAXLM_COMPILE_CACHE=0 disables;
-    the directory is $JAX_COMPILATION_CACHE_DIR or ~/.cache/jaxlm/xla."""
+    the directory is $JAX_COMPILATION_CACHE_DIR, else $JAXLM_CACHE/xla (default ~/.cache/jaxlm/xla)."""
     if os.environ.get("JAXLM_COMPILE_CACHE", "1") == "0":
         return
     import jax
 
-    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "jaxlm", "xla")
+    root = os.environ.get("JAXLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxlm")
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(root, "xla")
     try:
         os.makedirs(path, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", path)

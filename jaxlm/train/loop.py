@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ def _eval(eval_step, params, eval_batches, mesh) -> dict:
     for name, batches in eval_batches.items():
         tot = cnt = 0.0
         for b in batches:
-            db = to_device_batch({"inputs": b["inputs"], "targets": b["targets"]}, mesh)
+            db = to_device_batch({"inputs": b["inputs"], "targets": b["targets"]}, mesh, global_rows=True)
             s, c = eval_step(params, db)
             tot += float(s)
             cnt += float(c)
@@ -124,15 +125,18 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
 
     train_step = make_train_step(mdef, tx, cfg, len(sources), mesh, shardings)
     eval_step = make_eval_step(mdef, mesh, shardings.params)
-    log = MetricsLog(out_dir / "metrics.jsonl", resume_step=start if start > 0 else None)
-    (out_dir / "config.json").write_text(json.dumps(meta["config"], indent=2))
+    main = jax.process_index() == 0  # one writer of metrics, plots and summaries on multi-host runs
+    log = MetricsLog(out_dir / "metrics.jsonl", resume_step=start if start > 0 else None) if main else _NullLog()
+    if main:
+        (out_dir / "config.json").write_text(json.dumps(meta["config"], indent=2))
 
     n_params = param_count(state.params)
     fpt = flops_per_token(cfg.model, t.seq_len)
     peak, peak_src = device_peak_flops(t.peak_tflops)
     peak_total = peak * jax.device_count()
     tokens_per_step = t.global_batch * t.seq_len
-    bar = Progress(end, start=start, log_every=t.log_every, enabled=progress)
+    bar = Progress(end, start=start, log_every=t.log_every, enabled=progress,
+                   stream=None if main else open(os.devnull, "w"))
     print_fn(f"{cfg.name}: {n_params / 1e6:.2f}M params, {total} steps in {len(cfg.phases)} phase(s), "
              f"batch {t.global_batch}x{t.seq_len} tokens, mesh {dict(mesh.shape)}, out {out_dir}")
 
@@ -200,6 +204,8 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
         log.close()
         ckpt.close()
 
+    if not main:
+        return RunResult(out_dir, end, {}, losses, state)
     records = read_jsonl(out_dir / "metrics.jsonl")
     phases = phase_loss_summary(records, bounds, names)
     png = plot_loss_curve(records, bounds, names, out_dir / "loss_curve.png", title=f"{cfg.name} training loss")
@@ -227,6 +233,14 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
     return RunResult(out_dir, end, summary, losses, state)
 
 
+class _NullLog:
+    def write(self, record):
+        pass
+
+    def close(self):
+        pass
+
+
 def _list_ckpts(out_dir: Path) -> list[int]:
     d = out_dir / "checkpoints"
     if not d.exists():
@@ -236,6 +250,8 @@ def _list_ckpts(out_dir: Path) -> list[int]:
 
 def _nonfinite(step, phase_i, names, loss, gnorm, host_batch, sources, out_dir, ckpt) -> NonFiniteLossError:
     bad = out_dir / f"nonfinite_batch_step{step}.npz"
+    if jax.process_count() > 1:
+        bad = bad.with_name(f"nonfinite_batch_step{step}_process{jax.process_index()}.npz")
     np.savez(bad, **{k: np.asarray(v) for k, v in host_batch.items()})
     src = np.asarray(host_batch.get("source_id", []))
     counts = {s: int((src == i).sum()) for i, s in enumerate(sources)} if src.size else {}

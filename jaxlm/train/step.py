@@ -104,7 +104,8 @@ def make_train_step(mdef, tx, run_cfg, num_sources: int, mesh, state_shardings, 
                    donate_argnums=(0,) if donate else ())
 
 
-def make_eval_step(mdef, mesh, param_shardings, num_sources: int = 1):
+def make_eval_step(mdef, mesh, param_shardings):
+    """(params, {inputs, targets}) -> (sum of token losses, token count), jitted on the mesh."""
     b_sh = batch_shardings(mesh)
     rep = NamedSharding(mesh, P())
 
@@ -127,15 +128,20 @@ def flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
     return 6.0 * matmul + 3.0 * attn
 
 
-def to_device_batch(batch: dict, mesh) -> dict:
-    """Host numpy batch (this process's rows) -> global sharded jax arrays."""
+def to_device_batch(batch: dict, mesh, *, global_rows: bool = False) -> dict:
+    """Host numpy batch -> global sharded jax arrays. The batch holds this process's rows (as the training
+    pipeline yields them), or with `global_rows=True` all rows (each process then contributes its slice)."""
     sh = batch_shardings(mesh)
     out = {}
+    pc, pi = jax.process_count(), jax.process_index()
     for k in BATCH_KEYS:
         if k not in batch:
             continue
         x = batch[k]
-        if jax.process_count() > 1:
+        if global_rows and pc > 1:
+            n = x.shape[0] // pc
+            x = x[pi * n:(pi + 1) * n]
+        if pc > 1:
             out[k] = jax.make_array_from_process_local_data(sh[k], x)
         else:
             out[k] = jax.device_put(x, sh[k])
