@@ -15,6 +15,7 @@ Stage 3, weight transfer + knowledge distillation: MLPs, norms, embeddings and h
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import jax
@@ -178,7 +179,12 @@ class StageStep:
     teacher: tuple
     tx: object
     fn: object = None
-    traces: int = 0
+    counter: list = dataclasses.field(default_factory=lambda: [0])
+
+    @property
+    def traces(self) -> int:
+        """How many times the (shared) compiled step was traced."""
+        return self.counter[0]
 
     def __call__(self, params, opt_state, ids):
         return self.fn(params, opt_state, self.frozen, self.teacher, ids)
@@ -220,17 +226,27 @@ def make_stage_step(student: PhiMambaLM, teacher: DecoderLM, stage: int, tx, *, 
         kd = kd_loss(sl, tl, temperature)
         return kd, jnp.stack([kd, next_token_nll(sl, ids)])
 
+    counter = st.counter
+
     def step(p, opt_state, frozen_, tstate_, ids):
-        st.traces += 1  # runs at trace time only
+        counter[0] += 1  # runs at trace time only
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, frozen_, tstate_, ids)
         updates, opt_state = tx.update(grads, opt_state, p)
         return optax.apply_updates(p, updates), opt_state, aux
 
-    st.fn = jax.jit(step)
-    st.loss_fn = jax.jit(lambda p, f, t, ids: loss_fn(p, f, t, ids)[1])
+    # compiled functions are shared by every StageStep with the same structure, stage, optimizer and options
+    # (a resumed run in the same process, or the next run of a sweep, does not recompile)
+    key = (gdef, tgdef, stage, tx, float(temperature), bool(freeze_mlp), bool(freeze_attention))
+    if key not in _STEP_CACHE:
+        _STEP_CACHE[key] = (jax.jit(step), jax.jit(lambda p, f, t, ids: loss_fn(p, f, t, ids)[1]), st.counter)
+    st.fn, st.loss_fn, st.counter = _STEP_CACHE[key]
     return st, params
 
 
+_STEP_CACHE: dict = {}
+
+
+@functools.lru_cache(maxsize=32)
 def make_optimizer(lr: float, steps: int, weight_decay: float = 0.0, warmup_frac: float = 0.1):
     """AdamW with a warmup-stable-decay schedule (10% warmup, 10% decay), no gradient clipping (clipping by the
     global norm would couple the independent layers of stages 1-2)."""
