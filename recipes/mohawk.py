@@ -31,10 +31,11 @@ from pathlib import Path
 
 PRESETS = {
     "cpu": dict(teacher="smollm2", teacher_layers=0, distill_layers=4, seq_len=64, batch=4,
-                stage1_tokens=4 * 64 * 60, stage2_tokens=4 * 64 * 80, stage3_tokens=4 * 64 * 16, lr1=3e-3, lr2=2e-3, lr3=3e-4, eval_batches=4,
-                save_every=20, chunk_size=64, log_every=10),
-    "paper": dict(teacher="phi-1.5", teacher_layers=0, distill_layers=0, seq_len=2048, batch=64, stage1_tokens=80_000_000,
-                  stage2_tokens=160_000_000, stage3_tokens=2_760_000_000, lr1=1e-4, lr2=1e-4, lr3=5e-5,
+                stage1_tokens=4 * 64 * 60, stage2_tokens=4 * 64 * 80, stage3_tokens=4 * 64 * 16,
+                lr1=3e-3, lr2=2e-3, lr3=3e-4, eval_batches=4, save_every=20, chunk_size=64, log_every=10),
+    "paper": dict(teacher="phi-1.5", teacher_layers=0, distill_layers=0, seq_len=2048, batch=64,
+                  stage1_tokens=80_000_000, stage2_tokens=160_000_000, stage3_tokens=2_760_000_000,
+                  lr1=1e-4, lr2=1e-4, lr3=5e-5,
                   eval_batches=16, save_every=500, chunk_size=128, log_every=50),
 }
 
@@ -272,7 +273,7 @@ def main(argv=None) -> int:
     p = report["ppl"]
     print(f"\nheld-out perplexity: teacher {p['teacher']:.2f} | student: after weight transfer "
           f"{p['student_init']:.2f} -> after stage 2 {p['student_stage2']:.2f} -> after stage 3 "
-          f"{p['student_stage3']:.2f}\nreport: {out / 'report.md'} ({report['total_wall_s']:.0f} s)")
+          f"{p['student_stage3']:.2f}\nreport: {out / 'report.md'} (this invocation: {report['total_wall_s']:.0f} s)")
     return 0
 
 

@@ -140,7 +140,8 @@ def mamba2_config_from_hf(d: dict, source: str = "config.json"):
             n_groups=d.get("n_groups", 8), conv_kernel=d.get("conv_kernel", 4), chunk_size=d.get("chunk_size", 256),
             norm_eps=d.get("layer_norm_epsilon", 1e-5), use_bias=d.get("use_bias", False),
             use_conv_bias=d.get("use_conv_bias", True), hidden_act=d.get("hidden_act", "silu"),
-            time_step_limit=(_json_float(lim[0]), _json_float(lim[1])), residual_in_fp32=d.get("residual_in_fp32", True),
+            time_step_limit=(_json_float(lim[0]), _json_float(lim[1])),
+            residual_in_fp32=d.get("residual_in_fp32", True),
             tie_embeddings=d.get("tie_word_embeddings", False), pad_token_id=d.get("pad_token_id"),
             bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
     except KeyError as e:
