@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["-m", "recipes.crystal", "--mesh", "8x1", "--steps", "24", "--no-progress", "--set", "train.seq_len=64",
         "--set", "train.ckpt_every=4", "--set", "train.eval_batches=0", "--set", "train.keep_release=0"]
@@ -66,3 +68,34 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     # every step after the resume point: exactly the uninterrupted run's loss (bit-identical floats)
     assert [got[s] for s in range(resumed_at, 24)] == [want[s] for s in range(resumed_at, 24)]
     assert [got[s] for s in range(resumed_at)] == [want[s] for s in range(resumed_at)]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run_matches_single_process(tmp_path):
+    """Multi-host path on one machine: 2 processes x 4 CPU devices (jax.distributed + gloo), mesh 8x1, each process
+    feeding its rows of the global batch and both writing the orbax checkpoints, gives the single-process losses."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    args = ["-m", "recipes.crystal", "--mesh", "8x1", "--steps", "6", "--no-progress", "--set", "train.seq_len=64",
+            "--set", "train.eval_batches=1"]
+    procs = []
+    for i in range(2):
+        env = _env(tmp_path / "xla")
+        env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+        procs.append(subprocess.Popen([sys.executable, *args, "--out", str(tmp_path / "multi")], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    assert "summary" in outs[0] and "summary.json" not in outs[1]  # one writer
+    r = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "single")], cwd=ROOT, env=_env(tmp_path / "xla"),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    multi, single = _losses(tmp_path / "multi"), _losses(tmp_path / "single")
+    assert sorted(multi) == list(range(6))
+    for s in range(6):
+        assert abs(multi[s] - single[s]) < 1e-4, (s, multi[s], single[s])
+    assert sorted(int(p.name) for p in (tmp_path / "multi" / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4, 6]

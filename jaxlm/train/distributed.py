@@ -69,7 +69,16 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
             kw["coordinator_address"] = coordinator
             kw["num_processes"] = int(num_processes or os.environ["JAX_NUM_PROCESSES"])
             kw["process_id"] = int(process_id if process_id is not None else os.environ["JAX_PROCESS_ID"])
+        if _cpu_only():
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process CPU collectives
         jax.distributed.initialize(**kw)  # SLURM / Open MPI / TPU pods are auto-detected without arguments
     return {"launcher": kind or "single-process", "process_index": jax.process_index(),
             "process_count": jax.process_count(), "devices": jax.device_count(),
             "local_devices": jax.local_device_count(), "platform": jax.devices()[0].platform}
+
+
+def _cpu_only() -> bool:
+    plats = os.environ.get("JAX_PLATFORMS", "").lower()
+    if plats:
+        return plats.split(",")[0].strip() == "cpu"
+    return not (os.path.exists("/dev/nvidia0") or os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio"))
