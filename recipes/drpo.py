@@ -54,6 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--max-depth-increase", type=int, default=1)
     p.add_argument("--skip-threshold", type=float, default=4.5)
+    p.add_argument("--no-skip", action="store_true", help="ablation: rewrite prompts even when they score perfectly")
     p.add_argument("--icl-examples", type=int, default=4, help="seed examples optimized in stage 1 (max 16)")
     p.add_argument("--icl-rounds", type=int, default=1)
     p.add_argument("--icl-k", type=int, default=2, help="retrieved examples per query")
@@ -196,7 +197,8 @@ def main(argv=None) -> int:
 
     # stage 2: system prompt search
     cfg = SearchConfig(beam_width=args.beam, n_actions=args.actions, depth=args.depth,
-                       max_depth_increase=args.max_depth_increase, skip_threshold=args.skip_threshold, fmt=args.fmt,
+                       max_depth_increase=args.max_depth_increase, skip_threshold=args.skip_threshold,
+                       skip=not args.no_skip, fmt=args.fmt,
                        base_max_tokens=args.max_tokens, opt_max_tokens=args.optimizer_max_tokens, seed=args.seed,
                        opt_prefill=prefill)
     queries = sample_training_queries(args.depth + args.max_depth_increase + 1, seed=args.query_seed)

@@ -128,6 +128,7 @@ def test_skip_rule_thresholds():
     assert should_skip(ev(5, 5, 4), cfg)  # 4.67 > 4.5
     assert not should_skip(ev(5, 4), cfg)  # exactly 4.5 is not above
     assert not should_skip(ev(3, 3), cfg)
+    assert not should_skip(ev(5, 5), SearchConfig(skip=False))
 
 
 def test_unusable_optimizer_answers_keep_the_prompt():

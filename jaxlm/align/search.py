@@ -37,6 +37,7 @@ class SearchConfig:
     depth: int = 20
     max_depth_increase: int = 10
     skip_threshold: float = 4.5
+    skip: bool = True  # the skip rule (False: every node is always rewritten; an ablation, not the original)
     history: int = 5
     initial_prompt: str = DEFAULT_SYSTEM_PROMPT
     fmt: str = "raw"  # base prompt format: 'raw' (original) or 'chat'
@@ -74,7 +75,7 @@ class Context:
 
 
 def should_skip(ev: Evaluation, cfg: SearchConfig) -> bool:
-    return (not ev.ok) or ev.all_perfect() or ev.reward > cfg.skip_threshold
+    return cfg.skip and ((not ev.ok) or ev.all_perfect() or ev.reward > cfg.skip_threshold)
 
 
 def respond(base: LLM, pairs: Sequence[tuple[str, str]], ctx: Context, cfg: SearchConfig
