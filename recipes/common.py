@@ -74,6 +74,9 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--seed", type=int, default=None, help="shorthand for --set train.seed=N")
     p.add_argument("--export-hf", default=None, metavar="DIR", help="export the final checkpoint in HF format")
+    p.add_argument("--export-data-order", default=None, metavar="FILE",
+                   help="also write the token ids of every step's global batch (.npz, .npy or .jsonl), as LLM360 "
+                        "publishes its data order")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--coordinator", default=None, help="multi-host: coordinator host:port (else auto-detected)")
@@ -227,6 +230,9 @@ def _run(recipe: Recipe, args) -> int:
     out = Path(args.out) if args.out else default_out(recipe, args.preset, args.resume)
     pipe, sources, eval_bs, cfg = build_data(cfg, args, tok, info["process_index"], info["process_count"])
     main_proc = info["process_index"] == 0
+    if args.export_data_order and main_proc:
+        path = pipe.export_order(args.export_data_order, range(cfg.total_steps))
+        print(f"data order of steps 0..{cfg.total_steps - 1} written to {path}")
     res = train(cfg, pipe, mesh, out, sources=sources, eval_batches=eval_bs, resume=args.resume,
                 stop_at=args.stop_at, progress=False if args.no_progress or not main_proc else None,
                 print_fn=print if main_proc else (lambda *a, **k: None),

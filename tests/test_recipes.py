@@ -28,8 +28,12 @@ def _check_outputs(out, steps, stdout):
 def test_crystal_tiny_three_phases(tmp_path, capsys):
     out = tmp_path / "crystal"
     assert crystal.main(["--mesh", "8x1", "--steps", "9", "--out", str(out), "--no-progress",
-                         "--set", "train.seq_len=64", "--set", "train.eval_batches=1"]) == 0
+                         "--set", "train.seq_len=64", "--set", "train.eval_batches=1",
+                         "--export-data-order", str(tmp_path / "order.npz")]) == 0
     recs, summary = _check_outputs(out, 9, capsys.readouterr().out)
+    import numpy as np
+    order = np.load(tmp_path / "order.npz")
+    assert order["tokens"].shape == (9, 16, 65) and list(order["steps"]) == list(range(9))
     assert [p["phase"] for p in summary["phases"]] == ["phase1", "phase2", "phase3"]
     phases = [r["phase"] for r in recs if r["kind"] == "train"]
     assert phases == ["phase1"] * 3 + ["phase2"] * 3 + ["phase3"] * 3
