@@ -98,13 +98,16 @@ class Progress:
 
 
 class MetricsLog:
-    """Append-only jsonl; on resume, records at or after the resume step are dropped first."""
+    """Append-only jsonl; on resume, records the resumed run will write again are dropped first."""
 
     def __init__(self, path, resume_step: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            keep = [r for r in read_jsonl(self.path) if r.get("step", 0) < resume_step]
+            # train records of steps before the resume point; evaluations taken at or before it (an eval's
+            # step counts the updates it saw, so the eval at the checkpoint step stays)
+            keep = [r for r in read_jsonl(self.path)
+                    if r.get("step", 0) < resume_step or (r.get("kind") == "eval" and r.get("step", 0) <= resume_step)]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
