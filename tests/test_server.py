@@ -71,9 +71,12 @@ def test_chat_and_streaming(served):
     full = solo(g, "hello", 12)
     r = client.completions.create(model="tiny", prompt="hello", max_tokens=12, temperature=0, stop=[full[4:6]])
     assert r.choices[0].text == full[:full.index(full[4:6])] and r.choices[0].finish_reason == "stop"
-    # seeded sampling repeats itself
-    kw = dict(model="tiny", prompt="hello", max_tokens=12, temperature=1.0, seed=5, extra_body={"top_k": 20})
-    assert client.completions.create(**kw).choices[0].text == client.completions.create(**kw).choices[0].text
+    # seeded sampling repeats itself; n=2 samples choice i with seed + i
+    kw = dict(model="tiny", prompt="hello", max_tokens=12, temperature=1.0, extra_body={"top_k": 20})
+    two = client.completions.create(n=2, seed=5, **kw)
+    assert [c.index for c in two.choices] == [0, 1] and two.usage.prompt_tokens == 5
+    assert two.choices[0].text == client.completions.create(seed=5, **kw).choices[0].text
+    assert two.choices[1].text == client.completions.create(seed=6, **kw).choices[0].text
 
 
 def test_concurrent_requests_do_not_mix(served):

@@ -36,7 +36,7 @@ from jaxlm.infer import cache as cache_lib
 from jaxlm.infer.sampling import (SamplingFlags, SamplingParams, pack_params, row_keys, sample, seen_from_ids,
                                   update_seen)
 from jaxlm.infer.text import TextStream, normalize_stop, render_chat
-from jaxlm.sharding import logical_to_spec, state_shardings, use_mesh
+from jaxlm.sharding import check_mesh_for_model, logical_to_spec, state_shardings, use_mesh
 
 MIN_LEN_BUCKET = 16
 
@@ -392,6 +392,7 @@ class Generator:
         self.context_len = int(context_len or model_context(self.cfg))
         graphdef, state = nnx.split(model)
         if mesh is not None:
+            check_mesh_for_model(mesh, self.cfg)  # heads must split evenly over the tensor axis
             state = jax.device_put(state, state_shardings(state, mesh))
         self.graphdef, self.state = graphdef, state
         if eos_ids is None:

@@ -131,7 +131,7 @@ class BatchWorker(threading.Thread):
     def _emit(self, batch, row: int, job: Job, token: int):
         ev = advance(job.req, token)
         ev.index = job.index
-        if ev.text or ev.token is not None:
+        if ev.text or ev.token is not None or ev.finish_reason:
             job.out.put((job.index, ev))
         if job.req.done:
             batch.free(row)
@@ -206,7 +206,7 @@ def build_jobs(g: Generator, prompts: list, sp: dict, out: queue.Queue) -> list[
     for pi, prompt in enumerate(prompts):
         for j in range(sp["n"]):
             try:
-                req = g.make_request(prompt, seed=base_seed + j, **sp["kw"])
+                req = g.make_request(prompt, seed=(base_seed + j) % 2**63, **sp["kw"])
             except PromptTooLongError as e:
                 raise BadRequest(str(e), "messages" if _is_chat(prompt) else "prompt", "context_length_exceeded")
             except SamplingError as e:
