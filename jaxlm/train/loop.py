@@ -67,7 +67,7 @@ def _eval(eval_step, params, eval_batches, mesh) -> dict:
 
 def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_batches: dict | None = None,
           resume: bool = False, stop_at: int | None = None, extra_meta: dict | None = None,
-          progress: bool | None = None, print_fn=print, tokenizer=None) -> RunResult:
+          progress: bool | None = None, print_fn=print) -> RunResult:
     """Train `cfg` on `pipeline` over `mesh`, writing everything under `out_dir`.
 
     resume: continue from the latest checkpoint in out_dir/checkpoints (exact: params, optimizer, step, RNG and
@@ -102,17 +102,17 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
     existing = ckpt.steps()
     if resume and existing:
         last = existing[-1]
-        saved_meta = ckpt.read_meta(last)
         try:
+            saved_meta = ckpt.read_meta(last)
             check_compatible(saved_meta.get("compat", {}), compat, f"{ckpt.directory} step {last}")
-        except ConfigError:
+            state, data_state, _ = ckpt.restore(last, setup.abstract)
+            pipeline.set_state(data_state)
+            start = int(state.step)
+            if start != last:
+                raise CheckpointError(f"checkpoint {ckpt.directory}/{last} holds step {start}")
+        except BaseException:
             ckpt.close()
             raise
-        state, data_state, _ = ckpt.restore(last, setup.abstract)
-        pipeline.set_state(data_state)
-        start = int(state.step)
-        if start != last:
-            raise CheckpointError(f"checkpoint {ckpt.directory}/{last} holds step {start}")
         print_fn(f"resumed from {ckpt.directory}/{last} (step {start} of {total})")
     elif existing and not resume:
         ckpt.close()

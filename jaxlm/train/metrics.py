@@ -36,7 +36,7 @@ def _measure_cpu_flops() -> float:
     n = 512
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)
-    a = jax.device_put(a, jax.devices()[0])
+    a = jax.device_put(a, jax.local_devices()[0])
     f(a).block_until_ready()
     best = float("inf")
     for _ in range(5):
