@@ -22,7 +22,7 @@ def _hf_model(n_groups, tie, seed=0):
     torch.manual_seed(seed)
     hc = Mamba2Config(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_heads=8, head_dim=8, state_size=8,
                       expand=2, n_groups=n_groups, conv_kernel=4, chunk_size=8, tie_word_embeddings=tie,
-                      layer_norm_epsilon=1e-5)
+                      layer_norm_epsilon=1e-5, use_bias=n_groups > 1, eos_token_id=None)  # no early stop
     m = Mamba2ForCausalLM(hc).eval()
     with torch.no_grad():  # move every parameter away from its init so each one matters
         for name, p in m.named_parameters():
@@ -35,7 +35,7 @@ def _hf_model(n_groups, tie, seed=0):
     return m
 
 
-@pytest.fixture(scope="module", params=[(1, True), (2, False)], ids=["g1-tied", "g2-untied"])
+@pytest.fixture(scope="module", params=[(1, True), (2, False)], ids=["g1-tied", "g2-untied-bias"])
 def hf_ckpt(request, tmp_path_factory):
     n_groups, tie = request.param
     m = _hf_model(n_groups, tie)
