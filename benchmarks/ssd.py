@@ -148,7 +148,9 @@ def write_rows(rows, dec, args):
     except Exception:  # noqa: BLE001
         tv = "n/a"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.machine()} {os.cpu_count()} cpus ({platform.processor() or platform.system()})"
+    dev = jax.devices()[0]
+    machine = (f"{dev.platform}:{dev.device_kind}; host {platform.machine()} {os.cpu_count()} cpus "
+               f"({platform.processor() or platform.system()})")
     lines = [f"\n### {stamp} — {machine}; jax {jax.__version__} / jaxlib {jaxlib.__version__}, torch {tv}\n",
              "| T | chunked s | scan s | attn s | torch chunk_scan s | chunked MiB | scan MiB | attn MiB | "
              "scan/chunked | attn/chunked | torch/chunked |",
