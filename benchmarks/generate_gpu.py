@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import platform
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -209,7 +209,7 @@ def test_mobillama_fixture_decode_logits(fixtures_dir):
     rounded = DecoderLM(model.cfg.replace(attn_bf16_round=True), rngs=nnx.Rngs(0))
     nnx.update(rounded, nnx.state(model))
     inc_b = np.asarray(Generator(rounded).decode_logits(io["input_ids"], prompt_len=20))
-    np.testing.assert_allclose(inc_b[:, 1:], io["decode_logits"], atol=2e-3, rtol=0)
+    np.testing.assert_allclose(inc_b[:, 1:], io["decode_logits"], atol=1e-4, rtol=0)
 
 
 def test_from_pretrained_hf_dir_and_orbax_run(small, tmp_path):
@@ -233,3 +233,32 @@ def test_from_pretrained_hf_dir_and_orbax_run(small, tmp_path):
     assert Generator.from_pretrained(str(tmp_path / "run")).generate_ids([[5, 6, 7]], max_new_tokens=12) == want
     with pytest.raises(FileNotFoundError, match="neither an HF checkpoint"):
         Generator.from_pretrained(str(tmp_path))
+
+
+def byte_tokenizer_json(out_dir):
+    """A real tokenizer.json for the 256-token test models: byte-level BPE without merges (one token per byte)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.save(str(out_dir / "tokenizer.json"))
+
+
+def test_generate_cli(small, tmp_path, capsys):
+    from jaxlm.generate import main
+    from jaxlm.io import save_pretrained
+    from jaxlm.io.tokenizer import Tok
+
+    model, _ = small
+    save_pretrained(model, tmp_path)
+    byte_tokenizer_json(tmp_path)
+    tok = Tok.from_dir(tmp_path)
+    assert tok.decode(tok.encode("héllo")) == "héllo"
+    want = Generator(model, tok).generate("hello", max_new_tokens=12)[0]
+    assert main(["--checkpoint", str(tmp_path), "hello", "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr().out == want + "\n"
+    assert main(["--checkpoint", str(tmp_path), "hello", "--top-p", "2"]) == 2
+    assert "top_p=2.0" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tmp_path / "missing"), "hello"]) == 2
