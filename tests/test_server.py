@@ -70,6 +70,12 @@ def test_chat_and_streaming(served):
     full = solo(g, "hello", 12)
     r = client.completions.create(model="tiny", prompt="hello", max_tokens=12, temperature=0, stop=[full[4:6]])
     assert r.choices[0].text == full[:full.index(full[4:6])] and r.choices[0].finish_reason == "stop"
+    # a stop token (extension field) ends the stream with finish_reason "stop"; the token is not in the text
+    ids = g.generate_ids([list(b"hello")], max_new_tokens=12)[0]
+    parts = list(client.completions.create(model="tiny", prompt="hello", max_tokens=12, temperature=0, stream=True,
+                                           extra_body={"stop_token_ids": [ids[3]]}))
+    assert "".join(p.choices[0].text for p in parts) == Latin1().decode(ids[:ids.index(ids[3])])
+    assert parts[-1].choices[0].finish_reason == "stop"
     # seeded sampling repeats itself; n=2 samples choice i with seed + i
     kw = dict(model="tiny", prompt="hello", max_tokens=12, temperature=1.0, extra_body={"top_k": 20})
     two = client.completions.create(n=2, seed=5, **kw)
@@ -138,6 +144,7 @@ def test_client_disconnect_mid_stream(served):
     (dict(n=0), "n"), (dict(presence_penalty=0.5), "presence_penalty"), (dict(stop=[""]), "stop"),
     (dict(extra_body={"top_k": -3}), "top_k"), (dict(extra_body={"repetition_penalty": 0}), "repetition_penalty"),
     (dict(temperature="hot"), "temperature"), (dict(logprobs=2), "logprobs"),
+    (dict(extra_body={"stop_token_ids": [99999]}), "stop_token_ids"),
 ])
 def test_invalid_parameters_are_400(served, kw, field):
     _, _, client, _ = served

@@ -9,7 +9,7 @@ request into a free row of its running `DecodeBatch` (prefilled together), steps
 and routes each row's tokens to its request's queue. A request that finishes (or whose client disconnected) frees
 its row at once; the others never notice.
 
-Request fields understood besides the OpenAI ones: top_k, min_p, repetition_penalty, ignore_eos.
+Request fields understood besides the OpenAI ones: top_k, min_p, repetition_penalty, ignore_eos, stop_token_ids.
 Unsupported OpenAI options (logprobs, a nonzero presence/frequency penalty, tools) answer HTTP 400.
 """
 
@@ -194,6 +194,12 @@ def parse_sampling(body: dict, g: Generator, default_max: int, chat: bool) -> di
         if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 16:
             raise BadRequest("'stop': expected a non-empty string or a list of up to 16 non-empty strings", "stop")
         kw["stop"] = stop
+    stop_ids = _get(body, "stop_token_ids", (list,), None)
+    if stop_ids is not None:
+        V = g.cfg.vocab_size
+        if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < V for t in stop_ids):
+            raise BadRequest(f"'stop_token_ids': expected token ids in [0, {V})", "stop_token_ids")
+        kw["stop_token_ids"] = stop_ids
     seed = _get(body, "seed", (int,), None)
     if seed is not None and not 0 <= seed < 2**63:
         raise BadRequest(f"'seed'={seed}: must be in [0, 2**63)", "seed")
