@@ -230,6 +230,11 @@ def _run(recipe: Recipe, args) -> int:
     out = Path(args.out) if args.out else default_out(recipe, args.preset, args.resume)
     pipe, sources, eval_bs, cfg = build_data(cfg, args, tok, info["process_index"], info["process_count"])
     main_proc = info["process_index"] == 0
+    if main_proc:
+        where = ", ".join(args.data) if args.data else "the embedded corpus (Python's docs and standard library)"
+        print(f"data: {where}; sources {sources}; held-out eval {sorted(eval_bs) or 'none'}; tokenizer "
+              f"{args.tokenizer or 'embedded BPE'} (vocab {tok.vocab_size}); {info['process_count']} process(es), "
+              f"{info['devices']} {info['platform']} devices")
     if args.export_data_order and main_proc:
         path = pipe.export_order(args.export_data_order, range(cfg.total_steps))
         print(f"data order of steps 0..{cfg.total_steps - 1} written to {path}")
