@@ -40,7 +40,8 @@ PAPER = RunConfig(
     model=preset("crystalcoder-7b", dtype="bfloat16", param_dtype="float32", remat=True),
     optim=OPTIM,
     train=TrainConfig(seq_len=2048, global_batch=2112, grad_accum=1, seed=0, log_every=10, eval_every=5000,
-                      eval_batches=20, ckpt_every=1000, keep_latest=2, keep_release=143),
+                      eval_batches=20, ckpt_every=1000, keep_latest=2,
+                      keep_release=143),  # LLM360 lists 143 CrystalCoder checkpoints (count not in our notes)
     phases=PAPER_PHASES,
 )
 
