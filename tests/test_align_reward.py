@@ -187,6 +187,7 @@ def test_copied_placeholders_are_rejected():
     stats = Counter()
     assert parse_rewrite('{"new_response": "The full improved answer."}', stats) is None
     assert parse_new_prompt('{"new_system_prompt": "the full new system prompt', stats) is None
-    assert stats["placeholder_copied"] == 2 and stats["rewrite_failed"] == 1 and stats["action_failed"] == 1
+    assert parse_rewrite('{"new_response": "..."}', stats) is None
+    assert stats["placeholder_copied"] == 3 and stats["rewrite_failed"] == 2 and stats["action_failed"] == 1
     assert parse_rewrite('{"new_response": "Paris is the capital."}', stats) == "Paris is the capital."
     assert parse_new_prompt('new_system_prompt: You are careful and kind.', stats) == "You are careful and kind."

@@ -34,7 +34,7 @@ class ICLConfig:
 
 def parse_rewrite(text: str, stats: Counter) -> str | None:
     """The rewriter's new answer ('new_response'); None when unusable (counted as 'rewrite_failed')."""
-    out = extract_field(text, "new_response", stats, placeholder="the full improved answer")
+    out = extract_field(text, "new_response", stats, placeholders=("...", "the full improved answer"))
     if out is None:
         stats["rewrite_failed"] += 1
     return out

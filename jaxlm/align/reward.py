@@ -136,10 +136,11 @@ def _norm(s: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", s.lower()).strip()
 
 
-def extract_field(text: str, key: str, stats: Counter, *, min_len: int = 1, placeholder: str = "") -> str | None:
+def extract_field(text: str, key: str, stats: Counter, *, min_len: int = 1,
+                  placeholders: Sequence[str] = ()) -> str | None:
     """A string field of a JSON answer (e.g. 'new_response'); failing JSON, the text after a `key` label.
     None (counted as '<key>_failed') when neither gives at least `min_len` characters, or when the model only copied
-    the template's `placeholder` (counted as 'placeholder_copied'; small models do)."""
+    one of the template's `placeholders` (counted as 'placeholder_copied'; small models do)."""
     found = None
     obj, status = parse_json(text)
     if obj is not None:
@@ -153,7 +154,7 @@ def extract_field(text: str, key: str, stats: Counter, *, min_len: int = 1, plac
         if len(tail) >= min_len:
             stats["regex_repaired"] += 1
             found = tail
-    if found is not None and placeholder and _norm(found) == _norm(placeholder):
+    if found is not None and any(_norm(found) == _norm(p) for p in placeholders):
         stats["placeholder_copied"] += 1
         found = None
     if found is None:

@@ -110,7 +110,8 @@ def optimizer_prompt(node: Node, cfg: SearchConfig, ctx: Context) -> str:
 
 def parse_new_prompt(text: str, stats: Counter) -> str | None:
     """The optimizer's 'new_system_prompt'; None when unusable (counted as 'action_failed')."""
-    out = extract_field(text, "new_system_prompt", stats, min_len=10, placeholder="the full new system prompt")
+    out = extract_field(text, "new_system_prompt", stats, min_len=10,
+                        placeholders=("...", "the full new system prompt"))
     if out is None:
         stats["action_failed"] += 1
     return out
