@@ -171,3 +171,19 @@ def test_recipe_text_splits_fixed_and_disjoint():
     np.testing.assert_array_equal(a, token_blocks(CharTok(), "heldout", 3, 64))
     with pytest.raises(ValueError, match="split='train'"):
         topic_texts("train")
+
+
+def test_quantized_model_shards_on_a_mesh():
+    """Packed codes and scales carry the Linear's logical axes, so jaxlm.sharding places them on a 4x2 mesh."""
+    from jaxlm.sharding import make_mesh, state_shardings, use_mesh
+
+    model = quantize(_model(), bits=4, group_size=32)
+    ids = _ids(8, 8)
+    ref = np.asarray(_logits(model, ids))
+    mesh = make_mesh("4x2")
+    g, s = nnx.split(model)
+    s = jax.device_put(s, state_shardings(s, mesh))
+    assert s["layers"]["attn"]["q"]["packed"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    with use_mesh(mesh):
+        out = jax.jit(lambda s, i: nnx.merge(g, s)(i))(s, ids)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
