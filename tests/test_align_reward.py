@@ -151,7 +151,8 @@ def test_training_sampler_is_seeded_and_mixed():
 
 def test_base_prompt_formats():
     raw = base_prompt("Be nice.", [Example("Q1?", "A1.")], "Q2?", "raw")
-    assert raw == "# Instructions\nBe nice.\n\n# Query:\nQ1?\n\n# Answer:\n<START>A1.<END>\n\n# Query:\nQ2?\n\n# Answer:\n<START>"
+    assert raw == ("# Instructions\nBe nice.\n\n# Query:\nQ1?\n\n# Answer:\n<START>A1.<END>\n\n"
+                   "# Query:\nQ2?\n\n# Answer:\n<START>")
     chat = base_prompt("Be nice.", [Example("Q1?", "A1.")], "Q2?", "chat")
     assert chat[0]["role"] == "system" and "A1." in chat[0]["content"] and chat[1] == {"role": "user", "content": "Q2?"}
     with pytest.raises(ValueError, match="format"):

