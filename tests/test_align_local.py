@@ -43,3 +43,27 @@ def test_local_backend(local, tmp_path):
     assert cached.supports_prefill
     full = ask(cached, ["rate it", "rate it"], ['{"s": '] * 2, prefill=True, max_tokens=4)
     assert full[0].text == '{"s": ' + want.text
+
+
+def test_http_client_against_jaxlm_server(local):
+    """HTTPLLM talking to jaxlm's own OpenAI-compatible server (loopback) gives the local backend's greedy text."""
+    import threading
+
+    from jaxlm.align.llm import HTTPLLM
+    from jaxlm.infer.server import make_server, shutdown_all
+
+    srv = make_server(local.gen, "127.0.0.1", 0, model_name="tiny")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        raw = HTTPLLM(url, "tiny", api="completions", api_key_env=None, timeout=120, max_retries=0, concurrency=2)
+        chat = HTTPLLM(url, "tiny", api="chat", api_key_env=None, timeout=120, max_retries=0, concurrency=2)
+        prompts = ["hello", "abc"]
+        want = [c.text for c in local.generate(prompts, max_tokens=4)]
+        got = raw.generate(prompts, max_tokens=4)
+        assert [c.text for c in got] == want and all(c.completion_tokens >= 1 for c in got)
+        from jaxlm.infer.text import plain_chat_prompt
+        want_chat = local.generate([plain_chat_prompt([{"role": "user", "content": "hello"}])], max_tokens=4)[0].text
+        assert chat.generate(["hello"], max_tokens=4)[0].text == want_chat
+    finally:
+        shutdown_all(srv)
