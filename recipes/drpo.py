@@ -49,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--price", nargs=2, type=float, default=(0.0, 0.0), metavar=("IN", "OUT"),
                    help="USD per 1M prompt / completion tokens of the remote model (cost accounting)")
+    p.add_argument("--budget", type=float, default=None, help="stop (resumably) once the remote cost reaches this")
     p.add_argument("--beam", type=int, default=2)
     p.add_argument("--actions", type=int, default=2)
     p.add_argument("--depth", type=int, default=2)
@@ -122,7 +123,8 @@ def build(args):
     """(roles, eval base, eval judge, embedder, ledger, cache) for the chosen backend."""
     cache = ResponseCache(os.path.join(args.out, "cache.sqlite"))
     remote_price = tuple(args.price)
-    ledger = Ledger(prices={"judge": remote_price, "optimizer": remote_price} if args.base_url else {})
+    ledger = Ledger(prices={"judge": remote_price, "optimizer": remote_price} if args.base_url else {},
+                    budget=args.budget)
     if args.backend == "scripted":
         base = judge = opt = scripted_llm()
         embed = trigram_embed

@@ -168,3 +168,15 @@ def test_cache_accounting_and_key_hygiene(tmp_path, monkeypatch, caplog):
     assert SECRET not in repr(raw) and SECRET not in str(vars(raw))
     assert SECRET.encode() not in cache_path.read_bytes()
     assert not any(SECRET.encode() in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_budget_stops_new_requests():
+    from jaxlm.align.llm import ScriptedLLM
+
+    ledger = Ledger(prices={"opt": (1e6, 0.0)}, budget=2.5)  # $1 per prompt token
+    opt = Metered(ScriptedLLM(default="ok"), "opt", ledger)
+    opt.generate(["abcd"])  # 1 token: $1
+    opt.generate(["abcd", "efgh"])  # $3 in total: over budget after this batch
+    with pytest.raises(LLMError, match="budget"):
+        opt.generate(["abcd"])
+    assert ledger.total_cost == 3.0 and opt.inner.calls == 3

@@ -259,11 +259,19 @@ class RoleUsage:
 class Ledger:
     """Token and cost accounting per role (base, judge, optimizer, ...). Cache hits cost nothing.
 
-    `prices[role] = (usd per 1M prompt tokens, usd per 1M completion tokens)`."""
+    `prices[role] = (usd per 1M prompt tokens, usd per 1M completion tokens)`. With `budget`, requests made after
+    the total cost reached it raise LLMError (a batch in flight is finished, so the budget can be exceeded by one
+    batch)."""
 
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    budget: float | None = None  # USD over all roles; Metered refuses new requests once it is spent
     roles: dict[str, RoleUsage] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def total_cost(self) -> float:
+        with self._lock:
+            return sum(u.cost for u in self.roles.values())
 
     def add(self, role: str, c: Completion) -> None:
         with self._lock:
@@ -290,6 +298,10 @@ class Metered(_Wrapper):
         self.name = getattr(inner, "name", role)
 
     def generate(self, prompts, **kw):
+        b = self.ledger.budget
+        if b is not None and self.ledger.total_cost >= b:
+            raise LLMError(f"{self.role}: the budget of ${b:.4f} is spent (${self.ledger.total_cost:.4f}); "
+                           f"re-run with a larger budget: answers so far are cached")
         out = self.inner.generate(prompts, **kw)
         for c in out:
             self.ledger.add(self.role, c)
