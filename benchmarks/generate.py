@@ -16,8 +16,14 @@ import platform
 import time
 from pathlib import Path
 
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "--jaxlm-single-thread" in sys.argv:  # must happen before jax starts its CPU backend
+    os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false"
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -41,6 +47,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--jaxlm-only", action="store_true", help=argparse.SUPPRESS)  # child process: jaxlm numbers
+    ap.add_argument("--jaxlm-single-thread", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     import torch
@@ -53,8 +61,9 @@ def main():
     hf_dir = cached_hf_dir(smollm2_gguf_path())
     model, cfg, tok = load_gguf()
     gen = Generator(model, tok)
-    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    hf.generation_config.eos_token_id = None
+    if not args.jaxlm_only:
+        hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        hf.generation_config.eos_token_id = None
 
     default_threads = torch.get_num_threads()
     rng = np.random.default_rng(0)
@@ -78,10 +87,15 @@ def main():
             assert out.shape[1] == ids.shape[1] + n
             return out
 
+        if args.jaxlm_only:
+            ours(N)
+            ours(1)
+            rows.append((B, B * (N - 1) / (best(lambda: ours(N), args.repeats) - best(lambda: ours(1), args.repeats))))
+            continue
         same = ours(N)[0] == theirs(N)[0, args.prompt_len:].tolist()  # warm-up (compiles) + a sanity check
         ours(1)
         theirs(1)
-        j = B * (N - 1) / (best(lambda: ours(N), args.repeats) - best(lambda: ours(1), args.repeats))
+        j = {os.cpu_count(): B * (N - 1) / (best(lambda: ours(N), args.repeats) - best(lambda: ours(1), args.repeats))}
         ts = {}
         # torch's default (all cores) and 1 thread: on a shared, oversubscribed machine OpenMP barriers can make
         # the default far slower; the comparison uses whichever is faster here
@@ -90,22 +104,33 @@ def main():
             ts[threads] = B * (N - 1) / (best(lambda: theirs(N), args.repeats) - best(lambda: theirs(1), args.repeats))
         torch.set_num_threads(default_threads)
         rows.append((B, j, ts, same))
+    if args.jaxlm_only:
+        print("JAXLM_RESULT " + json.dumps(dict(rows)))
+        return
+    # jaxlm with XLA's CPU backend on one thread (set at process start, hence a child process), same treatment as
+    # torch's 1-thread setting
+    cmd = [sys.executable, __file__, "--jaxlm-only", "--jaxlm-single-thread", "--new", str(N), "--prompt-len",
+           str(args.prompt_len), "--repeats", str(args.repeats), "--batches", *map(str, args.batches)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    single = json.loads(out.split("JAXLM_RESULT ", 1)[1].splitlines()[0])
+    for B, j, _, _ in rows:
+        j[1] = single[str(B)]
 
     cpu = platform.processor() or platform.machine()
     print(f"\nSmolLM2-135M decode, CPU ({os.cpu_count()} cores, {cpu}), prompt {args.prompt_len}, {N} new tokens, "
           f"float32, greedy; best of {args.repeats}")
-    print(f"{'batch':>5} | {'jaxlm tok/s':>11} | {'transformers tok/s (threads)':>28} | {'ratio':>6} | same tokens")
+    fmt = lambda d: ", ".join(f"{v:.1f} ({k})" for k, v in d.items())  # noqa: E731
+    print(f"{'batch':>5} | {'jaxlm tok/s (threads)':>22} | {'transformers tok/s (threads)':>28} | {'ratio':>6} | "
+          f"same tokens")
     for B, j, ts, same in rows:
-        t = max(ts.values())
-        detail = ", ".join(f"{v:.1f} ({k})" for k, v in ts.items())
-        print(f"{B:>5} | {j:>11.1f} | {detail:>28} | {j / t:>6.2f} | {same}")
+        print(f"{B:>5} | {fmt(j):>22} | {fmt(ts):>28} | {max(j.values()) / max(ts.values()):>6.2f} | {same}")
     if args.no_record:
         return
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     md = ROOT / "BENCHMARKS.md"
     header = "\n## Generation: SmolLM2-135M decode on CPU (benchmarks/generate.py)\n\n" \
-             "Ratio = jaxlm / the faster transformers setting (torch threads in parentheses).\n\n" \
-             "| date (UTC) | machine | versions | batch | jaxlm tok/s | transformers tok/s (torch threads) | ratio |\n" \
+             "Ratio = the faster jaxlm setting / the faster transformers setting (threads in parentheses).\n\n" \
+             "| date (UTC) | machine | versions | batch | jaxlm tok/s (threads) | transformers tok/s (threads) | ratio |\n" \
              "|---|---|---|---|---|---|---|\n"
     text = md.read_text() if md.exists() else "# Benchmarks\n"
     if "benchmarks/generate.py)" not in text:
@@ -113,9 +138,8 @@ def main():
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     machine = f"{os.cpu_count()}-core {platform.machine()} CPU, load {load:.1f}"
     versions = f"jax {jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}"
-    lines = "".join(f"| {now} | {machine} | {versions} | {B} | {j:.1f} | "
-                    f"{', '.join(f'{v:.1f} ({k})' for k, v in ts.items())} | {j / max(ts.values()):.2f} |\n"
-                    for B, j, ts, _ in rows)
+    lines = "".join(f"| {now} | {machine} | {versions} | {B} | {fmt(j)} | {fmt(ts)} | "
+                    f"{max(j.values()) / max(ts.values()):.2f} |\n" for B, j, ts, _ in rows)
     # append under this section (sections of other benchmarks may follow it)
     head_at = text.index("benchmarks/generate.py)")
     nxt = text.find("\n## ", head_at)
