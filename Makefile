@@ -11,7 +11,7 @@ run: setup
 	$(PY) -m recipes.crystal --mesh 8x1
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 test-all: setup
 	$(PY) -m pytest -m ''
