@@ -14,6 +14,7 @@ from flax import nnx
 
 from jaxlm.config import DecoderConfig
 from jaxlm.nn import MLP, Attention, Linear, Norm, param
+from jaxlm.nn.stack import stack_layers
 from jaxlm.sharding import shard
 
 
@@ -69,12 +70,7 @@ class DecoderLM(nnx.Module):
         pdt = jnp.dtype(cfg.param_dtype)
         self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg.init_std, pdt)
 
-        @nnx.split_rngs(splits=cfg.num_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
-        def make_layers(r):
-            return Block(cfg, rngs=r)
-
-        self.layers = make_layers(rngs)
+        self.layers = stack_layers(lambda r: Block(cfg, rngs=r), cfg.num_layers, rngs)
         self.shared_mlp = make_mlp(cfg, rngs) if cfg.shared_mlp else None
         self.final_norm = Norm(cfg.hidden_size, cfg.norm, cfg.norm_eps, param_dtype=pdt)
         self.lm_head = None if cfg.tie_embeddings else Linear(

@@ -20,6 +20,7 @@ from flax import nnx
 from jaxlm.errors import ConfigError
 from jaxlm.nn import Linear, Norm, param
 from jaxlm.nn.ssd import Mamba2Mixer
+from jaxlm.nn.stack import stack_layers
 from jaxlm.sharding import shard
 
 
@@ -147,12 +148,7 @@ class Mamba2LM(nnx.Module):
         pdt = jnp.dtype(cfg.param_dtype)
         self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg.init_std, pdt)
 
-        @nnx.split_rngs(splits=cfg.num_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
-        def make_layers(r):
-            return Mamba2Block(cfg, rngs=r)
-
-        self.layers = make_layers(rngs)
+        self.layers = stack_layers(lambda r: Mamba2Block(cfg, rngs=r), cfg.num_layers, rngs)
         self.final_norm = Norm(cfg.hidden_size, "rms", cfg.norm_eps, param_dtype=pdt)
         self.lm_head = None if cfg.tie_embeddings else Linear(
             cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), std=cfg.init_std, dtype=jnp.dtype(cfg.dtype),
