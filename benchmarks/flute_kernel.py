@@ -19,7 +19,6 @@ Without a GPU the script says so, runs a tiny interpret-mode correctness check a
 from __future__ import annotations
 
 import argparse
-import datetime
 import pathlib
 import platform
 import sys
@@ -230,18 +229,13 @@ def main(argv=None):
         return 1 if bad else 0
     import jaxlib
 
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    title = "## FLUTE kernel speed (benchmarks/flute_kernel.py)"
-    bench = ROOT / "BENCHMARKS.md"
-    text = bench.read_text() if bench.exists() else "# Benchmarks\n"
-    section = "" if title in text else (
-        f"\n{title}\n\nbf16 activations, y = x @ W_hat; weights rotated over {args.sets} sets per timed call; "
-        "time per matmul in microseconds (median). Target at 4 bits: >= 3x faster than the bf16 dot for M <= 16.\n")
-    section += (f"\n### {now} — {dev.device_kind}; python {platform.python_version()}, jax {jax.__version__} / "
-                f"jaxlib {jaxlib.__version__}\n\n" + header + body)
-    with open(bench, "a") as f:
-        f.write(section)
-    print(f"appended to {bench}")
+    from benchmarks.record import record, utc_now
+
+    record("FLUTE kernel speed (benchmarks/flute_kernel.py)",
+           f"bf16 activations, y = x @ W_hat; weights rotated over {args.sets} sets per timed call; "
+           "time per matmul in microseconds (median). Target at 4 bits: >= 3x faster than the bf16 dot for M <= 16.",
+           f"### {utc_now()} — {dev.device_kind}; python {platform.python_version()}, jax {jax.__version__} / "
+           f"jaxlib {jaxlib.__version__}\n\n" + header + body)
     return 1 if bad else 0
 
 

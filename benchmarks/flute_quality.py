@@ -12,7 +12,6 @@ are quantized; the tied embedding / head stays in full precision. The table is a
 from __future__ import annotations
 
 import argparse
-import datetime
 import pathlib
 import platform
 import time
@@ -78,26 +77,22 @@ def main(argv=None):
     print(header + body)
     if args.no_write:
         return rows
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     import jaxlib
 
+    from benchmarks.record import record, utc_now
+
     machine = f"{platform.machine()} {jax.device_count()} x {jax.devices()[0].platform}"
-    title = "## FLUTE quality: SmolLM2-135M-Instruct held-out perplexity (benchmarks/flute_quality.py)"
-    bench = ROOT / "BENCHMARKS.md"
-    text = bench.read_text() if bench.exists() else "# Benchmarks\n"
-    section = "" if title in text else (
-        f"\n{title}\n\nText: the fixed held-out slice of Python's `pydoc_data.topics` (every 5th topic by name), "
+    record(
+        "FLUTE quality: SmolLM2-135M-Instruct held-out perplexity (benchmarks/flute_quality.py)",
+        f"Text: the fixed held-out slice of Python's `pydoc_data.topics` (every 5th topic by name), "
         f"{args.eval_seqs} x {args.seq_len} tokens, GGUF tokenizer. NFL calibrates on other topics "
         f"({args.calib_seqs} x {args.seq_len} tokens, {args.nfl_steps} Adam steps per layer, layer-output MSE with "
         "a straight-through estimator). All q/k/v/o/gate/up/down layers quantized; the tied embedding stays fp32. "
         "K=576 is not a multiple of 128: at G=128 those layers are zero-padded to 640 rows (the last group holds "
         "64 real weights). INT rows: the same machinery with the symmetric integer table k/(2^(b-1)-1), "
-        "k = -2^(b-1)..2^(b-1)-1 (plain round-to-nearest INT quantization, scale = group absmax / (2^(b-1)-1)).\n")
-    section += (f"\n### {now} — {machine}; python {platform.python_version()}, jax {jax.__version__} / jaxlib "
-                f"{jaxlib.__version__}\n\n" + header + body)
-    with open(bench, "a") as f:
-        f.write(section)
-    print(f"appended to {bench}")
+        "k = -2^(b-1)..2^(b-1)-1 (plain round-to-nearest INT quantization, scale = group absmax / (2^(b-1)-1)).",
+        f"### {utc_now()} — {machine}; python {platform.python_version()}, jax {jax.__version__} / jaxlib "
+        f"{jaxlib.__version__}\n\n" + header + body)
     return rows
 
 

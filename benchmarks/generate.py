@@ -10,7 +10,6 @@ out on both sides. Best of --repeats runs. Appends a dated row to BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import time
@@ -127,25 +126,17 @@ def main():
     if args.no_record:
         return
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    md = ROOT / "BENCHMARKS.md"
-    header = "\n## Generation: SmolLM2-135M decode on CPU (benchmarks/generate.py)\n\n" \
-             "Ratio = the faster jaxlm setting / the faster transformers setting (threads in parentheses).\n\n" \
-             "| date (UTC) | machine | versions | batch | jaxlm tok/s (threads) | transformers tok/s (threads) | ratio |\n" \
-             "|---|---|---|---|---|---|---|\n"
-    text = md.read_text() if md.exists() else "# Benchmarks\n"
-    if "benchmarks/generate.py)" not in text:
-        text += header
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    from benchmarks.record import record, utc_now
+
+    intro = ("Ratio = the faster jaxlm setting / the faster transformers setting (threads in parentheses).\n\n"
+             "| date (UTC) | machine | versions | batch | jaxlm tok/s (threads) | transformers tok/s (threads) | ratio |\n"
+             "|---|---|---|---|---|---|---|")
+    now = utc_now("%Y-%m-%d %H:%M")
     machine = f"{os.cpu_count()}-core {platform.machine()} CPU, load {load:.1f}"
     versions = f"jax {jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}"
     lines = "".join(f"| {now} | {machine} | {versions} | {B} | {fmt(j)} | {fmt(ts)} | "
                     f"{max(j.values()) / max(ts.values()):.2f} |\n" for B, j, ts, _ in rows)
-    # append under this section (sections of other benchmarks may follow it)
-    head_at = text.index("benchmarks/generate.py)")
-    nxt = text.find("\n## ", head_at)
-    text = text + lines if nxt < 0 else text[:nxt].rstrip("\n") + "\n" + lines + text[nxt:]
-    md.write_text(text)
-    print(f"recorded in {md}")
+    record("Generation: SmolLM2-135M decode on CPU (benchmarks/generate.py)", intro, lines)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Two numbers: the device step rate (decode steps dispatched back to back, tokens 
 from __future__ import annotations
 
 import argparse
-import datetime
 import platform
 import time
 from pathlib import Path
@@ -100,22 +99,15 @@ def main():
         print(f"{name:>22} | {dt * 1e3:>8.3f} | {1 / dt:>8.1f} | {100 * (1 / dt) / roof:>12.1f}%")
     if args.no_record:
         return
-    md = ROOT / "BENCHMARKS.md"
-    text = md.read_text() if md.exists() else "# Benchmarks\n"
-    marker = "benchmarks/generate_gpu.py)"
-    if marker not in text:
-        text += ("\n## Generation: batch-1 decode of a ~1B model on GPU vs the HBM roofline "
-                 "(benchmarks/generate_gpu.py)\n\n| date (UTC) | device | versions | model | roofline tok/s | "
-                 "device tok/s | e2e tok/s | device % of roofline |\n|---|---|---|---|---|---|---|---|\n")
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    from benchmarks.record import record, utc_now
+
+    now = utc_now("%Y-%m-%d %H:%M")
     row = (f"| {now} | {kind} ({platform.node()}) | jax {jax.__version__} | {args.preset} {args.dtype}, prompt "
            f"{args.prompt}, cap {cap} | {roof:.0f} | {1 / dt_dev:.0f} | {1 / dt_e2e:.0f} | "
            f"{100 / dt_dev / roof:.0f}% |\n")
-    at = text.index(marker)
-    nxt = text.find("\n## ", at)
-    text = text + row if nxt < 0 else text[:nxt].rstrip("\n") + "\n" + row + text[nxt:]
-    md.write_text(text)
-    print(f"recorded in {md}")
+    record("Generation: batch-1 decode of a ~1B model on GPU vs the HBM roofline (benchmarks/generate_gpu.py)",
+           "| date (UTC) | device | versions | model | roofline tok/s | device tok/s | e2e tok/s | "
+           "device % of roofline |\n|---|---|---|---|---|---|---|---|", row)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ time of `--repeats` runs after compilation. The torch column times the function 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import statistics
@@ -135,23 +134,21 @@ def main(argv=None):
 def write_rows(rows, dec, args):
     import jaxlib
 
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = "## SSD: chunked vs sequential scan vs causal attention (benchmarks/ssd.py)"
-    if section not in text:
-        text += (f"\n{section}\n\nCPU, float32, batch 1, heads {args.heads}, head_dim {args.head_dim}, "
-                 f"state {args.state}, chunk {args.chunk}. Time = median s after compile; MiB = XLA temp+output "
-                 "buffers of the compiled program (torch: time only). Ratios > 1 mean the chunked SSD is faster.\n")
+    from benchmarks.record import record, utc_now
+
+    intro = (f"CPU, float32, batch 1, heads {args.heads}, head_dim {args.head_dim}, "
+             f"state {args.state}, chunk {args.chunk}. Time = median s after compile; MiB = XLA temp+output "
+             "buffers of the compiled program (torch: time only). Ratios > 1 mean the chunked SSD is faster.")
     try:
         import torch
         tv = torch.__version__
     except Exception:  # noqa: BLE001
         tv = "n/a"
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = utc_now()
     dev = jax.devices()[0]
     machine = (f"{dev.platform}:{dev.device_kind}; host {platform.machine()} {os.cpu_count()} cpus "
                f"({platform.processor() or platform.system()})")
-    lines = [f"\n### {stamp} — {machine}; jax {jax.__version__} / jaxlib {jaxlib.__version__}, torch {tv}\n",
+    lines = [f"### {stamp} — {machine}; jax {jax.__version__} / jaxlib {jaxlib.__version__}, torch {tv}\n",
              "| T | chunked s | scan s | attn s | torch chunk_scan s | chunked MiB | scan MiB | attn MiB | "
              "scan/chunked | attn/chunked | torch/chunked |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -165,8 +162,7 @@ def write_rows(rows, dec, args):
     lines.append("\nDecode state per sequence (float32): " + "; ".join(
         f"T={t}: SSM {s / 2**20:.2f} MiB vs KV {k / 2**20:.1f} MiB" for t, s, k in dec)
         + " (Mamba-2 130M SSMCache, constant in T, vs a 24-layer 768-wide Transformer KV cache).\n")
-    path.write_text(text + "\n".join(lines) + "\n")
-    print(f"appended to {path}")
+    record("SSD: chunked vs sequential scan vs causal attention (benchmarks/ssd.py)", intro, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ against it and against the 989 TFLOP/s datasheet number. Appends a dated row to 
 from __future__ import annotations
 
 import argparse
-import datetime
 import platform
 import sys
 import time
@@ -128,27 +127,18 @@ def main():
           f"loss {float(m['loss']):.3f}")
     if a.no_write:
         return
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    head = "## Training on one GPU: ~1B Llama, seq 2048 (benchmarks/train_gpu.py)"
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    from benchmarks.record import record, utc_now
+
+    now = utc_now()
     row = (f"| {now} | {dev.device_kind} | jax {jax.__version__} | {n_params / 1e9:.2f}B | {a.batch}x{a.seq} | "
            f"{model.remat} | {step_s * 1e3:.1f} | {tok_s:.0f} | {peak / 1e12:.0f} | {100 * mfu:.1f}% | "
            f"{100 * mfu_table:.1f}% | {peak_mem:.1f} |\n")
-    if head not in text:
-        text = text.rstrip("\n") + (
-            f"\n\n{head}\n\nbf16 compute, float32 master weights, AdamW, jaxlm train step on a 1x1 mesh. MFU = model "
-            "FLOPs (MaxText convention) x tokens/s / peak; 'measured' peak = 8192^2 bf16 jnp matmul in the same run.\n\n"
-            "| date | device | versions | params | batch | remat | ms/step | tokens/s | measured peak TFLOP/s | "
-            "MFU (measured) | MFU (datasheet) | peak GiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-        text += row
-    else:
-        start = text.index(head)
-        nxt = text.find("\n## ", start + len(head))
-        end = len(text) if nxt < 0 else nxt
-        text = text[:start] + text[start:end].rstrip("\n") + "\n" + row + ("\n" + text[end:].lstrip("\n") if nxt >= 0 else "")
-    path.write_text(text)
-    print(f"appended a row to {path} ({platform.node()})")
+    record("Training on one GPU: ~1B Llama, seq 2048 (benchmarks/train_gpu.py)",
+           "bf16 compute, float32 master weights, AdamW, jaxlm train step on a 1x1 mesh. MFU = model "
+           "FLOPs (MaxText convention) x tokens/s / peak; 'measured' peak = 8192^2 bf16 jnp matmul in the same run.\n\n"
+           "| date | device | versions | params | batch | remat | ms/step | tokens/s | measured peak TFLOP/s | "
+           "MFU (measured) | MFU (datasheet) | peak GiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|", row)
+    print(f"(host {platform.node()})")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ threads use the cores like torch's do. Prints a table and appends a dated row to
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import sys
@@ -159,32 +158,20 @@ def main():
         return
     import transformers
 
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    from benchmarks.record import record, utc_now
+
+    now = utc_now()
     machine = (f"{platform.machine()} {os.cpu_count()} cpus ({platform.system()}), load avg "
                f"{os.getloadavg()[0]:.1f}")
-    head = "## Training throughput on CPU: jaxlm vs PyTorch (benchmarks/train_throughput.py)"
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = ""
-    if head not in text:
-        block += (f"\n{head}\n\nSame Llama-architecture model and batch, float32, AdamW (0.9, 0.95, wd 0.1) + clip 1.0; "
-                  "steady-state tokens/s after warm-up, measured in interleaved rounds; jaxlm = its jitted train step on a 1-device mesh, torch = "
-                  "transformers LlamaForCausalLM (sdpa) + torch.optim.AdamW. Ratio > 1: jaxlm faster.\n\n"
-                  "| date | machine | versions | model | batch | jaxlm tok/s | torch tok/s | jaxlm/torch | jaxlm compile s |\n"
-                  "|---|---|---|---|---|---|---|---|---|\n")
-    block += (f"| {now} | {machine} | jax {jax.__version__}, torch {torch.__version__}, transformers "
-              f"{transformers.__version__} | {a.layers}L d{a.hidden} ffn{a.ffn} V{a.vocab} ({j['params'] / 1e6:.1f}M) | "
-              f"{a.batch}x{a.seq} | {j['tok_s']:.0f} | {t['tok_s']:.0f} | {ratio:.2f} | {j['compile_s']:.1f} |\n")
-    if head in text:  # append the row right after the section's last table row
-        start = text.index(head)
-        nxt = text.find("\n## ", start + len(head))
-        end = len(text) if nxt < 0 else nxt
-        section = text[start:end].rstrip("\n") + "\n" + block
-        text = text[:start] + section + ("\n" + text[end:].lstrip("\n") if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n" + block
-    path.write_text(text)
-    print(f"appended a row to {path}")
+    intro = ("Same Llama-architecture model and batch, float32, AdamW (0.9, 0.95, wd 0.1) + clip 1.0; "
+             "steady-state tokens/s after warm-up, measured in interleaved rounds; jaxlm = its jitted train step on a 1-device mesh, torch = "
+             "transformers LlamaForCausalLM (sdpa) + torch.optim.AdamW. Ratio > 1: jaxlm faster.\n\n"
+             "| date | machine | versions | model | batch | jaxlm tok/s | torch tok/s | jaxlm/torch | jaxlm compile s |\n"
+             "|---|---|---|---|---|---|---|---|---|")
+    row = (f"| {now} | {machine} | jax {jax.__version__}, torch {torch.__version__}, transformers "
+           f"{transformers.__version__} | {a.layers}L d{a.hidden} ffn{a.ffn} V{a.vocab} ({j['params'] / 1e6:.1f}M) | "
+           f"{a.batch}x{a.seq} | {j['tok_s']:.0f} | {t['tok_s']:.0f} | {ratio:.2f} | {j['compile_s']:.1f} |\n")
+    record("Training throughput on CPU: jaxlm vs PyTorch (benchmarks/train_throughput.py)", intro, row)
 
 
 if __name__ == "__main__":
