@@ -78,12 +78,22 @@ def test_layer_updates_are_independent(pair):
     step, params = make_stage_step(student, teacher, 2, tx)
     p_a = jax.tree.map(jnp.array, params)
     p_b = jax.tree.map(jnp.array, params)
-    p_b["layers"][2]["mixer"]["in_proj"]["kernel"] = p_b["layers"][2]["mixer"]["in_proj"]["kernel"] + 0.5
+    # A RANDOM perturbation (fixed seed), not a constant: layer 2's in_proj sees a LayerNorm-ed input (zero mean
+    # over features), which cancels a constant added to every kernel entry exactly, so layer 2 would only change by
+    # float rounding. Noise of std 0.5 (kernel init std 0.1, float32 eps 1e-7) changes layer 2's output by O(1).
+    kernel = p_b["layers"][2]["mixer"]["in_proj"]["kernel"]
+    p_b["layers"][2]["mixer"]["in_proj"]["kernel"] = kernel + 0.5 * jax.random.normal(jax.random.key(7), kernel.shape)
     new_a, _, la = step(p_a, tx.init(p_a), ids)
     new_b, _, lb = step(p_b, tx.init(p_b), ids)
-    np.testing.assert_array_equal(new_a["layers"][0]["mixer"]["in_proj"]["kernel"],
-                                  new_b["layers"][0]["mixer"]["in_proj"]["kernel"])
-    assert float(la[0]) == float(lb[0]) and float(la[2]) != float(lb[2])
+    la, lb = np.asarray(la), np.asarray(lb)
+    # the perturbation really reaches layer 2 (by far more than rounding: relative change > 5%) ...
+    assert abs(lb[2] - la[2]) > 0.05 * abs(la[2]), (la, lb)
+    # ... and not layers 0-1: their losses and updates are bit-identical (same compiled program, same inputs; any
+    # coupling, e.g. layer 0 reading layer 2's output or a global-norm clip in tx, would change them by >> 1 ulp)
+    np.testing.assert_array_equal(la[:2], lb[:2])
+    for i in (0, 1):
+        np.testing.assert_array_equal(new_a["layers"][i]["mixer"]["in_proj"]["kernel"],
+                                      new_b["layers"][i]["mixer"]["in_proj"]["kernel"])
 
 
 def test_stage3_kd_decreases_and_freeze_mlp(pair):
