@@ -15,3 +15,7 @@ class CheckpointError(JaxlmError):
 
 class MeshError(JaxlmError):
     """A mesh that does not divide the devices, the heads or the batch."""
+
+
+class ShapeError(JaxlmError):
+    """A model input of the wrong rank, width or batch (the message names the argument and its shape)."""
