@@ -95,3 +95,22 @@ def test_pure_jitted_entry_points():
     lg2, cache = forward_cached(gdef, state, ids[:, 5:], cache)
     np.testing.assert_allclose(np.asarray(lg2[:, 0]), np.asarray(full[:, 5]), atol=1e-5)
     assert cache.lengths.tolist() == [6, 6]
+
+
+def test_one_mesh_parser_and_device_preparation():
+    """jaxlm.sharding.mesh_dims is the one "--mesh" parser; prepare_devices sets the simulated CPU device count."""
+    from jaxlm.sharding import mesh_device_count, mesh_dims, prepare_devices
+    from jaxlm.train import distributed
+
+    assert mesh_dims("8x1") == [1, 8, 1] and mesh_dims("2x2x2") == [2, 2, 2] and mesh_dims("-1x2") == [1, -1, 2]
+    assert [mesh_device_count(s) for s in ("-1x1", "-1x2", "-1x3", "1x2", "2x2x2")] == [8, 8, 9, 2, 8]
+    assert distributed.prepare_devices is prepare_devices  # old import path, same function
+    env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    assert prepare_devices("2x1", env=env, force=True) == 2
+    assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=2"
+    assert prepare_devices("4x1", env=env, force=True) is None  # an explicit count (the user's) wins
+    assert prepare_devices(None, env={}, force=True) is None  # no --mesh: nothing to prepare
+    assert prepare_devices("4x1", env={}) is None  # jax is already imported here: too late, left alone
+    for bad in ("eight", "2x0", "-1x-1", "1x2x3x4"):
+        with pytest.raises(MeshError, match="--mesh"):
+            prepare_devices(bad, env={}, force=True)

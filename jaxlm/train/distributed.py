@@ -1,6 +1,6 @@
 """Process setup: simulated CPU devices for a local run, `jax.distributed.initialize()` on clusters.
 
-`prepare_devices(mesh_spec)` must run BEFORE jax is imported (recipes call it first thing): on a CPU-only
+`jaxlm.sharding.prepare_devices(mesh_spec)` (re-exported here) must run BEFORE jax is imported: on a CPU-only
 machine it sets `XLA_FLAGS=--xla_force_host_platform_device_count=N` with N = the number of devices the mesh
 needs. It only touches the host (CPU) platform, so it is harmless on GPU/TPU machines.
 `initialize()` (after importing jax) joins a multi-process job when the environment describes one: SLURM,
@@ -9,35 +9,10 @@ Open MPI, a TPU pod slice, or explicit JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESS
 
 from __future__ import annotations
 
-import math
 import os
-import sys
 
-DEFAULT_CPU_DEVICES = 8
-
-
-def mesh_device_count(mesh_spec: str, default: int = DEFAULT_CPU_DEVICES) -> int:
-    """Devices a '--mesh' string needs (a -1 entry fills up to `default`, rounded up to a multiple)."""
-    try:
-        dims = [int(p) for p in str(mesh_spec).lower().split("x")]
-    except ValueError:
-        return default  # make_mesh reports the bad string with a clear MeshError later
-    known = math.prod(d for d in dims if d > 0) or 1
-    if -1 in dims:
-        return max(known, (default + known - 1) // known * known)
-    return known
-
-
-def prepare_devices(mesh_spec: str, *, force: bool = False) -> int | None:
-    """Set the simulated CPU device count for `mesh_spec` (no-op if jax is already imported or set by the user)."""
-    if "jax" in sys.modules and not force:
-        return None
-    n = mesh_device_count(mesh_spec)
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" in flags:
-        return None
-    os.environ["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count={n}").strip()
-    return n
+# the one "--mesh" parser and device preparation live in jaxlm.sharding (re-exported for old imports)
+from jaxlm.sharding import DEFAULT_CPU_DEVICES, mesh_device_count, prepare_devices  # noqa: F401
 
 
 def cluster_env() -> str | None:
