@@ -2,7 +2,6 @@
 per-process shards that make up the global batch, epochs, exported order, orbax checkpointing, eval batches."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -170,14 +169,18 @@ def test_orbax_checkpoint_of_the_iterator(tok, tmp_path):
         _eq(x, y)
 
 
-def test_default_pipeline_speed(tok):
+def test_the_last_phase_continues_past_the_schedule(tok):
+    """The iterator never runs out: past the 12 scheduled steps it keeps drawing from the last phase's mixture,
+    and random access still equals iteration there. (Pipeline speed is measured in benchmarks, not here.)"""
     pipe = build_pipeline(_cfg(), tok)
-    pipe.batch_at(8)  # warm: builds the FIM epoch of the code source (cached on disk after the first run)
-    t = time.perf_counter()
-    for _ in range(20):
-        pipe.next()
-    per_batch = (time.perf_counter() - t) / 20
-    assert per_batch < 0.05, f"{per_batch * 1e3:.1f} ms per 16x128 batch"
+    assert pipe.total_steps == 12
+    batches = _take(pipe, 20)
+    assert [b["step"] for b in batches] == list(range(20))
+    tail = np.concatenate([b["source_id"] for b in batches[12:]])
+    assert set(tail.tolist()) == {pipe.source_names.index("language"), pipe.source_names.index("code")}
+    fresh = build_pipeline(_cfg(), tok)
+    for t in (19, 13):
+        _eq(fresh.batch_at(t), batches[t])
 
 
 def test_eval_batches_from_heldout(tok):
