@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SUPPORTED_BITS = (2, 3, 4)
-SUPPORTED_GROUP_SIZES = (32, 64, 128, 256)
+from kernels.flute.pack import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, check_bits, check_group_size
+from kernels.flute.reference import dequantize, expand_scales
+
 
 # QLoRA / bitsandbytes NF4 (identical to FLUTE's hard-coded table).
 NF4 = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -51,20 +52,6 @@ def normal_float_table(bits: int) -> tuple[float, ...]:
     v = np.concatenate([neg, pos])
     v = v / np.abs(v).max()
     return tuple(float(np.float32(t)) + 0.0 for t in v)
-
-
-def check_bits(bits) -> int:
-    if bits not in SUPPORTED_BITS:
-        raise ValueError(f"bits={bits!r} is not supported: expected one of {SUPPORTED_BITS}")
-    return int(bits)
-
-
-def check_group_size(group_size, k: int | None = None) -> int:
-    if group_size not in SUPPORTED_GROUP_SIZES:
-        raise ValueError(f"group_size={group_size!r} is not supported: expected one of {SUPPORTED_GROUP_SIZES}")
-    if k is not None and k % group_size:
-        raise ValueError(f"group_size={group_size} does not divide the input dimension K={k} of the weight")
-    return int(group_size)
 
 
 NF3 = normal_float_table(3)
@@ -107,11 +94,6 @@ def absmax_scales(w, group_size: int) -> jax.Array:
     return jnp.where(s > 0, s, 1.0)
 
 
-def expand_scales(scales, group_size: int) -> jax.Array:
-    """[..., K//G, N] -> [..., K, N] (each group's scale repeated over its G rows)."""
-    return jnp.repeat(scales, group_size, axis=-2)
-
-
 def quantize_codes(w, scales, table, group_size: int) -> jax.Array:
     """Nearest-table-value codes (uint8, [..., K, N]) of `w / scale` for the given per-group scales."""
     w = jnp.asarray(w, jnp.float32)
@@ -120,13 +102,6 @@ def quantize_codes(w, scales, table, group_size: int) -> jax.Array:
     # count of pivots strictly below u == searchsorted(p, u, side='left'): ties go to the larger value
     codes = jnp.sum(u[..., None] > p, axis=-1) if p.shape[0] <= 16 else jnp.searchsorted(p, u, side="left")
     return codes.astype(jnp.uint8)
-
-
-def dequantize(codes, scales, table, group_size: int, dtype=jnp.float32) -> jax.Array:
-    """W_hat[..., K, N] = table[codes] * scales[k // G] (computed in float32, returned as `dtype`)."""
-    t = jnp.asarray(table, jnp.float32)
-    w = jnp.take(t, codes.astype(jnp.int32), axis=0) * expand_scales(jnp.asarray(scales, jnp.float32), group_size)
-    return w.astype(dtype)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Same call (`y = layer(x)`, x [..., in] -> [..., out]) and the same orientation a
 State (nnx Variables, so the layer splits / merges / scans like any other module, including stacked layers
 with a leading 'layers' axis):
 
-    packed  QuantCodes  uint8 [K_pad * bits / 8, out]   codes in the layout of jaxlm/quant/pack.py
+    packed  QuantCodes  uint8 [K_pad * bits / 8, out]   codes in the layout of kernels/flute/pack.py
     scales  QuantScales [K_pad / G, out]                per-group scales (absmax, or learned by NFL)
     bias    nnx.Param   [out] (optional, kept in full precision)
 

@@ -1,4 +1,4 @@
-"""FLUTE lookup-table matmul: y = x @ (table[codes] * scales), codes packed by jaxlm.quant.pack.
+"""FLUTE lookup-table matmul: y = x @ (table[codes] * scales), codes packed by kernels.flute.pack.
 
 `flute_matmul(x, packed, scales, table, bits=, group_size=, impl=None)` dispatches to
 - "pallas": the Pallas GPU kernel (kernels/flute/pallas.py), the default on GPU when N % 16 == 0;

@@ -1,6 +1,6 @@
 """FLUTE-style lookup-table matmul as a Pallas GPU kernel (Triton lowering; runs on CPU in interpret mode).
 
-    y[M, N] = x[M, K] @ (table[codes] * scales[k // G])        (packed layout: jaxlm/quant/pack.py)
+    y[M, N] = x[M, K] @ (table[codes] * scales[k // G])        (packed layout: kernels/flute/pack.py)
 
 Design (see docs/flute.md and shared/reference/flute_pallas.md):
 - Grid (M / BM, N / BN, split_k). Each program owns a [BM, BN] output tile and a contiguous range of K groups;

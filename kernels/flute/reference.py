@@ -13,14 +13,23 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxlm.quant.formats import dequantize
-from jaxlm.quant.pack import unpack
+from kernels.flute.pack import check_bits, check_group_size, unpack
+
+
+def expand_scales(scales, group_size: int) -> jax.Array:
+    """[..., K//G, N] -> [..., K, N] (each group's scale repeated over its G rows)."""
+    return jnp.repeat(scales, group_size, axis=-2)
+
+
+def dequantize(codes, scales, table, group_size: int, dtype=jnp.float32) -> jax.Array:
+    """W_hat[..., K, N] = table[codes] * scales[k // G] (computed in float32, returned as `dtype`)."""
+    t = jnp.asarray(table, jnp.float32)
+    w = jnp.take(t, codes.astype(jnp.int32), axis=0) * expand_scales(jnp.asarray(scales, jnp.float32), group_size)
+    return w.astype(dtype)
 
 
 def check_operands(x, packed, scales, table, bits: int, group_size: int):
     """Validate shapes; returns (K, N). Errors name the operand."""
-    from jaxlm.quant.formats import check_bits, check_group_size
-
     check_bits(bits)
     check_group_size(group_size)
     if packed.ndim != 2:
