@@ -17,6 +17,10 @@ def _check_outputs(out, steps, stdout):
     train = [r for r in recs if r["kind"] == "train"]
     assert [r["step"] for r in train] == list(range(steps))
     assert all(r["loss"] > 0 and r["grad_norm"] > 0 and r["lr"] >= 0 for r in train)
+    # the model learns: the last two losses average 0.05 nats below the first (measured drops are 0.14-0.2 nats
+    # in 4-9 steps; rounding moves them by ~1e-5), so a run whose updates do nothing fails here
+    losses = [r["loss"] for r in train]
+    assert sum(losses[-2:]) / 2 < losses[0] - 0.05, losses
     assert (out / "loss_curve.png").stat().st_size > 10_000
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["checkpoints"][-1] == steps
