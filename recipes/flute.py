@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from jaxlm.errors import ConfigError, DataError
+
 
 def topic_texts(split: str) -> list[str]:
     """'heldout': topics with sorted index % 5 == 4; 'calib': the others."""
@@ -33,7 +35,7 @@ def topic_texts(split: str) -> list[str]:
     elif split == "calib":
         keys = [k for i, k in enumerate(keys) if i % 5 != 4]
     else:
-        raise ValueError(f"split={split!r}: expected 'heldout' or 'calib'")
+        raise ConfigError(f"split={split!r}: expected 'heldout' or 'calib'")
     return [t.topics[k] for k in keys]
 
 
@@ -45,7 +47,8 @@ def token_blocks(tok, split: str, n_seqs: int, seq_len: int) -> np.ndarray:
         if len(ids) >= n_seqs * seq_len:
             break
     if len(ids) < n_seqs * seq_len:
-        raise ValueError(f"the {split} split has only {len(ids)} tokens; asked for {n_seqs} x {seq_len}")
+        raise DataError(f"the {split} split has only {len(ids)} tokens; asked for {n_seqs} x {seq_len} "
+                        "(--eval-seqs / --calib-seqs x --seq-len)")
     return np.asarray(ids[: n_seqs * seq_len], np.int32).reshape(n_seqs, seq_len)
 
 

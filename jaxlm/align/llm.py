@@ -29,14 +29,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, Union
 
+from jaxlm.errors import ConfigError, LLMError, RequestError  # LLMError: also importable from here
+
 log = logging.getLogger("jaxlm.align")
 
 Messages = list  # list[dict[str, str]]
 Prompt = Union[str, Messages]
-
-
-class LLMError(RuntimeError):
-    """A backend call failed for good (retries exhausted or a non-retryable HTTP status)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,7 @@ def per_prompt_seeds(seed: int | Sequence[int] | None, n: int) -> list[int | Non
         return [seed] * n
     seeds = list(seed)
     if len(seeds) != n:
-        raise ValueError(f"seed list has {len(seeds)} entries for {n} prompts")
+        raise RequestError(f"seed: the list has {len(seeds)} entries for {n} prompts", "seed")
     return seeds
 
 
@@ -330,7 +328,7 @@ class HTTPLLM:
                  concurrency: int = 4, timeout: float = 60.0, max_retries: int = 6, backoff: float = 1.0,
                  max_backoff: float = 30.0, retry_seed: int = 0):
         if api not in ("chat", "completions"):
-            raise ValueError(f"api must be 'chat' or 'completions', got {api!r}")
+            raise ConfigError(f"api={api!r}: expected 'chat' or 'completions'")
         self.base_url, self.model, self.api = base_url.rstrip("/"), model, api
         self.api_key_env = api_key_env
         self.concurrency, self.timeout, self.max_retries = max(1, concurrency), timeout, max_retries
@@ -362,7 +360,7 @@ class HTTPLLM:
             body["messages"] = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         else:
             if not isinstance(prompt, str):
-                raise ValueError("api='completions' needs string prompts; use api='chat' for messages")
+                raise RequestError("prompts: api='completions' needs string prompts; use api='chat' for messages", "prompt")
             body["prompt"] = prompt
         return body
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from jaxlm.align.state import Example
+from jaxlm.errors import ConfigError, DataError, DataFileNotFoundError
 
 DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -38,18 +39,18 @@ class Template:
 def load_template(name: str, data_dir: str | pathlib.Path | None = None) -> Template:
     path = pathlib.Path(data_dir or DATA_DIR) / "prompts" / f"{name}.txt"
     if not path.exists():
-        raise FileNotFoundError(f"meta-prompt {name!r} not found at {path}")
+        raise DataFileNotFoundError(f"meta-prompt {name!r} not found at {path}")
     raw = path.read_text()
     head, sep, body = raw.partition("\n---\n")
     if not sep:
-        raise ValueError(f"{path}: missing the '---' line that ends the header")
+        raise DataError(f"{path}: missing the '---' line that ends the header")
     version = None
     for line in head.splitlines():
         line = line.lstrip("# ").strip()
         if line.startswith("version:"):
             version = int(line.split(":", 1)[1])
     if version is None:
-        raise ValueError(f"{path}: header has no 'version:' field")
+        raise DataError(f"{path}: header has no 'version:' field")
     return Template(name, version, body.strip("\n"))
 
 
@@ -57,7 +58,7 @@ def load_data(name: str, data_dir: str | pathlib.Path | None = None) -> dict:
     path = pathlib.Path(data_dir or DATA_DIR) / f"{name}.json"
     data = json.loads(path.read_text())
     if "version" not in data:
-        raise ValueError(f"{path}: missing the 'version' field")
+        raise DataError(f"{path}: missing the 'version' field")
     return data
 
 
@@ -124,4 +125,4 @@ def base_prompt(system_prompt: str, examples: Sequence[Example], query: str, fmt
             shots = "\n\n".join(f"Example request: {ex.query}\nExample reply: {ex.answer}" for ex in examples)
             system += "\n\nHere are examples of good replies:\n\n" + shots
         return [{"role": "system", "content": system}, {"role": "user", "content": query}]
-    raise ValueError(f"unknown base prompt format {fmt!r} (expected 'raw' or 'chat')")
+    raise ConfigError(f"fmt={fmt!r}: unknown base prompt format (expected 'raw' or 'chat')")

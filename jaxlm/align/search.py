@@ -25,7 +25,7 @@ from jaxlm.align.llm import LLM, ask
 from jaxlm.align.prompts import DEFAULT_SYSTEM_PROMPT, STOP, Template, base_prompt, load_template
 from jaxlm.align.reward import AspectCache, Catalogue, JudgeConfig, dynamic_reward, extract_field, format_evaluation
 from jaxlm.align.state import Evaluation, Example, LevelResult, Node, SearchState, from_json, to_json
-from jaxlm.errors import CheckpointError
+from jaxlm.errors import CheckpointError, ConfigError
 
 CHECKPOINT_VERSION = 1
 
@@ -142,7 +142,7 @@ def propose(optimizer: LLM, beam: Sequence[Node], cfg: SearchConfig, ctx: Contex
 
 def init_search(roles: Roles, queries: Sequence[str], ctx: Context, cfg: SearchConfig) -> SearchState:
     if len(queries) < 2:
-        raise ValueError(f"the search needs at least 2 training queries, got {len(queries)}")
+        raise ConfigError(f"queries: the search needs at least 2 training queries, got {len(queries)}")
     (root,) = evaluate_prompts(roles, [(cfg.initial_prompt, queries[0])], ctx, cfg)
     depth = min(cfg.depth, len(queries) - 1)
     return SearchState(level=0, depth=depth, depth_increases=0, beam=(Node((root,)),), finished=depth == 0)

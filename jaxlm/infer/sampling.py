@@ -21,11 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm.errors import SamplingError  # noqa: F401  (re-exported: the old import path)
+
 NEG_INF = -jnp.inf
-
-
-class SamplingError(ValueError):
-    """An invalid sampling parameter (the message names it)."""
 
 
 @dataclass(frozen=True)

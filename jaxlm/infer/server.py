@@ -26,17 +26,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
+from jaxlm.errors import BadRequest  # also importable from here
 from jaxlm.infer.generate import Generator, PromptTooLongError, Request, advance
 from jaxlm.infer.sampling import SamplingError
 from jaxlm.infer.text import validate_messages
 
 MAX_N = 8
-
-
-class BadRequest(ValueError):
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.param, self.code = param, code
 
 
 @dataclass
@@ -218,7 +213,7 @@ def build_jobs(g: Generator, prompts: list, sp: dict, out: queue.Queue) -> list[
             except SamplingError as e:
                 raise BadRequest(str(e), str(e).split("=")[0])
             except ValueError as e:
-                raise BadRequest(str(e))
+                raise BadRequest(str(e), getattr(e, "param", None))
             jobs.append(Job(req, pi * sp["n"] + j, out, prompt_index=pi))
     return jobs
 

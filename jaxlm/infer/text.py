@@ -1,62 +1,16 @@
-"""Text side of generation: tokenizer adapters, chat prompts, incremental detokenisation and stop strings.
+"""Text side of generation: chat prompts, incremental detokenisation and stop strings.
 
-A tokenizer here is any object with ``encode(str) -> list[int]``, ``decode(list[int]) -> str`` and ``eos_id``
-(``jaxlm.io.tokenizer.Tok`` from the GGUF / HF loaders is one). Chat messages are rendered with the tokenizer's own
-``apply_chat_template`` when it has a template; otherwise with `plain_chat_prompt` (documented in docs/inference.md).
+Tokenizers are `jaxlm.io.tokenizer.Tokenizer` (load one with `jaxlm.io.load_tokenizer`); any object with
+``encode(str) -> list[int]``, ``decode(list[int]) -> str`` and ``eos_id`` also works. Chat messages are rendered with
+the tokenizer's own ``apply_chat_template`` when it has a template; otherwise with `plain_chat_prompt` (documented in
+docs/inference.md).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
-
-class ByteTokenizer:
-    """Bytes <-> ids 0..255 (UTF-8). For the tiny 256-token test models; it has no special tokens and no template."""
-
-    eos_id = None
-    bos_id = None
-    chat_template = None
-    vocab_size = 256
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids) -> str:
-        return bytes(int(i) & 0xFF for i in ids).decode("utf-8", errors="replace")
-
-
-class HFTokenizer:
-    """A transformers tokenizer saved in a checkpoint directory (tokenizer.json / tokenizer_config.json)."""
-
-    def __init__(self, path: str):
-        from transformers import AutoTokenizer
-
-        self.tok = AutoTokenizer.from_pretrained(path)
-        self.eos_id = self.tok.eos_token_id
-        self.bos_id = self.tok.bos_token_id
-        self.chat_template = getattr(self.tok, "chat_template", None)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tok.encode(text, add_special_tokens=False))
-
-    def decode(self, ids) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=True)
-
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
-def load_tokenizer(path: str):
-    """The tokenizer stored beside a checkpoint (tokenizer.json via jaxlm.io.tokenizer.Tok, else transformers), or
-    None when the directory has none."""
-    if os.path.exists(os.path.join(path, "tokenizer.json")):
-        from jaxlm.io.tokenizer import Tok
-
-        return Tok.from_dir(path)
-    if any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer_config.json", "tokenizer.model")):
-        return HFTokenizer(path)
-    return None
+from jaxlm.io.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer  # noqa: F401  (old import paths)
 
 
 def plain_chat_prompt(messages) -> str:
@@ -71,19 +25,19 @@ def plain_chat_prompt(messages) -> str:
 
 def validate_messages(messages) -> list[dict]:
     if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError("messages: expected a non-empty list of {'role': ..., 'content': ...} objects")
+        raise RequestError("messages: expected a non-empty list of {'role': ..., 'content': ...} objects", "messages")
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise ValueError(f"messages[{i}]: expected an object with a string 'role'")
+            raise RequestError(f"messages[{i}]: expected an object with a string 'role'", "messages")
         content = m.get("content")
         if isinstance(content, list):  # OpenAI content parts: keep the text parts
             parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
             if len(parts) != len(content):
-                raise ValueError(f"messages[{i}].content: only text parts are supported")
+                raise RequestError(f"messages[{i}].content: only text parts are supported", "messages")
             content = "".join(parts)
         if not isinstance(content, str):
-            raise ValueError(f"messages[{i}].content: expected a string")
+            raise RequestError(f"messages[{i}].content: expected a string", "messages")
         out.append({"role": m["role"], "content": content})
     return out
 
@@ -102,9 +56,9 @@ def normalize_stop(stop) -> list[str]:
     if isinstance(stop, str):
         stop = [stop]
     if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
-        raise ValueError(f"stop={stop!r}: expected a string or a list of strings")
+        raise RequestError(f"stop={stop!r}: expected a string or a list of strings", "stop")
     if any(s == "" for s in stop):
-        raise ValueError("stop: empty strings are not allowed")
+        raise RequestError("stop: empty strings are not allowed", "stop")
     return list(stop)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from jaxlm.errors import ConfigError
+
 
 def rope_angles(positions, rotary_dim: int, theta: float):
     """positions [..., T] -> (cos, sin) each [..., T, rotary_dim // 2], float32."""
@@ -24,5 +26,5 @@ def apply_rope(x, cos, sin, rotary_dim: int, style: str = "half"):
         xe, xo = rot[..., 0::2], rot[..., 1::2]
         out = jnp.stack([xe * c - xo * s, xo * c + xe * s], axis=-1).reshape(rot.shape)
     else:
-        raise ValueError(f"rope_style={style!r}: expected 'half' or 'interleaved'")
+        raise ConfigError(f"rope_style={style!r}: expected 'half' or 'interleaved'")
     return jnp.concatenate([out.astype(dtype), rest], axis=-1) if rest.shape[-1] else out.astype(dtype)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm.errors import ConfigError
 from jaxlm.nn.linear import Linear, param
 from kernels.ssd import expand_groups, segsum, ssd, ssd_step
 
@@ -52,7 +53,7 @@ def gated_rms_norm(y, z, weight, eps: float, group_size: int | None = None):
     d = h.shape[-1]
     gs = d if group_size is None else int(group_size)
     if d % gs:
-        raise ValueError(f"gated RMSNorm: width {d} is not a multiple of group_size {gs}")
+        raise ConfigError(f"gated RMSNorm: width {d} is not a multiple of group_size={gs}")
     hg = h.reshape(h.shape[:-1] + (d // gs, gs))
     hg = hg * jax.lax.rsqrt(jnp.mean(hg * hg, axis=-1, keepdims=True) + eps)
     return weight.astype(jnp.float32) * hg.reshape(h.shape)
@@ -149,7 +150,7 @@ class Mamba2Mixer(_SSMMixer):
                  norm_group_size: int | None = None, init_std: float = 0.02, dtype=jnp.float32,
                  param_dtype=jnp.float32, *, rngs: nnx.Rngs):
         if num_heads % n_groups:
-            raise ValueError(f"num_heads={num_heads} is not a multiple of n_groups={n_groups}")
+            raise ConfigError(f"num_heads={num_heads} is not a multiple of n_groups={n_groups}")
         self.num_heads, self.head_dim, self.d_state, self.bc_groups = num_heads, head_dim, state_size, n_groups
         self.d_inner = num_heads * head_dim
         self.conv_dim = self.d_inner + 2 * n_groups * state_size
@@ -203,7 +204,7 @@ class DiscreteMamba2Mixer(_SSMMixer):
                  init_std: float = 0.02, dtype=jnp.float32, param_dtype=jnp.float32, *, rngs: nnx.Rngs):
         self.d_inner = int(expand * hidden_size)
         if self.d_inner % num_heads:
-            raise ValueError(f"d_inner={self.d_inner} is not a multiple of num_heads={num_heads}")
+            raise ConfigError(f"d_inner={self.d_inner} is not a multiple of num_heads={num_heads}")
         self.num_heads, self.head_dim, self.d_state, self.bc_groups = (num_heads, self.d_inner // num_heads,
                                                                        state_size, num_heads)
         self.conv_dim = self.d_inner + 2 * num_heads * state_size

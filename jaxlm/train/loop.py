@@ -1,8 +1,9 @@
 """The generic training loop: data -> jitted step -> metrics, eval, checkpoints; resume; NaN guard; summary.
 
-`train(cfg, pipeline, mesh, out_dir, ...)` is used by every recipe. The pipeline is any object with
-`next() -> {"inputs", "targets", "source_id", ...}` (numpy, this process's rows), `get_state()` and
-`set_state(state)` (JSON), e.g. `jaxlm.data.build_pipeline(...)`.
+`train(cfg, pipeline, mesh, out_dir, task=...)` trains any Task (`jaxlm.train.task`; default: the next-token
+`LMTask` of `cfg.model`) and is used by every recipe. The pipeline is any object with `next() -> {key: numpy
+array}` (this process's rows, the keys of the Task's batch_spec; an optional "step" is checked), `get_state()` and
+`set_state(state)` (JSON), e.g. `jaxlm.data.build_pipeline(...)` for tokens or `ArrayPipeline` for arrays.
 """
 
 from __future__ import annotations
@@ -17,19 +18,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxlm.errors import CheckpointError, ConfigError, JaxlmError
-from jaxlm.sharding import check_mesh_for_model
+from jaxlm.errors import CheckpointError, ConfigError, NonFiniteLossError  # noqa: F401  (importable from here)
 from jaxlm.train.checkpoint import Checkpointer, check_compatible, release_steps
 from jaxlm.train.config import RunConfig, to_dict
 from jaxlm.train.metrics import (MetricsLog, Progress, device_peak_flops, phase_loss_summary, plot_loss_curve,
                                  read_jsonl)
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import param_count, setup_state
-from jaxlm.train.step import flops_per_token, make_eval_step, make_train_step, to_device_batch
-
-
-class NonFiniteLossError(JaxlmError):
-    """The loss or the gradient norm became NaN/inf; training stopped and the last good checkpoint is kept."""
+from jaxlm.train.step import make_eval_step, make_step, to_device_batch
+from jaxlm.train.task import LMTask
 
 
 @dataclass
@@ -39,23 +36,18 @@ class RunResult:
     summary: dict
     losses: dict = field(default_factory=dict)  # step -> loss for the steps run in this call
     state: object = None  # the final TrainState (sharded on the run's mesh)
+    rest: object = None   # the frozen rest the step saw (see jaxlm.train.state.Setup)
 
 
-def compat_record(cfg: RunConfig, sources: list[str], vocab_size: int, opt_structure: str) -> dict:
-    t = cfg.train
-    return {"model": to_dict(cfg.model),
-            "data": {"seq_len": t.seq_len, "global_batch": t.global_batch, "data_seed": t.data_seed,
-                     "sources": list(sources), "vocab_size": int(vocab_size)},
-            "optimizer": {"structure": opt_structure}}
-
-
-def _eval(eval_step, params, eval_batches, mesh) -> dict:
+def evaluate(eval_step, params, rest, eval_batches: dict, mesh, spec) -> dict:
+    """{"eval/<name>/loss", "eval/<name>/ppl"} over held-out batches (global rows) with a `make_eval_step` function:
+    loss = summed eval loss / summed weight, ppl = exp(loss)."""
     out = {}
     for name, batches in eval_batches.items():
         tot = cnt = 0.0
         for b in batches:
-            db = to_device_batch({"inputs": b["inputs"], "targets": b["targets"]}, mesh, global_rows=True)
-            s, c = eval_step(params, db)
+            db = to_device_batch(b, mesh, spec, global_rows=True)
+            s, c = eval_step(params, rest, db)
             tot += float(s)
             cnt += float(c)
         if cnt:
@@ -65,11 +57,14 @@ def _eval(eval_step, params, eval_batches, mesh) -> dict:
     return out
 
 
-def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_batches: dict | None = None,
-          resume: bool = False, stop_at: int | None = None, extra_meta: dict | None = None,
-          progress: bool | None = None, print_fn=print) -> RunResult:
-    """Train `cfg` on `pipeline` over `mesh`, writing everything under `out_dir`.
+def train(cfg: RunConfig, pipeline, mesh, out_dir, *, task=None, sources: list[str] | None = None,
+          eval_batches: dict | None = None, resume: bool = False, stop_at: int | None = None,
+          extra_meta: dict | None = None, progress: bool | None = None, print_fn=print) -> RunResult:
+    """Train `task` (default: `LMTask(cfg.model, sources)`) with the optimizer, phases and loop settings of `cfg`
+    on `pipeline` over `mesh`, writing everything under `out_dir`.
 
+    sources: the LM task's data source names (source_id indexes them). eval_batches: {name: [host batch]} of
+    global rows, evaluated with the Task's eval_loss at the start, at phase ends and every train.eval_every steps.
     resume: continue from the latest checkpoint in out_dir/checkpoints (exact: params, optimizer, step, RNG and
     data iterator). stop_at: stop after this many total steps (a run can be continued later with resume).
     """
@@ -82,18 +77,21 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
     bounds = cfg.phase_bounds()
     names = [p.name for p in cfg.phases]
     eval_batches = eval_batches or {}
+    if task is None:
+        task = LMTask(cfg.model, sources if sources is not None else ["data"])
+    sources = list(sources if sources is not None else getattr(task, "sources", []))
 
     micro = t.global_batch // t.grad_accum
-    check_mesh_for_model(mesh, cfg.model, t.global_batch)
-    check_mesh_for_model(mesh, cfg.model, micro)
+    task.check_mesh(mesh, t.global_batch)
+    task.check_mesh(mesh, micro)
     for name, bs in eval_batches.items():
         for b in bs[:1]:
-            check_mesh_for_model(mesh, cfg.model, int(np.asarray(b["inputs"]).shape[0]))
+            task.check_mesh(mesh, int(np.asarray(next(iter(b.values()))).shape[0]))
 
-    setup = setup_state(cfg.model, lambda p: make_optimizer(cfg, p), mesh, t.seed)
+    setup = setup_state(task, lambda p: make_optimizer(cfg, p), mesh, t.seed)
     mdef, shardings, tx = setup.mdef, setup.shardings, setup.tx
     opt_structure = str(jax.tree.structure(setup.abstract.opt_state))
-    compat = compat_record(cfg, sources, cfg.model.vocab_size, opt_structure)
+    compat = {**task.compat(cfg), "optimizer": {"structure": opt_structure}}
     meta = {"compat": compat, "config": to_dict(cfg), **(extra_meta or {})}
 
     ckpt = Checkpointer(out_dir / "checkpoints", save_every=t.ckpt_every, keep_latest=t.keep_latest,
@@ -110,6 +108,7 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
             start = int(state.step)
             if start != last:
                 raise CheckpointError(f"checkpoint {ckpt.directory}/{last} holds step {start}")
+            rest = setup.rest()
         except BaseException:
             ckpt.close()
             raise
@@ -121,24 +120,28 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
     else:
         if resume:
             print_fn(f"--resume: no checkpoint in {ckpt.directory}; starting from step 0")
-        state = setup.create()
+        state, rest = setup.initial()
 
-    train_step = make_train_step(mdef, tx, cfg, len(sources), mesh, shardings)
-    eval_step = make_eval_step(mdef, mesh, shardings.params)
+    train_step = make_step(task, mdef, tx, cfg, mesh, shardings, setup.rest_shardings)
+    eval_step = make_eval_step(task, mdef, mesh, shardings.params, setup.rest_shardings)
+    spec = task.batch_spec
+    eval_spec = {k: spec[k] for k in (getattr(task, "eval_keys", None) or spec)}
     main = jax.process_index() == 0  # one writer of metrics, plots and summaries on multi-host runs
     log = MetricsLog(out_dir / "metrics.jsonl", resume_step=start if start > 0 else None) if main else _NullLog()
     if main:
         (out_dir / "config.json").write_text(json.dumps(meta["config"], indent=2))
 
     n_params = param_count(state.params)
-    fpt = flops_per_token(cfg.model, t.seq_len)
+    unit = task.units
+    upe = task.units_per_example(cfg)
+    fpt = task.flops_per_example(cfg) / upe  # FLOPs per unit (token / example)
     peak, peak_src = device_peak_flops(t.peak_tflops)
     peak_total = peak * jax.device_count()
-    tokens_per_step = t.global_batch * t.seq_len
+    tokens_per_step = t.global_batch * upe
     bar = Progress(end, start=start, log_every=t.log_every, enabled=progress,
                    stream=None if main else open(os.devnull, "w"))
     print_fn(f"{cfg.name}: {n_params / 1e6:.2f}M params, {total} steps in {len(cfg.phases)} phase(s), "
-             f"batch {t.global_batch}x{t.seq_len} tokens, mesh {dict(mesh.shape)}, out {out_dir}")
+             f"batch {t.global_batch}" + (f"x{upe} {unit}" if upe > 1 else f" {unit}") + f", mesh {dict(mesh.shape)}, out {out_dir}")
 
     losses: dict[int, float] = {}
     t_run = time.perf_counter()
@@ -149,7 +152,7 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
     status = "completed"
     try:
         if eval_batches and start == 0 and end > 0:  # the starting point of the held-out curves
-            ev = _eval(eval_step, state.params, eval_batches, mesh)
+            ev = evaluate(eval_step, state.params, rest, eval_batches, mesh, eval_spec)
             log.write({"kind": "eval", "step": 0, "phase": names[0], **ev})
         if start < end:
             bar.message(f"compiling the train step (first step {start}) ...")
@@ -160,8 +163,8 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
                 raise CheckpointError(f"data pipeline is at step {int(np.asarray(host_batch['step']).reshape(-1)[0])}"
                                       f" but training is at step {step}")
             t0 = time.perf_counter()
-            batch = to_device_batch(host_batch, mesh)
-            state, m = train_step(state, batch)
+            batch = to_device_batch(host_batch, mesh, spec)
+            state, m = train_step(state, batch, rest)
             m = jax.device_get(m)
             dt = time.perf_counter() - t0
             if step > start:  # the first step includes compilation
@@ -179,17 +182,14 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
             tok_s = tokens_per_step / sec if recent else float("nan")
             mfu = tok_s * fpt / peak_total if peak_total > 0 else float("nan")
             rec = {"kind": "train", "step": step, "phase": names[phase_i], "loss": loss,
-                   "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]), "tokens_per_s": tok_s, "mfu": mfu,
-                   "time": time.perf_counter() - t_run}
-            for i, s in enumerate(sources):
-                if m["source_tokens"][i] > 0:
-                    rec[f"loss/{s}"] = float(m["source_loss"][i])
+                   "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]), f"{unit}_per_s": tok_s, "mfu": mfu,
+                   "time": time.perf_counter() - t_run, **task.log_metrics(m)}
             log.write(rec)
             bar.update(step, names[phase_i], loss, tok_s, mfu, sec * (end - step - 1))
             done = step + 1
             is_phase_end = any(done == b for _, b in bounds)
             if eval_batches and (is_phase_end or done == end or (t.eval_every and done % t.eval_every == 0)):
-                ev = _eval(eval_step, state.params, eval_batches, mesh)
+                ev = evaluate(eval_step, state.params, rest, eval_batches, mesh, eval_spec)
                 log.write({"kind": "eval", "step": done, "phase": names[phase_i], **ev})
                 if is_phase_end or done == end:
                     bar.message(f"  eval after step {done} ({names[phase_i]}): " + ", ".join(
@@ -205,7 +205,7 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
         ckpt.close()
 
     if not main:
-        return RunResult(out_dir, end, {}, losses, state)
+        return RunResult(out_dir, end, {}, losses, state, rest)
     records = read_jsonl(out_dir / "metrics.jsonl")
     phases = phase_loss_summary(records, bounds, names)
     png = plot_loss_curve(records, bounds, names, out_dir / "loss_curve.png", title=f"{cfg.name} training loss")
@@ -215,9 +215,9 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
             final_eval = {k: v for k, v in r.items() if k.startswith("eval/")}
     wall = time.perf_counter() - t_run
     summary = {
-        "run": cfg.name, "status": status, "steps": [start, end], "total_steps": total, "params": n_params,
-        "tokens_per_step": tokens_per_step, "wall_seconds": wall,
-        "tokens_per_s": tokens_done / time_done if time_done else None,
+        "run": cfg.name, "task": task.name, "status": status, "steps": [start, end], "total_steps": total,
+        "params": n_params, "unit": unit, f"{unit}_per_step": tokens_per_step, "wall_seconds": wall,
+        f"{unit}_per_s": tokens_done / time_done if time_done else None,
         "mfu": (tokens_done / time_done) * fpt / peak_total if time_done and peak_total > 0 else None,
         "peak_flops_per_device": peak, "peak_source": peak_src,
         "phases": phases, "final_eval": final_eval, "checkpoints": _list_ckpts(out_dir),
@@ -230,7 +230,7 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, sources: list[str], eval_b
     text = format_summary(summary)
     (out_dir / "summary.txt").write_text(text + "\n")
     print_fn(text)
-    return RunResult(out_dir, end, summary, losses, state)
+    return RunResult(out_dir, end, summary, losses, state, rest)
 
 
 class _NullLog:
@@ -267,9 +267,10 @@ def _nonfinite(step, phase_i, names, loss, gnorm, host_batch, sources, out_dir, 
 def format_summary(s: dict) -> str:
     lines = [f"== {s['run']}: {s['status']}, steps {s['steps'][0]}..{s['steps'][1]} of {s['total_steps']} "
              f"in {s['wall_seconds']:.0f} s"]
-    if s.get("tokens_per_s"):
+    unit = s.get("unit", "tokens")
+    if s.get(f"{unit}_per_s"):
         mfu = s.get("mfu")
-        lines.append(f"   throughput {s['tokens_per_s']:.0f} tokens/s"
+        lines.append(f"   throughput {s[f'{unit}_per_s']:.0f} {unit}/s"
                      + (f", MFU {100 * mfu:.2f}% ({s['peak_source']})" if mfu is not None and mfu == mfu else ""))
     for p in s["phases"]:
         lines.append(f"   {p['phase']:<10} steps {p['steps'][0]:>5}-{p['steps'][1]:<5} loss "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxlm.errors import CheckpointError, ConfigError
+
 
 class SyntheticPipeline:
     def __init__(self, vocab_size: int, seq_len: int, global_batch: int, sources=("code", "language"),
@@ -20,7 +22,7 @@ class SyntheticPipeline:
         self.weights = weights_by_phase or [{s: 1.0 for s in self.sources}]
         self.phase_steps = phase_steps or [1 << 62]
         if self.B % process_count:
-            raise ValueError(f"global batch {self.B} is not divisible by {process_count} processes")
+            raise ConfigError(f"train.global_batch={self.B} is not divisible by {process_count} processes")
         self.rows = slice(process_index * self.B // process_count, (process_index + 1) * self.B // process_count)
         self.step = 0
 
@@ -61,7 +63,7 @@ class SyntheticPipeline:
 
     def set_state(self, state: dict) -> None:
         if int(state.get("seed", self.seed)) != self.seed:
-            raise ValueError(f"iterator state has seed {state.get('seed')}, this pipeline {self.seed}")
+            raise CheckpointError(f"iterator state has seed {state.get('seed')}, this pipeline {self.seed}")
         self.step = int(state["step"])
 
     def eval_batches(self, n: int, seed_offset: int = 10_000) -> dict:
