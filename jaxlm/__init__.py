@@ -10,4 +10,7 @@ def __getattr__(name):  # lazy: importing jaxlm should not import flax models ea
     if name in ("DecoderLM", "KVCache"):
         from jaxlm.models import decoder
         return getattr(decoder, name)
+    if name in ("load_model", "load_tokenizer"):  # jaxlm.io's one model loader and one tokenizer loader
+        import jaxlm.io
+        return getattr(jaxlm.io, name)
     raise AttributeError(name)

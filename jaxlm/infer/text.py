@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from jaxlm.errors import RequestError
 from jaxlm.io.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer  # noqa: F401  (old import paths)
 
 

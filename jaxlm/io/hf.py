@@ -216,7 +216,7 @@ def config_from_hf(hf_cfg: dict, family: str, store=None, shared_mlp: bool | Non
 def load_pretrained(path: str | os.PathLike, *, family: str | None = None, shared_mlp: bool | None = None,
                     dtype: str | None = None, param_dtype: str | None = None, expect: DecoderConfig | None = None,
                     shardings=None):
-    """Load an HF checkpoint directory (or a .gguf file) -> (DecoderLM, DecoderConfig).
+    """Load an HF checkpoint directory -> (DecoderLM, DecoderConfig). (Any format: jaxlm.io.load_model.)
 
     family: 'llama' | 'mobillama' | 'phi' | 'crystalcoder' (default: detected from config.json and the weights).
     shared_mlp: MobiLlama only; None = detect (FFN stored once, or identical copies under every layer), True =
@@ -225,10 +225,8 @@ def load_pretrained(path: str | os.PathLike, *, family: str | None = None, share
     """
     p = Path(path)
     if p.suffix == ".gguf":
-        from jaxlm.io.gguf import load_gguf
-
-        model, cfg, _ = load_gguf(p, dtype=dtype, param_dtype=param_dtype)
-        return model, cfg
+        raise CheckpointError(f"{p} is a GGUF file, not a Hugging Face checkpoint directory: load it with "
+                              f"jaxlm.load_model (or jaxlm.io.gguf.load_gguf)")
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
     # a single .safetensors file may be given; its config.json is the one beside it

@@ -14,7 +14,6 @@ any other.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
@@ -22,6 +21,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 from jaxlm.errors import CheckpointError, ConfigError
+from jaxlm.io.run import export_hf  # noqa: F401  (moved to jaxlm.io.run; importable from here)
 
 ITEMS = ("params", "train", "data", "meta")
 
@@ -134,49 +134,3 @@ def check_compatible(saved: dict, current: dict, where: str) -> None:
     if diffs:
         raise ConfigError(f"cannot resume from {where}: the run config is incompatible with the checkpoint:\n  "
                           + "\n  ".join(diffs) + "\n(start a new run with another --out, or restore the settings)")
-
-
-def export_hf(run_dir, out_dir, step: int | None = None, tokenizer=None) -> Path:
-    """Write any checkpoint of a run as a Hugging Face model directory (config.json + safetensors)."""
-    from jaxlm.config import DecoderConfig
-    from jaxlm.io import save_pretrained
-    from jaxlm.train.state import abstract_params
-
-    run_dir = Path(run_dir)
-    ckdir = run_dir / "checkpoints" if (run_dir / "checkpoints").exists() else run_dir
-    ck = Checkpointer(ckdir, save_every=0)
-    try:
-        steps = ck.steps()
-        if not steps:
-            raise CheckpointError(f"no checkpoints under {ckdir}")
-        step = steps[-1] if step is None else int(step)
-        if step not in steps:
-            raise CheckpointError(f"no checkpoint for step {step} under {ckdir}; have {steps}")
-        meta = ck.read_meta(step)
-        cfg = DecoderConfig(**meta["compat"]["model"])
-        mdef, abstract = abstract_params(cfg)
-        params = ck.restore_params(step, abstract)
-    finally:
-        ck.close()
-    model = mdef.merge(params)
-    out = save_pretrained(model, out_dir)
-    if tokenizer is not None:
-        _save_tokenizer(tokenizer, Path(out))
-    (Path(out) / "jaxlm_checkpoint.json").write_text(json.dumps({"run": str(run_dir), "step": step}))
-    return Path(out)
-
-
-def _save_tokenizer(tok, out: Path) -> None:
-    """tokenizer.json (+ eos/bos in tokenizer_config.json) for a `tokenizers`-backed tokenizer."""
-    if hasattr(tok, "save") and not hasattr(tok, "tk"):
-        tok.save(out)
-        return
-    tk = getattr(tok, "tk", None)
-    if tk is None or not hasattr(tk, "save"):
-        return
-    tk.save(str(out / "tokenizer.json"))
-    conf = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False}
-    for key, tid in (("eos_token", getattr(tok, "eos_id", None)), ("bos_token", getattr(tok, "bos_id", None))):
-        if tid is not None:
-            conf[key] = tk.id_to_token(int(tid))
-    (out / "tokenizer_config.json").write_text(json.dumps(conf, indent=2))
