@@ -1,5 +1,5 @@
 """Building blocks shared by every model family."""
-from jaxlm.nn.attention import Attention, attend
+from jaxlm.nn.attention import Attention, CrossAttention, attend
 from jaxlm.nn.linear import Linear, param
 from jaxlm.nn.mlp import MLP
 from jaxlm.nn.norms import Norm

@@ -1,8 +1,13 @@
-"""Multi-head / grouped-query causal self-attention with rotary embeddings and an optional KV cache.
+"""Multi-head / grouped-query attention: causal or bidirectional self-attention with rotary embeddings and an optional
+KV cache (`Attention`), and cross-attention to a memory (`CrossAttention`).
 
 A cache for one layer is a pair (k, v), each [B, S, KV, D], plus `lengths` [B]: the number of slots already
 written per row. New keys/values are written at slots lengths[b] .. lengths[b]+T-1 and every query at slot
 p attends to the slots <= p. Rows of a batch may therefore hold prompts of different lengths (right-padded).
+
+Masks: `causal` keeps key positions <= the query position; a key mask [B, S] (True = attend) drops padded keys
+(bidirectional encoders, memories of different lengths). A query row whose keys are all masked gets the mean of the
+values (a uniform softmax), never NaN.
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm.errors import ConfigError, ShapeError
 from jaxlm.nn.linear import Linear
 from jaxlm.nn.rope import apply_rope, rope_angles
 from jaxlm.sharding import shard
+
+NEG = jnp.finfo(jnp.float32).min
 
 
 def write_cache(cache, new, lengths):
@@ -22,16 +30,31 @@ def write_cache(cache, new, lengths):
     return jax.vmap(upd)(cache, new, lengths)
 
 
-def attend(q, k, v, q_pos, k_pos, scale: float, bf16_round: bool = False):
-    """q [B,T,H,D], k/v [B,S,KV,D]; q_pos [B,T], k_pos [B,S] slot positions; causal mask k_pos <= q_pos."""
+def score_mask(q_pos=None, k_pos=None, causal: bool = True, kv_mask=None):
+    """[B, T, S] bool (True = attend), or None when nothing is masked."""
+    mask = None
+    if causal:
+        mask = k_pos[:, None, :] <= q_pos[:, :, None]
+    if kv_mask is not None:
+        km = jnp.asarray(kv_mask, bool)[:, None, :]
+        mask = km if mask is None else mask & km
+    return mask
+
+
+def attend(q, k, v, q_pos=None, k_pos=None, scale: float | None = None, bf16_round: bool = False, *,
+           causal: bool = True, kv_mask=None):
+    """q [B,T,H,D], k/v [B,S,KV,D] (H a multiple of KV: grouped-query); q_pos [B,T], k_pos [B,S] slot positions
+    (needed when causal: mask k_pos <= q_pos); kv_mask [B,S] True = attend. scale defaults to D ** -0.5."""
     B, T, H, D = q.shape
     KV = k.shape[2]
+    scale = D ** -0.5 if scale is None else scale
     if bf16_round:  # MobiLlama reference: flash-attn on bfloat16 inputs
         q, k, v = (t.astype(jnp.bfloat16).astype(jnp.float32) for t in (q, k, v))
     qg = q.reshape(B, T, KV, H // KV, D)
     s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
-    mask = (k_pos[:, None, :] <= q_pos[:, :, None])[:, None, None]  # [B,1,1,T,S]
-    s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
+    mask = score_mask(q_pos, k_pos, causal, kv_mask)
+    if mask is not None:
+        s = jnp.where(mask[:, None, None], s, NEG)  # [B,1,1,T,S]
     p = jax.nn.softmax(s, axis=-1)
     o = jnp.einsum("bkgts,bskd->btkgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     o = o.reshape(B, T, H, D)
@@ -40,25 +63,52 @@ def attend(q, k, v, q_pos, k_pos, scale: float, bf16_round: bool = False):
     return o.astype(q.dtype)
 
 
-class Attention(nnx.Module):
-    def __init__(self, cfg, *, rngs: nnx.Rngs):
-        d, hd = cfg.hidden_size, cfg.head_dim
-        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        kw = dict(std=cfg.init_std, dtype=dt, param_dtype=pdt, rngs=rngs)
-        self.q = Linear(d, cfg.num_heads * hd, ("embed", "heads"), bias=cfg.qkv_bias, **kw)
-        self.k = Linear(d, cfg.num_kv_heads * hd, ("embed", "kv"), bias=cfg.qkv_bias, **kw)
-        self.v = Linear(d, cfg.num_kv_heads * hd, ("embed", "kv"), bias=cfg.qkv_bias, **kw)
-        self.o = Linear(cfg.num_heads * hd, d, ("heads", "embed"), bias=cfg.out_bias, **kw)
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, hd
+class _Heads(nnx.Module):
+    """q/k/v/o projections with logical axis names; keys/values read a `kv_dim`-wide input (the memory for
+    cross-attention)."""
+
+    def _build(self, d: int, kv_dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *, qkv_bias: bool,
+               out_bias: bool, scale_power: float, init_std: float, dtype, param_dtype, rngs: nnx.Rngs):
+        if num_heads % num_kv_heads:
+            raise ConfigError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+        kw = dict(std=init_std, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype), rngs=rngs)
+        self.q = Linear(d, num_heads * head_dim, ("embed", "heads"), bias=qkv_bias, **kw)
+        self.k = Linear(kv_dim, num_kv_heads * head_dim, ("embed", "kv"), bias=qkv_bias, **kw)
+        self.v = Linear(kv_dim, num_kv_heads * head_dim, ("embed", "kv"), bias=qkv_bias, **kw)
+        self.o = Linear(num_heads * head_dim, d, ("heads", "embed"), bias=out_bias, **kw)
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = float(head_dim) ** (-scale_power)
+
+    def _split(self, x, proj, heads: int):
+        B, T, _ = x.shape
+        return proj(x).reshape(B, T, heads, self.head_dim)
+
+    def _out(self, o):
+        B, T = o.shape[:2]
+        return self.o(o.reshape(B, T, self.num_heads * self.head_dim))
+
+
+def _check_mask(mask, B: int, S: int, name: str):
+    if mask is not None and tuple(mask.shape) != (B, S):
+        raise ShapeError(f"{name} has shape {tuple(mask.shape)}; expected [B, S] = {(B, S)} (True = attend)")
+
+
+class Attention(_Heads):
+    """Self-attention from a decoder config (hidden_size, num_heads, num_kv_heads, head_dim, biases, rotary
+    settings, attn_scale_power, attn_bf16_round, causal). `causal=` overrides cfg.causal."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs, causal: bool | None = None):
+        self._build(cfg.hidden_size, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                    qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias, scale_power=cfg.attn_scale_power,
+                    init_std=cfg.init_std, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
         self.rotary_dim, self.rope_style, self.theta = cfg.rot_dim, cfg.rope_style, cfg.rope_theta
-        self.scale = float(hd) ** (-cfg.attn_scale_power)
         self.bf16_round = cfg.attn_bf16_round
+        self.causal = bool(getattr(cfg, "causal", True) if causal is None else causal)
 
     def qkv(self, x, positions):
-        B, T, _ = x.shape
-        q = self.q(x).reshape(B, T, self.num_heads, self.head_dim)
-        k = self.k(x).reshape(B, T, self.num_kv_heads, self.head_dim)
-        v = self.v(x).reshape(B, T, self.num_kv_heads, self.head_dim)
+        q = self._split(x, self.q, self.num_heads)
+        k = self._split(x, self.k, self.num_kv_heads)
+        v = self._split(x, self.v, self.num_kv_heads)
         cos, sin = rope_angles(positions, self.rotary_dim, self.theta)
         q = apply_rope(q, cos, sin, self.rotary_dim, self.rope_style)
         k = apply_rope(k, cos, sin, self.rotary_dim, self.rope_style)
@@ -67,27 +117,79 @@ class Attention(nnx.Module):
         v = shard(v, ("batch", "length", "kv", "head_dim"))
         return q, k, v
 
-    def __call__(self, x, positions, kv_cache=None, lengths=None, return_probs: bool = False):
-        """x [B,T,D]; positions [B,T]. With kv_cache=(k,v) and lengths [B], returns (out, (k,v))."""
+    def __call__(self, x, positions, kv_cache=None, lengths=None, mask=None):
+        """x [B,T,D]; positions [B,T]; mask [B,T] (True = attend to that key; no cache). With kv_cache=(k,v) and
+        lengths [B] (causal only), returns (out, (k,v))."""
         B, T, _ = x.shape
+        _check_mask(mask, B, T, "attention mask")
         q, k, v = self.qkv(x, positions)
         if kv_cache is None:
             k_all, v_all, k_pos = k, v, positions
         else:
+            if not self.causal or mask is not None:
+                raise ConfigError("a KV cache needs causal attention without a key mask (causal=False is an "
+                                  "encoder: run it on whole sequences)")
             k_all = write_cache(kv_cache[0], k, lengths)
             v_all = write_cache(kv_cache[1], v, lengths)
             # slot index == position: the caller passes positions = lengths[:, None] + arange(T)
             k_pos = jnp.broadcast_to(jnp.arange(k_all.shape[1], dtype=jnp.int32), (B, k_all.shape[1]))
-        o = attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), positions, k_pos, self.scale, self.bf16_round)
-        out = self.o(o.reshape(B, T, self.num_heads * self.head_dim))
-        return out, (None if kv_cache is None else (k_all, v_all))
+        o = attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), positions, k_pos, self.scale, self.bf16_round,
+                   causal=self.causal, kv_mask=mask)
+        return self._out(o), (None if kv_cache is None else (k_all, v_all))
 
-    def probs(self, x, positions):
+    def probs(self, x, positions, mask=None):
         """Attention probability matrices [B, H, T, T] (MOHAWK stage 1 targets)."""
-        B, T, _ = x.shape
         q, k, _ = self.qkv(x, positions)
         G = self.num_heads // self.num_kv_heads
         k = jnp.repeat(k, G, axis=2)
         s = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * self.scale
-        mask = positions[:, None, None, :] <= positions[:, None, :, None]
-        return jax.nn.softmax(jnp.where(mask, s, jnp.finfo(jnp.float32).min), axis=-1)
+        m = score_mask(positions, positions, self.causal, mask)
+        return jax.nn.softmax(s if m is None else jnp.where(m[:, None], s, NEG), axis=-1)
+
+
+class CrossAttention(_Heads):
+    """Queries from x [B, T, dim], keys/values from a memory [B, S, memory_dim] with an optional memory mask [B, S]
+    (True = attend). No positions: the memory carries its own (Q-Former queries, conditional diffusion). Grouped-query
+    when num_kv_heads < num_heads."""
+
+    def __init__(self, dim: int, num_heads: int, *, memory_dim: int | None = None, num_kv_heads: int | None = None,
+                 head_dim: int | None = None, qkv_bias: bool = False, out_bias: bool = False,
+                 scale_power: float = 0.5, init_std: float = 0.02, dtype="float32", param_dtype="float32",
+                 rngs: nnx.Rngs):
+        head_dim = dim // num_heads if head_dim is None else head_dim
+        self._build(dim, dim if memory_dim is None else memory_dim, num_heads,
+                    num_heads if num_kv_heads is None else num_kv_heads, head_dim, qkv_bias=qkv_bias,
+                    out_bias=out_bias, scale_power=scale_power, init_std=init_std, dtype=dtype,
+                    param_dtype=param_dtype, rngs=rngs)
+
+    @classmethod
+    def from_config(cls, cfg, memory_dim: int | None = None, *, rngs: nnx.Rngs) -> "CrossAttention":
+        """Head layout, biases, scale and dtypes of a decoder config; keys/values read memory_dim wide memories."""
+        return cls(cfg.hidden_size, cfg.num_heads, memory_dim=memory_dim, num_kv_heads=cfg.num_kv_heads,
+                   head_dim=cfg.head_dim, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias,
+                   scale_power=cfg.attn_scale_power, init_std=cfg.init_std, dtype=cfg.dtype,
+                   param_dtype=cfg.param_dtype, rngs=rngs)
+
+    def memory_kv(self, memory):
+        """Keys and values [B, S, KV, D] of a memory (compute once, reuse for every query step)."""
+        names = ("batch", "length", "kv", "head_dim")
+        return (shard(self._split(memory, self.k, self.num_kv_heads), names),
+                shard(self._split(memory, self.v, self.num_kv_heads), names))
+
+    def __call__(self, x, memory=None, memory_mask=None, *, kv=None):
+        """x [B, T, dim]; memory [B, S, memory_dim] (or its precomputed kv=memory_kv(memory)) -> [B, T, dim]."""
+        if (memory is None) == (kv is None):
+            raise ShapeError("CrossAttention: give memory [B, S, memory_dim] or kv=memory_kv(memory), exactly one")
+        if memory is not None:
+            if memory.ndim != 3 or memory.shape[0] != x.shape[0] or memory.shape[-1] != self.k.kernel.shape[0]:
+                raise ShapeError(f"CrossAttention: memory has shape {tuple(memory.shape)}; expected "
+                                 f"[{x.shape[0]}, S, {self.k.kernel.shape[0]}] for queries of shape {tuple(x.shape)}")
+            kv = self.memory_kv(memory)
+        k, v = kv
+        _check_mask(memory_mask, k.shape[0], k.shape[1], "memory_mask")
+        q = shard(self._split(x, self.q, self.num_heads), ("batch", "length", "heads", "head_dim"))
+        o = attend(q, k.astype(q.dtype), v.astype(q.dtype), scale=self.scale, causal=False, kv_mask=memory_mask)
+        return self._out(o)
+
+
+__all__ = ["Attention", "CrossAttention", "attend", "score_mask", "write_cache"]
