@@ -1,7 +1,12 @@
-"""Frozen model configs and named presets.
+"""Frozen model configs and named presets, for every model family (one place).
 
-One `DecoderConfig` covers every decoder family in the project (Amber/Llama, CrystalCoder, MobiLlama, Phi,
-SmolLM2): the families differ only in the switches below, never in code paths of their own.
+- `DecoderConfig` covers every decoder family (Amber/Llama, CrystalCoder, MobiLlama, Phi, SmolLM2): the families
+  differ only in switches, never in code paths of their own. `causal=False` runs the same stack as a bidirectional
+  encoder.
+- `Mamba2Config` (transformers' Mamba2ForCausalLM) and `PhiMambaConfig` (MOHAWK's Phi-Mamba: a DecoderConfig block
+  structure with discrete Mamba-2 mixers).
+
+`preset(name)` looks a name up in all of them (`preset_names()` lists them, `preset_names("mamba2")` one kind).
 """
 
 from __future__ import annotations
@@ -59,6 +64,9 @@ class DecoderConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
 
+    # False: bidirectional self-attention (an encoder; no KV cache, no generation)
+    causal: bool = True
+
     # numerics: parameters stay in param_dtype (master weights), matmuls run in dtype
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -91,10 +99,7 @@ class DecoderConfig:
         return self.head_dim if self.rotary_dim is None else int(self.rotary_dim)
 
     def replace(self, **kw) -> "DecoderConfig":
-        unknown = set(kw) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ConfigError(f"unknown config field(s) {sorted(unknown)} for DecoderConfig")
-        return dataclasses.replace(self, **kw)
+        return _replace(self, kw)
 
     def num_params(self) -> int:
         """Unique parameter count (the shared MLP counted once)."""
@@ -164,17 +169,174 @@ PRESETS: dict[str, DecoderConfig] = {
 ALIASES = {"crystal-7b": "crystalcoder-7b", "crystal-tiny": "crystalcoder-tiny", "llama-tiny": "amber-tiny"}
 
 
-def preset(name: str, **overrides) -> DecoderConfig:
-    """A named preset, optionally with fields replaced."""
+# ----------------------------------------------------------------------------- Mamba-2
+@dataclass(frozen=True)
+class Mamba2Config:
+    vocab_size: int = 50288
+    hidden_size: int = 768
+    num_layers: int = 24
+    num_heads: int = 24
+    head_dim: int = 64
+    state_size: int = 128
+    expand: int = 2
+    n_groups: int = 1
+    conv_kernel: int = 4
+    chunk_size: int = 256
+    norm_eps: float = 1e-5
+    use_bias: bool = False
+    use_conv_bias: bool = True
+    hidden_act: str = "silu"
+    time_step_limit: tuple = (0.0, float("inf"))
+    residual_in_fp32: bool = True
+    tie_embeddings: bool = True
+    # transformers 5.x's MambaRMSNormGated normalizes groups of d_inner // n_groups channels (as mamba_ssm does);
+    # older transformers normalized the whole d_inner. Only matters for n_groups > 1.
+    grouped_norm: bool = True
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = 0
+    eos_token_id: int | None = 2
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "head_dim", "state_size", "expand",
+                     "n_groups", "conv_kernel", "chunk_size"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"Mamba2Config.{name}={getattr(self, name)} must be positive")
+        if self.hidden_size * self.expand != self.num_heads * self.head_dim:
+            raise ConfigError(f"Mamba2Config: hidden_size*expand ({self.hidden_size * self.expand}) must equal "
+                              f"num_heads*head_dim ({self.num_heads * self.head_dim})")
+        if self.num_heads % self.n_groups:
+            raise ConfigError(f"Mamba2Config: num_heads={self.num_heads} is not a multiple of n_groups={self.n_groups}")
+        if self.hidden_act not in ("silu", "swish", "identity"):
+            raise ConfigError(f"Mamba2Config.hidden_act={self.hidden_act!r}: expected 'silu' or 'identity'")
+
+    @property
+    def d_inner(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        return self.d_inner + 2 * self.n_groups * self.state_size
+
+    def replace(self, **kw) -> "Mamba2Config":
+        return _replace(self, kw)
+
+
+MAMBA2_PRESETS: dict[str, Mamba2Config] = {
+    # AntonV/mamba2-130m-hf
+    "mamba2-130m": Mamba2Config(),
+    "mamba2-tiny": Mamba2Config(vocab_size=256, hidden_size=64, num_layers=2, num_heads=8, head_dim=16,
+                                state_size=16, n_groups=2, chunk_size=16),
+}
+
+
+# ----------------------------------------------------------------------------- Phi-Mamba (MOHAWK)
+@dataclass(frozen=True)
+class PhiMambaConfig:
+    base: DecoderConfig = field(default_factory=lambda: preset("phi-1.5"))
+    d_state: int = 64
+    ssm_heads: int | None = None  # None: base.num_heads (MOHAWK maps one SSM head to one attention head)
+    expand: int = 1
+    d_conv: int = 4
+    conv_bias: bool = True
+    chunk_size: int = 128
+    ssm_bias: bool = False
+    conv_activation: str = "identity"
+    attn_layers: tuple = ()
+
+    def __post_init__(self):
+        L = self.base.num_layers
+        bad = [i for i in self.attn_layers if not 0 <= int(i) < L]
+        if bad:
+            raise ConfigError(f"attn_layers={tuple(self.attn_layers)}: indices {bad} out of range for {L} layers")
+        if self.conv_activation not in ("identity", "silu"):
+            raise ConfigError(f"conv_activation={self.conv_activation!r}: expected 'identity' or 'silu'")
+        d_inner = self.expand * self.base.hidden_size
+        if d_inner % self.heads:
+            raise ConfigError(f"expand*hidden_size={d_inner} is not a multiple of ssm_heads={self.heads}")
+
+    @property
+    def heads(self) -> int:
+        return self.base.num_heads if self.ssm_heads is None else int(self.ssm_heads)
+
+    @property
+    def num_layers(self) -> int:
+        return self.base.num_layers
+
+    def replace(self, **kw) -> "PhiMambaConfig":
+        return _replace(self, kw)
+
+
+def _phi_tiny_base(**kw):
+    return preset("phi-tiny", vocab_size=256, hidden_size=64, num_heads=4, num_kv_heads=4, head_dim=16,
+                  intermediate_size=256, **kw)
+
+
+# built lazily (each refers to decoder presets)
+PHI_MAMBA_PRESETS = {
+    # goombalab/Phi-Mamba: Phi-1.5 blocks, 24 discrete Mamba-2 mixers, d_state 64, 32 heads (vocab padded to x8)
+    "phi-mamba-1.5b": lambda: PhiMambaConfig(base=preset("phi-1.5"), d_state=64),
+    # Hybrid-Phi-Mamba: 4 attention layers interleaved (the exact indices are in the HF config, not in our sources:
+    # these evenly spaced ones are a default, override with attn_layers=...)
+    "hybrid-phi-mamba-1.5b": lambda: PhiMambaConfig(base=preset("phi-1.5"), d_state=64, attn_layers=(4, 10, 16, 22)),
+    # the golden-fixture shapes (shared/fixtures/phi_mamba)
+    "phi-mamba-tiny": lambda: PhiMambaConfig(base=_phi_tiny_base(), d_state=16),
+    "hybrid-phi-mamba-tiny": lambda: PhiMambaConfig(base=_phi_tiny_base(num_layers=3), d_state=16, attn_layers=(1,)),
+}
+
+
+# ----------------------------------------------------------------------------- the one lookup
+def _replace(cfg, kw):
+    unknown = set(kw) - {f.name for f in dataclasses.fields(cfg)}
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {sorted(unknown)} for {type(cfg).__name__}")
+    return dataclasses.replace(cfg, **kw)
+
+
+KINDS = ("decoder", "mamba2", "phi_mamba")
+
+
+def _table(kind: str) -> dict:
+    return {"decoder": PRESETS, "mamba2": MAMBA2_PRESETS, "phi_mamba": PHI_MAMBA_PRESETS}[kind]
+
+
+def preset_names(kind: str | None = None) -> list[str]:
+    """Every preset name (decoder aliases included), or those of one kind: 'decoder', 'mamba2', 'phi_mamba'."""
+    if kind is not None and kind not in KINDS:
+        raise ConfigError(f"preset kind {kind!r}: expected one of {KINDS}")
+    names = []
+    for k in KINDS if kind is None else (kind,):
+        names += sorted(_table(k)) + (sorted(ALIASES) if k == "decoder" else [])
+    return names
+
+
+def preset(name: str, **overrides):
+    """A named preset of any family (DecoderConfig, Mamba2Config or PhiMambaConfig), optionally with fields
+    replaced."""
     key = ALIASES.get(name, name)
-    if key not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(PRESETS) + sorted(ALIASES)}")
-    cfg = PRESETS[key]
-    return cfg.replace(**overrides) if overrides else cfg
+    for kind in KINDS:
+        table = _table(kind)
+        if key in table:
+            cfg = table[key]() if kind == "phi_mamba" else table[key]
+            return cfg.replace(**overrides) if overrides else cfg
+    raise ConfigError(f"unknown preset {name!r}; known presets: {preset_names()}")
 
 
-def preset_names() -> list[str]:
-    return sorted(PRESETS) + sorted(ALIASES)
+def _kind_preset(kind: str, label: str, name: str, overrides: dict):
+    if name not in _table(kind):
+        raise ConfigError(f"unknown {label} preset {name!r}; known: {sorted(_table(kind))}")
+    return preset(name, **overrides)
 
 
-__all__ = ["DecoderConfig", "PRESETS", "preset", "preset_names", "field"]
+def mamba2_preset(name: str, **overrides) -> Mamba2Config:
+    return _kind_preset("mamba2", "Mamba-2", name, overrides)
+
+
+def phi_mamba_preset(name: str, **overrides) -> PhiMambaConfig:
+    return _kind_preset("phi_mamba", "Phi-Mamba", name, overrides)
+
+
+__all__ = ["DecoderConfig", "Mamba2Config", "PhiMambaConfig", "PRESETS", "MAMBA2_PRESETS", "PHI_MAMBA_PRESETS",
+           "preset", "preset_names", "mamba2_preset", "phi_mamba_preset", "field"]

@@ -2,6 +2,9 @@
 
 Layers are stacked (leading 'layers' axis) and run with `jax.lax.scan`, so compile time does not grow with depth.
 MobiLlama's shared FFN is a single MLP held by the model (one set of parameters) and closed over by the scan body.
+The embedding and head come from the shared `LMShell`; inputs are token ids, input embeddings (`embeds=`) or ids
+after a prefix of embeddings (`prefix_embeds=`, e.g. image features from a vision encoder). `cfg.causal=False` runs
+the same stack as a bidirectional encoder (with an optional key padding `mask`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.config import DecoderConfig
-from jaxlm.nn import MLP, Attention, Linear, Norm, param
+from jaxlm.errors import ConfigError
+from jaxlm.models.shell import LMShell, ShellConfig, sequence_positions
+from jaxlm.nn import MLP, Attention, Norm
 from jaxlm.nn.stack import stack_layers
 from jaxlm.sharding import shard
 
@@ -47,10 +52,10 @@ class Block(nnx.Module):
         self.mlp_norm = None if self.parallel else Norm(cfg.hidden_size, cfg.norm, cfg.norm_eps, param_dtype=pdt)
         self.mlp = None if cfg.shared_mlp else make_mlp(cfg, rngs)
 
-    def __call__(self, x, positions, kv=None, lengths=None, shared_mlp=None):
+    def __call__(self, x, positions, kv=None, lengths=None, shared_mlp=None, mask=None):
         mlp = self.mlp if self.mlp is not None else shared_mlp
         h = self.attn_norm(x)
-        a, kv = self.attn(h, positions, kv, lengths)
+        a, kv = self.attn(h, positions, kv, lengths, mask)
         if self.parallel:
             x = x + a + mlp(h)
         else:
@@ -64,59 +69,43 @@ def make_mlp(cfg: DecoderConfig, rngs: nnx.Rngs) -> MLP:
                dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
 
 
-class DecoderLM(nnx.Module):
+class DecoderLM(LMShell):
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        pdt = jnp.dtype(cfg.param_dtype)
-        self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg.init_std, pdt)
-
+        self.init_embedding(ShellConfig.of(cfg), rngs)
         self.layers = stack_layers(lambda r: Block(cfg, rngs=r), cfg.num_layers, rngs)
         self.shared_mlp = make_mlp(cfg, rngs) if cfg.shared_mlp else None
-        self.final_norm = Norm(cfg.hidden_size, cfg.norm, cfg.norm_eps, param_dtype=pdt)
-        self.lm_head = None if cfg.tie_embeddings else Linear(
-            cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), bias=cfg.lm_head_bias, std=cfg.init_std,
-            dtype=jnp.dtype(cfg.dtype), param_dtype=pdt, rngs=rngs)
+        self.init_head(rngs)
 
-    # -- pieces, usable on their own (distillation, evaluation) --
-    def embed_tokens(self, input_ids):
-        h = jnp.take(self.embed[...], input_ids, axis=0).astype(jnp.dtype(self.cfg.dtype))
-        if self.cfg.embed_scale != 1.0:
-            h = h * self.cfg.embed_scale
-        return shard(h, ("batch", "length", "act_embed"))
+    # embed_tokens(ids), embed_inputs(ids, embeds, prefix_embeds) and head(h): see LMShell (usable on their own by
+    # distillation and evaluation)
 
-    def head(self, h):
-        h = self.final_norm(h)
-        if self.lm_head is None:
-            dt = jnp.dtype(self.cfg.dtype)
-            logits = jnp.dot(h.astype(dt), self.embed[...].astype(dt).T)
-        else:
-            logits = self.lm_head(h)
-        logits = logits.astype(jnp.float32)
-        if self.cfg.logit_scale != 1.0:
-            logits = logits * self.cfg.logit_scale
-        return shard(logits, ("batch", "length", "vocab"))
+    def __call__(self, input_ids=None, positions=None, cache: KVCache | None = None, *, embeds=None,
+                 prefix_embeds=None, mask=None, return_hidden: bool = False):
+        """input_ids [B, T] (or embeds [B, T, D]; prefix_embeds [B, P, D] go first) -> logits [B, P + T, V]
+        float32 (and the updated cache when one is given).
 
-    def __call__(self, input_ids, positions=None, cache: KVCache | None = None, *, return_hidden: bool = False):
-        """input_ids [B, T] -> logits [B, T, V] float32 (and the updated cache when one is given).
-
-        Without a cache, positions default to arange(T). With a cache, new tokens go to slots
-        cache.lengths[b] + t and positions are those slots; the returned cache has lengths + T.
+        Without a cache, positions default to arange(P + T). With a cache, new inputs go to slots
+        cache.lengths[b] + t and positions are those slots; the returned cache has lengths + P + T.
+        mask [B, P + T] (True = attend; no cache) drops padded keys, e.g. for a bidirectional encoder.
         """
-        B, T = input_ids.shape
+        h = self.embed_inputs(input_ids, embeds, prefix_embeds)
+        B, T = h.shape[:2]
         if cache is not None:
-            positions = cache.lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
+            if not self.cfg.causal:
+                raise ConfigError("DecoderLM with causal=False is an encoder: it has no KV cache")
+            positions = sequence_positions(B, T, cache.lengths)
         elif positions is None:
-            positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-        h = self.embed_tokens(input_ids)
+            positions = sequence_positions(B, T)
         gdef, lstate = nnx.split(self.layers)
         shared = self.shared_mlp
 
         def body(carry, xs):
-            x, hiddens = carry, None
+            x = carry
             st, kv = xs
             blk = nnx.merge(gdef, st)
             lengths = None if cache is None else cache.lengths
-            y, kv = blk(x, positions, kv, lengths, shared)
+            y, kv = blk(x, positions, kv, lengths, shared, mask)
             return y, (kv, x if return_hidden else None)
 
         if self.cfg.remat:
@@ -132,12 +121,13 @@ class DecoderLM(nnx.Module):
 
 # ----------------------------------------------------------------------------- pure entry points
 # Jitted code takes (graphdef, state, inputs): graphdef is static (hashable), state is a pytree of arrays.
-def _forward(graphdef, state, input_ids, positions=None):
-    return nnx.merge(graphdef, state)(input_ids, positions)
+# input_ids may be None when embeds are given; embeds / prefix_embeds / mask as in DecoderLM.__call__.
+def _forward(graphdef, state, input_ids=None, positions=None, *, embeds=None, prefix_embeds=None, mask=None):
+    return nnx.merge(graphdef, state)(input_ids, positions, embeds=embeds, prefix_embeds=prefix_embeds, mask=mask)
 
 
-def _forward_cached(graphdef, state, input_ids, cache):
-    return nnx.merge(graphdef, state)(input_ids, cache=cache)
+def _forward_cached(graphdef, state, input_ids, cache, *, embeds=None, prefix_embeds=None):
+    return nnx.merge(graphdef, state)(input_ids, cache=cache, embeds=embeds, prefix_embeds=prefix_embeds)
 
 
 forward = jax.jit(_forward, static_argnums=0)

@@ -11,81 +11,15 @@ Layers are held in a Python list (the layer kinds differ in the hybrid), so a fo
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.config import DecoderConfig, preset
+from jaxlm.config import PHI_MAMBA_PRESETS, PhiMambaConfig, phi_mamba_preset  # noqa: F401  (re-exported)
 from jaxlm.errors import ConfigError
-from jaxlm.nn import MLP, Attention, Linear, Norm, param
+from jaxlm.models.shell import LMShell, ShellConfig, sequence_positions
+from jaxlm.nn import MLP, Attention, Norm
 from jaxlm.nn.ssd import DiscreteMamba2Mixer
 from jaxlm.sharding import shard
-
-
-@dataclass(frozen=True)
-class PhiMambaConfig:
-    base: DecoderConfig = dataclasses.field(default_factory=lambda: preset("phi-1.5"))
-    d_state: int = 64
-    ssm_heads: int | None = None  # None: base.num_heads (MOHAWK maps one SSM head to one attention head)
-    expand: int = 1
-    d_conv: int = 4
-    conv_bias: bool = True
-    chunk_size: int = 128
-    ssm_bias: bool = False
-    conv_activation: str = "identity"
-    attn_layers: tuple = ()
-
-    def __post_init__(self):
-        L = self.base.num_layers
-        bad = [i for i in self.attn_layers if not 0 <= int(i) < L]
-        if bad:
-            raise ConfigError(f"attn_layers={tuple(self.attn_layers)}: indices {bad} out of range for {L} layers")
-        if self.conv_activation not in ("identity", "silu"):
-            raise ConfigError(f"conv_activation={self.conv_activation!r}: expected 'identity' or 'silu'")
-        d_inner = self.expand * self.base.hidden_size
-        if d_inner % self.heads:
-            raise ConfigError(f"expand*hidden_size={d_inner} is not a multiple of ssm_heads={self.heads}")
-
-    @property
-    def heads(self) -> int:
-        return self.base.num_heads if self.ssm_heads is None else int(self.ssm_heads)
-
-    @property
-    def num_layers(self) -> int:
-        return self.base.num_layers
-
-    def replace(self, **kw) -> "PhiMambaConfig":
-        unknown = set(kw) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ConfigError(f"unknown config field(s) {sorted(unknown)} for PhiMambaConfig")
-        return dataclasses.replace(self, **kw)
-
-
-def _phi_tiny_base(**kw):
-    return preset("phi-tiny", vocab_size=256, hidden_size=64, num_heads=4, num_kv_heads=4, head_dim=16,
-                  intermediate_size=256, **kw)
-
-
-PHI_MAMBA_PRESETS = {
-    # goombalab/Phi-Mamba: Phi-1.5 blocks, 24 discrete Mamba-2 mixers, d_state 64, 32 heads (vocab padded to x8)
-    "phi-mamba-1.5b": lambda: PhiMambaConfig(base=preset("phi-1.5"), d_state=64),
-    # Hybrid-Phi-Mamba: 4 attention layers interleaved (the exact indices are in the HF config, not in our sources:
-    # these evenly spaced ones are a default, override with attn_layers=...)
-    "hybrid-phi-mamba-1.5b": lambda: PhiMambaConfig(base=preset("phi-1.5"), d_state=64, attn_layers=(4, 10, 16, 22)),
-    # the golden-fixture shapes (shared/fixtures/phi_mamba)
-    "phi-mamba-tiny": lambda: PhiMambaConfig(base=_phi_tiny_base(), d_state=16),
-    "hybrid-phi-mamba-tiny": lambda: PhiMambaConfig(base=_phi_tiny_base(num_layers=3), d_state=16, attn_layers=(1,)),
-}
-
-
-def phi_mamba_preset(name: str, **overrides) -> PhiMambaConfig:
-    if name not in PHI_MAMBA_PRESETS:
-        raise ConfigError(f"unknown Phi-Mamba preset {name!r}; known: {sorted(PHI_MAMBA_PRESETS)}")
-    cfg = PHI_MAMBA_PRESETS[name]()
-    return cfg.replace(**overrides) if overrides else cfg
 
 
 def make_ssm_mixer(cfg: PhiMambaConfig, rngs: nnx.Rngs) -> DiscreteMamba2Mixer:
@@ -135,47 +69,26 @@ class HybridBlock(nnx.Module):
         return shard(x, ("batch", "length", "act_embed")), state, m
 
 
-class PhiMambaLM(nnx.Module):
+class PhiMambaLM(LMShell):
     def __init__(self, cfg: PhiMambaConfig, *, rngs: nnx.Rngs = None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
         self.cfg = cfg
-        b = cfg.base
-        pdt = jnp.dtype(b.param_dtype)
-        self.embed = param(rngs, (b.vocab_size, b.hidden_size), ("vocab", "embed"), b.init_std, pdt)
+        self.init_embedding(ShellConfig.of(cfg), rngs)
         attn = set(int(i) for i in cfg.attn_layers)
-        self.layers = nnx.List([HybridBlock(cfg, i in attn, rngs=rngs) for i in range(b.num_layers)])
-        self.final_norm = Norm(b.hidden_size, b.norm, b.norm_eps, param_dtype=pdt)
-        self.lm_head = None if b.tie_embeddings else Linear(
-            b.hidden_size, b.vocab_size, ("embed", "vocab"), bias=b.lm_head_bias, std=b.init_std,
-            dtype=jnp.dtype(b.dtype), param_dtype=pdt, rngs=rngs)
-
-    def embed_tokens(self, ids):
-        b = self.cfg.base
-        h = jnp.take(self.embed[...], ids, axis=0).astype(jnp.dtype(b.dtype))
-        if b.embed_scale != 1.0:
-            h = h * b.embed_scale
-        return shard(h, ("batch", "length", "act_embed"))
-
-    def head(self, h):
-        b = self.cfg.base
-        h = self.final_norm(h)
-        dt = jnp.dtype(b.dtype)
-        logits = jnp.dot(h.astype(dt), self.embed[...].astype(dt).T) if self.lm_head is None else self.lm_head(h)
-        logits = logits.astype(jnp.float32)
-        if b.logit_scale != 1.0:
-            logits = logits * b.logit_scale
-        return shard(logits, ("batch", "length", "vocab"))
+        self.layers = nnx.List([HybridBlock(cfg, i in attn, rngs=rngs) for i in range(cfg.num_layers)])
+        self.init_head(rngs)
 
     @staticmethod
-    def positions(ids):
-        B, T = ids.shape
-        return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    def positions(x):
+        """arange(T) positions [B, T] for ids [B, T] or embeddings [B, T, D]."""
+        return sequence_positions(x.shape[0], x.shape[1])
 
-    def __call__(self, input_ids, *, return_hidden: bool = False):
-        """input_ids [B, T] -> logits [B, T, V] float32. return_hidden=True: (logits, per-layer block inputs
-        [L, B, T, D], per-layer mixer outputs [L, B, T, D])."""
-        pos = self.positions(input_ids)
-        h = self.embed_tokens(input_ids)
+    def __call__(self, input_ids=None, *, embeds=None, prefix_embeds=None, return_hidden: bool = False):
+        """input_ids [B, T] (or embeds [B, T, D]; prefix_embeds [B, P, D] go first) -> logits [B, P + T, V]
+        float32. return_hidden=True: (logits, per-layer block inputs [L, B, T, D], per-layer mixer outputs
+        [L, B, T, D])."""
+        h = self.embed_inputs(input_ids, embeds, prefix_embeds)
+        pos = self.positions(h)
         ins, mixes = [], []
         for blk in self.layers:
             ins.append(h)
