@@ -1,4 +1,5 @@
-"""Training: configs, optimizer and schedules, train state, the jitted step, checkpoints and the loop.
+"""Training, the one engine: the Task protocol, configs with phases and freezing, optimizer and schedules, train
+state, the jitted step, checkpoints and the loop.
 
 Importing this package does not import jax (so `jaxlm.train.distributed.prepare_devices` can run first);
 the names below load their modules on first use.
@@ -8,7 +9,9 @@ _LAZY = {
     "LRSchedule": "config", "OptimConfig": "config", "PhaseConfig": "config", "RunConfig": "config",
     "TrainConfig": "config", "apply_overrides": "config", "scale_steps": "config",
     "make_optimizer": "optim", "make_schedule": "optim", "TrainState": "state", "init_state": "state",
-    "make_train_step": "step", "make_eval_step": "step", "Checkpointer": "checkpoint", "export_hf": "checkpoint",
+    "make_train_step": "step", "make_eval_step": "step", "make_step": "step",
+    "Task": "task", "LMTask": "task", "ArrayPipeline": "task", "setup_state": "state", "evaluate": "loop",
+    "Checkpointer": "checkpoint", "export_hf": "checkpoint",
     "train": "loop", "NonFiniteLossError": "loop", "RunResult": "loop",
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,15 +22,18 @@ from jaxlm.errors import ConfigError
 class LRSchedule:
     """Learning rate of one phase, as a function of the step inside the phase.
 
-    Linear warmup 0 -> peak over `warmup` steps, then `kind` decay from peak towards `end` over `decay_steps`
-    steps (may be longer than the phase: Crystal phase 1 stops part-way down its line), then flat at `end`.
+    Linear warmup `warmup_from` -> peak over `warmup` steps, then `kind` decay from peak towards `end` over
+    `decay_steps` steps (may be longer than the phase: Crystal phase 1 stops part-way down its line), then flat at
+    `end`. "wsd" (warmup-stable-decay) holds the peak and decays linearly to `end` over the LAST `decay_steps`
+    steps of the phase.
     """
 
-    kind: Literal["linear", "cosine", "constant"] = "cosine"
+    kind: Literal["linear", "cosine", "constant", "wsd"] = "cosine"
     peak: float = 3e-4
     end: float = 3e-5
     warmup: int = 0
     decay_steps: int = 0  # 0 = until the end of the phase
+    warmup_from: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,11 @@ class PhaseConfig:
     fim_rate: float = 0.0
     fim_spm_rate: float = 0.5
     lr: LRSchedule = LRSchedule()
+    # freezing: regular expressions searched in "/"-joined parameter paths (e.g. "layers/0/mixer/in_proj/kernel");
+    # trainable=() trains every parameter, else only those matching one; `frozen` then removes matches.
+    # Frozen parameters are bit-unchanged and keep their optimizer state until a later phase trains them again.
+    trainable: tuple = ()
+    frozen: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
-    model: DecoderConfig = DecoderConfig()
+    model: DecoderConfig | None = DecoderConfig()  # the LM's config (None for other Tasks, which hold theirs)
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     phases: tuple = (PhaseConfig(),)
@@ -101,13 +110,19 @@ class RunConfig:
                 raise ConfigError(f"phases.{i}.steps={p.steps} must be positive")
             if not p.weights or any(w < 0 for w in p.weights.values()) or sum(p.weights.values()) <= 0:
                 raise ConfigError(f"phases.{i}.weights={p.weights}: need non-negative weights with a positive sum")
-            if p.lr.kind not in ("linear", "cosine", "constant"):
-                raise ConfigError(f"phases.{i}.lr.kind={p.lr.kind!r}: expected linear, cosine or constant")
+            if p.lr.kind not in ("linear", "cosine", "constant", "wsd"):
+                raise ConfigError(f"phases.{i}.lr.kind={p.lr.kind!r}: expected linear, cosine, constant or wsd")
+            for field_ in ("trainable", "frozen"):
+                for pat in getattr(p, field_):
+                    try:
+                        re.compile(pat)
+                    except (re.error, TypeError) as e:
+                        raise ConfigError(f"phases.{i}.{field_}: {pat!r} is not a regular expression ({e})") from None
         if t.grad_accum <= 0 or t.global_batch % t.grad_accum:
             raise ConfigError(f"train.global_batch={t.global_batch} is not divisible by train.grad_accum={t.grad_accum}")
         if t.seq_len <= 0 or t.global_batch <= 0:
             raise ConfigError("train.seq_len and train.global_batch must be positive")
-        if t.seq_len > self.model.max_position_embeddings:
+        if t.seq_len > getattr(self.model, "max_position_embeddings", t.seq_len):
             raise ConfigError(f"train.seq_len={t.seq_len} exceeds model.max_position_embeddings="
                               f"{self.model.max_position_embeddings}")
         return self

@@ -11,12 +11,15 @@ like Cerebras' per-parameter-group `adjust_learning_rate`). Gradients are clippe
 from __future__ import annotations
 
 import math
+import re
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from jaxlm.errors import ConfigError
 from jaxlm.train.config import LRSchedule, OptimConfig, RunConfig
 
 # ----------------------------------------------------------------------------------------------- schedules
@@ -27,21 +30,29 @@ def phase_lr(sched: LRSchedule, t, phase_steps: int):
     xp = jnp if isinstance(t, jax.Array) or not isinstance(t, (int, float)) else math
     w = sched.warmup
     decay = sched.decay_steps if sched.decay_steps > 0 else max(phase_steps - w, 1)
+    w0 = sched.warmup_from
+    if sched.kind == "wsd":
+        decay = max(sched.decay_steps, 1)
+        w_end = max(phase_steps - decay, w)  # decay starts here (the stable part ends)
+    else:
+        w_end = w
     if xp is math:
         if w > 0 and t < w:
-            return sched.peak * t / w
+            return w0 + (sched.peak - w0) * t / w
         if sched.kind == "constant":
             return sched.peak
-        frac = min(max((t - w) / decay, 0.0), 1.0)
+        frac = min(max((t - w_end) / decay, 0.0), 1.0)
+        if sched.kind == "wsd":
+            return sched.peak + (sched.end - sched.peak) * frac
         if sched.kind == "linear":
             return sched.peak + (sched.end - sched.peak) * frac
         return sched.end + 0.5 * (1.0 + math.cos(math.pi * frac)) * (sched.peak - sched.end)
     t = jnp.asarray(t, jnp.float32)
-    warm = sched.peak * t / max(w, 1)
-    frac = jnp.clip((t - w) / decay, 0.0, 1.0)
+    warm = w0 + (sched.peak - w0) * t / max(w, 1)
+    frac = jnp.clip((t - w_end) / decay, 0.0, 1.0)
     if sched.kind == "constant":
         after = jnp.asarray(sched.peak, jnp.float32)
-    elif sched.kind == "linear":
+    elif sched.kind in ("linear", "wsd"):
         after = sched.peak + (sched.end - sched.peak) * frac
     else:
         after = sched.end + 0.5 * (1.0 + jnp.cos(jnp.pi * frac)) * (sched.peak - sched.end)
@@ -133,6 +144,76 @@ def scale_by_tree(multipliers) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
+# ----------------------------------------------------------------------------------------------- freezing
+
+
+def path_str(path) -> str:
+    """'/'-joined names of a pytree path (the string that phase `trainable` / `frozen` patterns search)."""
+    return "/".join(_path_names(path))
+
+
+def phase_masks(cfg: RunConfig, params) -> list | None:
+    """Per phase, a tree of bools like `params` (True = trains in that phase); None when every phase trains all."""
+    if not any(p.trainable or p.frozen for p in cfg.phases):
+        return None
+    paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    treedef = jax.tree.structure(params)
+    out = []
+    for i, ph in enumerate(cfg.phases):
+        for field_ in ("trainable", "frozen"):
+            for pat in getattr(ph, field_):
+                if not any(re.search(pat, s) for s in paths):
+                    raise ConfigError(f"phases.{i}.{field_}: pattern {pat!r} matches no parameter (paths look "
+                                      f"like {paths[:3]})")
+        live = [(not ph.trainable or any(re.search(q, s) for q in ph.trainable))
+                and not any(re.search(q, s) for q in ph.frozen) for s in paths]
+        if not any(live):
+            raise ConfigError(f"phases.{i} ({ph.name}): trainable={ph.trainable} frozen={ph.frozen} leave no "
+                              f"parameter to train")
+        out.append(jax.tree.unflatten(treedef, live))
+    return out
+
+
+class FreezeState(NamedTuple):
+    count: jax.Array
+    inner: optax.OptState
+
+
+def freeze_by_phase(inner: optax.GradientTransformation, masks: list, starts: list[int]) -> optax.GradientTransformation:
+    """Masked updates: in phase i (steps >= starts[i]) only leaves with masks[i] True move. Frozen leaves get a zero
+    update and their optimizer state (moments) is kept exactly as it was; the state's structure never changes, so
+    one checkpoint layout serves every phase."""
+    table = jax.tree.map(lambda *m: np.array(m, bool), *masks)  # per leaf: [n_phases]
+
+    def init(params):
+        return FreezeState(jnp.zeros((), jnp.int32), inner.init(params))
+
+    def update(grads, state, params=None):
+        phase = sum((state.count >= s).astype(jnp.int32) for s in starts[1:]) if len(starts) > 1 else 0
+        live = jax.tree.map(lambda m: True if m.all() else jnp.asarray(m)[phase], table)  # True: always trains
+        keep = lambda new, old, lv: new if lv is True else jnp.where(lv, new, old)
+        grads = jax.tree.map(lambda g, lv: keep(g, jnp.zeros_like(g), lv), grads, live)
+        updates, new_inner = inner.update(grads, state.inner, params)
+        updates = jax.tree.map(lambda u, lv: keep(u, jnp.zeros_like(u), lv), updates, live)
+        pstruct = jax.tree.structure(grads)
+
+        def like_params(x):
+            try:
+                return jax.tree.structure(x) == pstruct
+            except Exception:
+                return False
+
+        def select(new, old):
+            if like_params(new):
+                return jax.tree.map(keep, new, old, live)
+            return new
+
+        new_inner = jax.tree.map(select, new_inner, state.inner, is_leaf=like_params)
+        return updates, FreezeState(state.count + 1, new_inner)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(cfg: RunConfig, params) -> optax.GradientTransformation:
     o = cfg.optim
     schedule = make_schedule(cfg)
@@ -145,4 +226,8 @@ def make_optimizer(cfg: RunConfig, params) -> optax.GradientTransformation:
     chain.append(optax.scale_by_schedule(lambda count: -schedule(count)))
     if o.mup_width_scale is not None:
         chain.append(scale_by_tree(lr_multipliers(params, o)))
-    return optax.chain(*chain)
+    tx = optax.chain(*chain)
+    masks = phase_masks(cfg, params)
+    if masks is not None:
+        tx = freeze_by_phase(tx, masks, [a for a, _ in cfg.phase_bounds()])
+    return tx

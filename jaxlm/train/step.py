@@ -1,10 +1,13 @@
-"""One pure, jitted train step `(state, batch) -> (state, metrics)` with explicit shardings on a mesh.
+"""One pure, jitted train step `(state, batch, rest) -> (state, metrics)` for any Task, with explicit shardings.
 
-The loss is the mean next-token cross entropy over all target tokens of the global batch (targets < 0 are
-ignored). With `grad_accum = A` the batch is split into A strided micro-batches whose summed losses and
+The objective is sum(loss_sum) / sum(weight) over the global batch, from the Task's
+`loss(model, batch, rng) -> (loss_sum, weight, metrics)`. The RNG key of step s is the state's key folded with s
+(and with the micro-batch index under accumulation), so every step gets fresh noise and a resumed run the same.
+With `grad_accum = A` the batch is split into A strided micro-batches whose summed losses, weights, metrics and
 gradients are accumulated before the single optimizer update, so the result equals the big-batch step.
-Metrics: loss, loss per source (via `source_id`), grad norm (before clipping), learning rate, and whether the
-loss and gradients are finite.
+Batch shardings come from the logical rules table (`jaxlm.sharding.logical_to_spec`) and the Task's `batch_spec`.
+Metrics: loss, grad norm (before clipping), learning rate, whether loss and gradients are finite, and the Task's
+`step_metrics` (for the LM task: tokens and the loss per data source).
 """
 
 from __future__ import annotations
@@ -14,53 +17,48 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxlm.config import DecoderConfig
-from jaxlm.sharding import shard, use_mesh
+from jaxlm.sharding import logical_to_spec, shard, use_mesh
 from jaxlm.train.optim import make_schedule
+from jaxlm.train.task import LMTask, flops_per_token  # noqa: F401  (flops_per_token: old import path)
 
-BATCH_KEYS = ("inputs", "targets", "source_id")
-
-
-def batch_shardings(mesh) -> dict:
-    rows = ("data", "fsdp")
-    return {"inputs": NamedSharding(mesh, P(rows, None)), "targets": NamedSharding(mesh, P(rows, None)),
-            "source_id": NamedSharding(mesh, P(rows))}
+LM_BATCH_SPEC = LMTask.batch_spec
+BATCH_KEYS = tuple(LM_BATCH_SPEC)
 
 
-def token_losses(mdef, params, inputs, targets):
-    """Per-token negative log-likelihood [B, T] (0 where target < 0) and the mask."""
-    logits = mdef.merge(params)(inputs)  # [B, T, V] float32
-    mask = targets >= 0
-    safe = jnp.where(mask, targets, 0)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
-    return jnp.where(mask, lse - picked, 0.0), mask
+def batch_shardings(mesh, spec=None) -> dict:
+    """{key: NamedSharding} from a Task's batch spec {key: logical axes} (default: the LM token batch)."""
+    spec = LM_BATCH_SPEC if spec is None else spec
+    return {k: NamedSharding(mesh, logical_to_spec(names, None, mesh)) for k, names in spec.items()}
 
 
-def loss_sums(mdef, params, batch, num_sources: int):
-    """(sum of token losses, (token count, per-source loss sums [S], per-source token counts [S]))."""
-    nll, mask = token_losses(mdef, params, batch["inputs"], batch["targets"])
-    per_seq = nll.sum(-1)
-    per_cnt = mask.sum(-1).astype(jnp.float32)
-    onehot = jax.nn.one_hot(batch["source_id"], num_sources, dtype=jnp.float32)  # [B, S]
-    return nll.sum(), (mask.sum().astype(jnp.float32), per_seq @ onehot, per_cnt @ onehot)
+def step_rng(rng_data, step):
+    """The key of one step: the run's key (raw uint32 data) folded with the step number."""
+    return jax.random.fold_in(jax.random.wrap_key_data(rng_data), step)
 
 
-def make_train_step(mdef, tx, run_cfg, num_sources: int, mesh, state_shardings, *, donate: bool = True):
+def make_step(task, mdef, tx, run_cfg, mesh, state_shardings, rest_shardings=None, *, donate: bool = True):
+    """The jitted `(state, batch, rest) -> (state, metrics)` of `task` (rest: the frozen non-trained variables)."""
     grad_accum = run_cfg.train.grad_accum
     schedule = make_schedule(run_cfg)
-    b_sh = batch_shardings(mesh)
+    spec = dict(task.batch_spec)
+    b_sh = batch_shardings(mesh, spec)
     rep = NamedSharding(mesh, P())
+    rest_shardings = {} if rest_shardings is None else rest_shardings
 
-    def grads_of(params, batch):
-        (tot, aux), g = jax.value_and_grad(lambda p: loss_sums(mdef, p, batch, num_sources), has_aux=True)(params)
-        return tot, aux, g
+    def grads_of(params, rest, batch, key):
+        def f(p):
+            tot, w, m = task.loss(mdef.merge(p, rest), batch, key)
+            return tot, (w, m)
 
-    def step_fn(state, batch):
-        batch = {k: batch[k] for k in BATCH_KEYS}
+        (tot, (w, m)), g = jax.value_and_grad(f, has_aux=True)(params)
+        return tot, (w, m), g
+
+    def step_fn(state, batch, rest):
+        batch = {k: batch[k] for k in spec}
+        key = step_rng(state.rng, state.step)
         with use_mesh(mesh):
             if grad_accum == 1:
-                tot, (cnt, src_sum, src_cnt), grads = grads_of(state.params, batch)
+                tot, (w, msum), grads = grads_of(state.params, rest, batch, key)
             else:
                 # strided micro-batches: micro-batch i holds rows i, i+A, i+2A, ... so every device works on each
                 def split(x):
@@ -69,72 +67,62 @@ def make_train_step(mdef, tx, run_cfg, num_sources: int, mesh, state_shardings, 
 
                 micro = {k: split(v) for k, v in batch.items()}
 
-                def body(carry, mb):
-                    mb = {"inputs": shard(mb["inputs"], ("batch", "length")),
-                          "targets": shard(mb["targets"], ("batch", "length")),
-                          "source_id": shard(mb["source_id"], ("batch",))}
-                    t, aux, g = grads_of(state.params, mb)
-                    acc = jax.tree.map(jnp.add, carry, (t, aux, g))
-                    return acc, None
+                def body(carry, xs):
+                    i, mb = xs
+                    mb = {k: shard(v, spec[k]) for k, v in mb.items()}
+                    out = grads_of(state.params, rest, mb, jax.random.fold_in(key, i))
+                    return jax.tree.map(jnp.add, carry, out), None
 
-                zeros = (jnp.float32(0), (jnp.float32(0), jnp.zeros(num_sources), jnp.zeros(num_sources)),
-                         jax.tree.map(jnp.zeros_like, state.params))
-                (tot, (cnt, src_sum, src_cnt), grads), _ = jax.lax.scan(body, zeros, micro)
-            denom = jnp.maximum(cnt, 1.0)
+                first = {k: v[0] for k, v in micro.items()}
+                shapes = jax.eval_shape(lambda: grads_of(state.params, rest, first, key))
+                zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+                (tot, (w, msum), grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro))
+            denom = jnp.maximum(jnp.asarray(w, jnp.float32), 1e-12)  # a batch with no weight: loss and grads 0
             grads = jax.tree.map(lambda g: g / denom, grads)
             loss = tot / denom
             gnorm = optax.tree.norm(grads)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "loss": loss,
-            "grad_norm": gnorm,
-            "lr": schedule(state.step),
-            "tokens": cnt,
-            "source_loss": src_sum / jnp.maximum(src_cnt, 1.0),
-            "source_tokens": src_cnt,
-            "finite": jnp.isfinite(loss) & jnp.isfinite(gnorm),
-        }
+        metrics = {"loss": loss, "grad_norm": gnorm, "lr": schedule(state.step),
+                   "finite": jnp.isfinite(loss) & jnp.isfinite(gnorm), **task.step_metrics(msum, w)}
         new = type(state)(params=params, opt_state=opt_state, step=state.step + 1, rng=state.rng)
         return new, metrics
 
-    metric_sh = {"loss": rep, "grad_norm": rep, "lr": rep, "tokens": rep, "source_loss": rep,
-                 "source_tokens": rep, "finite": rep}
-    return jax.jit(step_fn, in_shardings=(state_shardings, b_sh), out_shardings=(state_shardings, metric_sh),
-                   donate_argnums=(0,) if donate else ())
+    return jax.jit(step_fn, in_shardings=(state_shardings, b_sh, rest_shardings),
+                   out_shardings=(state_shardings, rep), donate_argnums=(0,) if donate else ())
 
 
-def make_eval_step(mdef, mesh, param_shardings):
-    """(params, {inputs, targets}) -> (sum of token losses, token count), jitted on the mesh."""
-    b_sh = batch_shardings(mesh)
+def make_train_step(mdef, tx, run_cfg, num_sources: int, mesh, state_shardings, *, donate: bool = True):
+    """LM shorthand (tests, benchmarks): the next-token step over `num_sources` sources, `(state, batch) -> ...`."""
+    task = LMTask(mdef.cfg, [str(i) for i in range(num_sources)])
+    fn = make_step(task, mdef, tx, run_cfg, mesh, state_shardings, donate=donate)
+    return lambda state, batch: fn(state, batch, {})
+
+
+def make_eval_step(task, mdef, mesh, param_shardings, rest_shardings=None):
+    """(params, rest, batch) -> (summed eval loss, weight), jitted on the mesh (Task.eval_loss)."""
+    keys = tuple(getattr(task, "eval_keys", None) or task.batch_spec)
+    b_sh = {k: v for k, v in batch_shardings(mesh, task.batch_spec).items() if k in keys}
     rep = NamedSharding(mesh, P())
 
-    def eval_fn(params, batch):
+    def eval_fn(params, rest, batch):
         with use_mesh(mesh):
-            nll, mask = token_losses(mdef, params, batch["inputs"], batch["targets"])
-        return nll.sum(), mask.sum().astype(jnp.float32)
+            tot, w = task.eval_loss(mdef.merge(params, rest), {k: batch[k] for k in keys})
+        return tot, jnp.asarray(w, jnp.float32)
 
-    in_b = {"inputs": b_sh["inputs"], "targets": b_sh["targets"]}
-    return jax.jit(eval_fn, in_shardings=(param_shardings, in_b), out_shardings=(rep, rep))
-
-
-def flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
-    """Training FLOPs per token (MaxText convention: matmuls x 6, causal attention halved, no embedding gather)."""
-    d, f, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
-    qd, kd = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    per_layer = d * qd + 2 * d * kd + qd * d + (3 if cfg.mlp == "swiglu" else 2) * d * f
-    matmul = L * per_layer + d * cfg.vocab_size
-    attn = L * 2 * seq_len * qd  # QK^T and PV: 2 * 2 * T * qd per token forward, halved for causal
-    return 6.0 * matmul + 3.0 * attn
+    return jax.jit(eval_fn, in_shardings=(param_shardings, {} if rest_shardings is None else rest_shardings, b_sh),
+                   out_shardings=(rep, rep))
 
 
-def to_device_batch(batch: dict, mesh, *, global_rows: bool = False) -> dict:
-    """Host numpy batch -> global sharded jax arrays. The batch holds this process's rows (as the training
-    pipeline yields them), or with `global_rows=True` all rows (each process then contributes its slice)."""
-    sh = batch_shardings(mesh)
+def to_device_batch(batch: dict, mesh, spec=None, *, global_rows: bool = False) -> dict:
+    """Host numpy batch -> global sharded jax arrays for the keys of `spec` (a Task's batch_spec; default the LM
+    token batch). The batch holds this process's rows (as the training pipeline yields them), or with
+    `global_rows=True` all rows (each process then contributes its slice)."""
+    spec = LM_BATCH_SPEC if spec is None else spec
+    sh = batch_shardings(mesh, spec)
     out = {}
     pc, pi = jax.process_count(), jax.process_index()
-    for k in BATCH_KEYS:
+    for k in spec:
         if k not in batch:
             continue
         x = batch[k]
