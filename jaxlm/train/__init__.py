@@ -10,7 +10,7 @@ _LAZY = {
     "TrainConfig": "config", "apply_overrides": "config", "scale_steps": "config",
     "make_optimizer": "optim", "make_schedule": "optim", "TrainState": "state", "init_state": "state",
     "make_train_step": "step", "make_eval_step": "step", "make_step": "step",
-    "Task": "task", "LMTask": "task", "ArrayPipeline": "task", "setup_state": "state", "evaluate": "loop",
+    "Task": "task", "LMTask": "task", "ArrayPipeline": "task", "setup_state": "state", "evaluate": "loop", "evaluate_model": "loop",
     "Checkpointer": "checkpoint", "export_hf": "checkpoint",
     "train": "loop", "NonFiniteLossError": "loop", "RunResult": "loop",
 }

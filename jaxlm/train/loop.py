@@ -57,6 +57,22 @@ def evaluate(eval_step, params, rest, eval_batches: dict, mesh, spec) -> dict:
     return out
 
 
+def evaluate_model(task, model, eval_batches: dict, mesh) -> dict:
+    """`evaluate` for a module outside a training run (e.g. a teacher): split by the Task's param_filter, placed on
+    `mesh` by its logical axes, scored with the Task's eval_loss."""
+    from flax import nnx
+
+    from jaxlm.sharding import state_shardings
+    from jaxlm.train.state import ModelDef, param_shardings
+
+    graphdef, params, rest = nnx.split(model, getattr(task, "param_filter", nnx.Param), ...)
+    p_sh, r_sh = param_shardings(params, mesh), nnx.to_pure_dict(state_shardings(rest, mesh))
+    step = make_eval_step(task, ModelDef(graphdef, getattr(task, "cfg", None), task), mesh, p_sh, r_sh)
+    keys = getattr(task, "eval_keys", None) or task.batch_spec
+    return evaluate(step, jax.device_put(nnx.to_pure_dict(params), p_sh), jax.device_put(nnx.to_pure_dict(rest), r_sh),
+                    eval_batches, mesh, {k: task.batch_spec[k] for k in keys})
+
+
 def train(cfg: RunConfig, pipeline, mesh, out_dir, *, task=None, sources: list[str] | None = None,
           eval_batches: dict | None = None, resume: bool = False, stop_at: int | None = None,
           extra_meta: dict | None = None, progress: bool | None = None, print_fn=print) -> RunResult:
