@@ -114,6 +114,25 @@ def prepare_devices(spec: str | Sequence[int] | None, *, default: int = DEFAULT_
     return n
 
 
+def prepare_mesh(spec: str | Sequence[int] | None) -> Mesh | None:
+    """`prepare_devices(spec)` then `make_mesh(spec)`: what a single-process command (serve, generate) does with its
+    --mesh right after parsing its arguments. None (no --mesh) -> None: one device, no mesh."""
+    if spec is None:
+        return None
+    prepare_devices(spec)
+    return make_mesh(spec)
+
+
+def describe_mesh(mesh: Mesh | None) -> str:
+    """'mesh data=1 fsdp=2 tensor=1 over 2 cpu devices' (or the one device used without a mesh)."""
+    import jax
+
+    if mesh is None:
+        return f"no mesh: 1 {jax.devices()[0].platform} device"
+    axes = " ".join(f"{a}={mesh.shape[a]}" for a in MESH_AXES)
+    return f"mesh {axes} over {mesh.devices.size} {mesh.devices.flat[0].platform} devices"
+
+
 def make_mesh(spec: str | Sequence[int] = "-1x1", devices=None) -> Mesh:
     """A (data, fsdp, tensor) mesh with Auto axes over `devices` (default: all of jax.devices())."""
     import jax

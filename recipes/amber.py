@@ -32,7 +32,7 @@ PAPER = RunConfig(
 # Tiny CPU default: same schedule shape (warmup 0.7% then cosine to 10%), peak raised for a 2-layer model.
 TINY = tiny_cosine_run("amber-tiny", "amber-tiny", OPTIM, MIX, seed=11111)
 
-RECIPE = Recipe("amber", __doc__.strip().splitlines()[0], {"tiny": TINY, "paper": PAPER})
+RECIPE = Recipe("amber", __doc__.strip(), {"tiny": TINY, "paper": PAPER})
 
 
 def main(argv=None) -> int:

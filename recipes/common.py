@@ -43,17 +43,26 @@ def tiny_cosine_run(name: str, model_preset: str, optim, mix: dict, seed: int, s
                             LRSchedule("cosine", 3e-3, 3e-4, warmup=10, decay_steps=steps - 10)),))
 
 
+RECIPE_READS = ("the embedded corpus (Python's docs and standard library; held-out split for eval) or --data / "
+                "--eval-data files; the embedded-corpus BPE tokenizer or --tokenizer; with --resume the run "
+                "directory's last checkpoint")
+RECIPE_WRITES = ("the run directory --out (default runs/<recipe>-<preset>[-N]): config.json, checkpoints/ (orbax: "
+                 "the latest and the release steps), metrics.jsonl, loss_curve.png, summary.json and summary.txt; "
+                 "--export-hf DIR: an HF model directory (config.json, safetensors, tokenizer); "
+                 "--export-data-order FILE: the token ids of every step's batch. --print-config writes nothing")
+
+
 def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m recipes.{recipe.name}", description=recipe.description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Any hyperparameter: --set KEY=VALUE, e.g. --set optim.weight_decay=0.0 "
-                                       "--set phases.0.lr.peak=0.01 --set 'phases.*.fim_rate=0.5' "
-                                       "--set model.hidden_size=128 --set train.global_batch=32 "
-                                       "--set train.lr=1e-3 (all phase peaks). --print-config shows every key.")
+    from jaxlm.cli import add_mesh_argument, command_parser
+
+    p = command_parser(f"recipes.{recipe.name}", recipe.description, reads=RECIPE_READS, writes=RECIPE_WRITES,
+                       epilog="Any hyperparameter: --set KEY=VALUE, e.g. --set optim.weight_decay=0.0 "
+                              "--set phases.0.lr.peak=0.01 --set 'phases.*.fim_rate=0.5' "
+                              "--set model.hidden_size=128 --set train.global_batch=32 "
+                              "--set train.lr=1e-3 (all phase peaks). --print-config shows every key.")
     p.add_argument("--preset", default=recipe.default_preset, choices=sorted(recipe.presets),
                    help=f"model/schedule scale (default {recipe.default_preset}; 'paper' = the published run)")
-    p.add_argument("--mesh", default="-1x1",
-                   help="device mesh: AxB = fsdp x tensor, AxBxC = data x fsdp x tensor; -1 fills (default -1x1)")
+    add_mesh_argument(p, "-1x1", "training mesh")
     p.add_argument("--out", default=None, help="run directory (default runs/<recipe>-<preset>[-N])")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (default: the latest runs/<recipe>-<preset>*) from its last "
@@ -196,10 +205,10 @@ def enable_compile_cache() -> None:
 
 def main(recipe: Recipe, argv=None) -> int:
     args = build_parser(recipe).parse_args(argv)
-    from jaxlm.train.distributed import prepare_devices
+    from jaxlm.sharding import prepare_devices
 
-    prepare_devices(args.mesh)
     try:
+        prepare_devices(args.mesh)  # before jax is imported
         return _run(recipe, args)
     except JaxlmError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -66,7 +66,7 @@ TINY = RunConfig(
     ),
 )
 
-RECIPE = Recipe("crystal", __doc__.strip().splitlines()[0], {"tiny": TINY, "paper": PAPER})
+RECIPE = Recipe("crystal", __doc__.strip(), {"tiny": TINY, "paper": PAPER})
 
 
 def main(argv=None) -> int:

@@ -12,7 +12,6 @@ With --base-url the judge and optimizer roles use the remote model; the base mod
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -30,12 +29,21 @@ from jaxlm.align.prompts import DEFAULT_SYSTEM_PROMPT, eval_queries, sample_trai
 from jaxlm.align.reward import AspectCache, Catalogue, JudgeConfig
 from jaxlm.align.search import Context, Roles, SearchConfig, best_node, export_trace, run_search
 from jaxlm.align.state import Example, ICLRecord, from_json, to_json
+from jaxlm.cli import command_parser
+from jaxlm.errors import ConfigError, JaxlmError
 
 log = logging.getLogger("recipes.drpo")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m recipes.drpo", description=__doc__.splitlines()[0])
+    p = command_parser("recipes.drpo", __doc__.strip(),
+                       reads="the base model --checkpoint (default SmolLM2-135M-Instruct, which is also the local "
+                             "judge and optimizer), or a remote OpenAI-compatible --base-url for the judge and "
+                             "optimizer (key from --api-key-env); the packaged seed examples, meta-prompts and "
+                             "queries (jaxlm/align/data); what --out already holds (a rerun resumes)",
+                       writes="--out (default runs/drpo): cache.sqlite, aspects.json, icl.json, search.json, "
+                              "best_prompt.txt, trace.json, icl_examples.json, eval.json, eval.md, summary.json; "
+                              "the best prompt and the evaluation table to stdout")
     p.add_argument("--out", default="runs/drpo", help="output directory (caches, checkpoints, results)")
     p.add_argument("--checkpoint", default=None, help="base model: .gguf or HF dir (default SmolLM2-135M-Instruct)")
     p.add_argument("--backend", choices=("local", "scripted"), default="local",
@@ -140,7 +148,7 @@ def build(args):
         embed = JaxlmEmbedder(local.model, local.tokenizer.encode, max_len=128)
     if args.base_url:
         if not args.model and not (args.judge_model and args.optimizer_model):
-            raise SystemExit("--base-url needs --model (or both --judge-model and --optimizer-model)")
+            raise ConfigError("--base-url needs --model (or both --judge-model and --optimizer-model)")
         mk = lambda m: HTTPLLM(args.base_url, m, api_key_env=args.api_key_env, api=args.api,  # noqa: E731
                                concurrency=args.concurrency)
         judge = mk(args.judge_model or args.model)
@@ -166,6 +174,14 @@ def pick_seed_examples(n: int) -> tuple[Example, ...]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except JaxlmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.makedirs(args.out, exist_ok=True)
     t_start = time.time()

@@ -6,16 +6,21 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from jaxlm.cli import command_parser
 from jaxlm.errors import JaxlmError
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m recipes.export", description=__doc__.strip().splitlines()[0])
+    p = command_parser("recipes.export", __doc__.strip(),
+                       reads="RUN_DIR/checkpoints/ (orbax, step --step or the latest) and RUN_DIR/config.json; "
+                             "--tokenizer (default: the embedded-corpus BPE when the run's model is a -tiny preset, "
+                             "else none)",
+                       writes="OUT_DIR: config.json, safetensors weights (the family's original key names) and the "
+                              "tokenizer files when a tokenizer is known")
     p.add_argument("run_dir", help="a run directory (holding checkpoints/) or a checkpoints directory")
-    p.add_argument("out_dir")
+    p.add_argument("out_dir", help="the HF model directory to write (created)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer to save beside the weights (default: the embedded-corpus BPE when the run used it)")

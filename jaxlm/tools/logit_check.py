@@ -10,9 +10,11 @@ Works for every model family registered in jaxlm.tools.logit_check.LOADERS.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+
+from jaxlm.cli import command_parser
+from jaxlm.errors import ConfigError, ShapeError
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -32,7 +34,7 @@ def _parse_overrides(items):
     out = {}
     for it in items or []:
         if "=" not in it:
-            raise ValueError(f"--override {it!r}: expected FIELD=VALUE")
+            raise ConfigError(f"--override {it!r}: expected FIELD=VALUE")
         k, v = it.split("=", 1)
         low = v.lower()
         if low in ("true", "false"):
@@ -60,7 +62,7 @@ def compare(ref, got) -> dict:
     if ref.shape != got.shape:
         v = min(ref.shape[-1], got.shape[-1])
         if ref.shape[:-1] != got.shape[:-1]:
-            raise ValueError(f"logits shape {got.shape} does not match golden {ref.shape}")
+            raise ShapeError(f"logits shape {got.shape} does not match golden {ref.shape}")
         ref, got = ref[..., :v], got[..., :v]
     diff = np.abs(ref - got)
     rel = diff / np.maximum(np.abs(ref), 1e-6)
@@ -76,13 +78,17 @@ def compare(ref, got) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jaxlm.tools.logit_check", description=__doc__.split("\n")[0])
+    ap = command_parser("jaxlm.tools.logit_check", __doc__.strip(),
+                        reads="--checkpoint (an HF directory, or a .safetensors / .gguf file) and --golden (a "
+                              "safetensors file with --ids-key [B, T] and --logits-key [B, T, V])",
+                        writes="max |diff|, max relative diff, mean KL and argmax agreement to stdout, then PASS or "
+                               "FAIL; exit status 0 (pass), 1 (max |diff| > --atol) or 2 (bad input); no files")
     ap.add_argument("--checkpoint", required=True, help="HF checkpoint directory (or .safetensors / .gguf file)")
     ap.add_argument("--golden", required=True, help="safetensors with input_ids and logits")
     ap.add_argument("--family", default=None, help="model family (default: detected from config.json)")
     ap.add_argument("--logits-key", default="logits", help="array in --golden holding the reference logits")
-    ap.add_argument("--ids-key", default="input_ids")
-    ap.add_argument("--atol", type=float, default=1e-4)
+    ap.add_argument("--ids-key", default="input_ids", help="array in --golden holding the token ids")
+    ap.add_argument("--atol", type=float, default=1e-4, help="largest max |diff| that passes")
     ap.add_argument("--override", action="append", metavar="FIELD=VALUE",
                     help="change a config field after loading, e.g. attn_bf16_round=true for MobiLlama's "
                          "bfloat16 flash-attention logits")
