@@ -16,7 +16,6 @@ The quantized checkpoint (out/model.safetensors + out/quant_config.json) loads w
 from __future__ import annotations
 
 import math
-import pathlib
 import sys
 import time
 
@@ -76,24 +75,11 @@ def perplexity(model, blocks: np.ndarray, batch: int = 2) -> float:
 
 
 def load_source(checkpoint: str | None):
-    """-> (model, cfg, tokenizer or None). None/'smollm2' = SmolLM2-135M-Instruct GGUF."""
-    if checkpoint in (None, "smollm2"):
-        from jaxlm.io.gguf import load_gguf, smollm2_gguf_path
+    """-> (model, cfg, tokenizer or None). None/'smollm2' = SmolLM2-135M-Instruct GGUF; else any jaxlm.load_model
+    path (HF directory, .gguf file, orbax training run)."""
+    from jaxlm.io import load_model
 
-        return load_gguf(smollm2_gguf_path())
-    p = pathlib.Path(checkpoint)
-    if not p.exists():
-        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file or directory")
-    if p.suffix == ".gguf":
-        from jaxlm.io.gguf import load_gguf
-
-        return load_gguf(p)
-    from jaxlm.io import load_pretrained
-    from jaxlm.io.tokenizer import Tok
-
-    model, cfg = load_pretrained(p)
-    tok = Tok.from_dir(p) if (p / "tokenizer.json").exists() else None
-    return model, cfg, tok
+    return load_model(None if checkpoint in (None, "smollm2") else checkpoint)
 
 
 def build_parser():

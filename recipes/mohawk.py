@@ -97,22 +97,13 @@ def load_teacher(cfg):
     from jaxlm.distill.mohawk import truncate_teacher
 
     path = cfg["teacher_path"]
-    if path is None and cfg["teacher"] == "smollm2":
-        from jaxlm.io.gguf import load_gguf
-
-        teacher, tcfg, tok = load_gguf()
-    elif path is None:
+    if path is None and cfg["teacher"] != "smollm2":
         raise SystemExit(f"--preset {cfg['preset']} needs --teacher-path (a {cfg['teacher']} HF directory or GGUF)")
-    elif str(path).endswith(".gguf"):
-        from jaxlm.io.gguf import load_gguf
+    from jaxlm.io import load_model
 
-        teacher, tcfg, tok = load_gguf(path)
-    else:
-        from jaxlm.io import load_pretrained
-        from jaxlm.io.tokenizer import Tok
-
-        teacher, tcfg = load_pretrained(path)
-        tok = Tok.from_dir(path)
+    teacher, _tcfg, tok = load_model(path)  # None: SmolLM2-135M-Instruct
+    if tok is None:
+        raise SystemExit(f"--teacher-path {path}: no tokenizer (tokenizer.json / tokenizer.model) beside it")
     if cfg["teacher_layers"]:
         teacher = truncate_teacher(teacher, cfg["teacher_layers"])
     return teacher, tok
