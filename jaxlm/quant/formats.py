@@ -23,7 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.flute.pack import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, check_bits, check_group_size
+from jaxlm.errors import CheckpointError, ConfigError
+from kernels.flute import pack as _kpack
+from kernels.flute.pack import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES
 from kernels.flute.reference import dequantize, expand_scales
 
 
@@ -39,6 +41,22 @@ def _ndtri(p):
     from statistics import NormalDist
     nd = NormalDist()
     return np.array([nd.inv_cdf(float(v)) for v in np.asarray(p, np.float64)], np.float64)
+
+
+def check_bits(bits) -> int:
+    """kernels.flute.pack.check_bits, raising jaxlm's ConfigError (the kernels package imports nothing from jaxlm)."""
+    try:
+        return _kpack.check_bits(bits)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_group_size(group_size, k: int | None = None) -> int:
+    """kernels.flute.pack.check_group_size, raising jaxlm's ConfigError (names group_size and K)."""
+    try:
+        return _kpack.check_group_size(group_size, k)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def normal_float_table(bits: int) -> tuple[float, ...]:
@@ -64,15 +82,15 @@ def make_table(bits: int, table=None) -> np.ndarray:
     if table is None or (isinstance(table, str) and table.lower() in ("nf", f"nf{bits}")):
         return np.asarray(normal_float_table(bits), np.float32)
     if isinstance(table, str):
-        raise ValueError(f"table={table!r}: expected 'nf', 'nf{bits}' or a sequence of {2 ** bits} floats")
+        raise ConfigError(f"table={table!r}: expected 'nf', 'nf{bits}' or a sequence of {2 ** bits} floats")
     t = np.asarray(table, np.float64).reshape(-1)
     if t.size != 2 ** bits:
-        raise ValueError(f"table has {t.size} values but bits={bits} needs exactly {2 ** bits}")
+        raise ConfigError(f"table has {t.size} values but bits={bits} needs exactly {2 ** bits}")
     if not np.all(np.isfinite(t)):
-        raise ValueError("table holds non-finite values")
+        raise ConfigError("table holds non-finite values")
     t = np.sort(t).astype(np.float32)
     if np.any(np.diff(t) <= 0):
-        raise ValueError(f"table values must be distinct (after float32 rounding): {t.tolist()}")
+        raise ConfigError(f"table values must be distinct (after float32 rounding): {t.tolist()}")
     return t
 
 
@@ -129,7 +147,7 @@ class QuantFormat:
     def from_json(cls, d: dict) -> "QuantFormat":
         for key in ("bits", "group_size", "table"):
             if key not in d:
-                raise ValueError(f"quantization format is missing the key {key!r}: {d}")
+                raise CheckpointError(f"quantization format is missing the key {key!r}: {d}")
         return cls.make(d["bits"], d["group_size"], d["table"])
 
     def quantize(self, w, scales=None):

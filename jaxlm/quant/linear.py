@@ -19,6 +19,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm.errors import ShapeError
 from jaxlm.quant.formats import QuantFormat, absmax_scales, check_group_size, quantize_codes
 from jaxlm.quant.pack import pack, unpack
 
@@ -67,10 +68,10 @@ class QuantLinear(nnx.Module):
         n = packed.shape[-1]
         k_pad = padded_k(in_features, group_size)
         if packed.shape[-2] != k_pad * bits // 8:
-            raise ValueError(f"packed codes have {packed.shape[-2]} rows; in_features={in_features} at bits={bits}, "
+            raise ShapeError(f"packed codes have {packed.shape[-2]} rows; in_features={in_features} at bits={bits}, "
                              f"group_size={group_size} needs {k_pad * bits // 8}")
         if tuple(scales.shape[-2:]) != (k_pad // group_size, n):
-            raise ValueError(f"scales shape {tuple(scales.shape)} does not end in {(k_pad // group_size, n)}")
+            raise ShapeError(f"scales shape {tuple(scales.shape)} does not end in {(k_pad // group_size, n)}")
         self.packed = QuantCodes(packed, axes=tuple(axes))
         self.scales = QuantScales(scales, axes=(None, axes[1]))
         self.bias = None if bias is None else nnx.Param(bias, axes=tuple(axes[1:]))

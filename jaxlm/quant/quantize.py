@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.config import DecoderConfig
-from jaxlm.errors import CheckpointError
+from jaxlm.errors import CheckpointError, ConfigError
 from jaxlm.nn.linear import Linear
 from jaxlm.quant.formats import QuantFormat
 from jaxlm.quant.linear import QuantLinear, pad_rows, padded_k
@@ -137,16 +137,16 @@ def quantize(model, bits: int = 4, group_size: int = 128, method: str = "nf", ca
     scale_dtype: storage dtype of the scales (default: the model's compute dtype).
     """
     if method not in METHODS:
-        raise ValueError(f"method={method!r}: expected one of {METHODS}")
+        raise ConfigError(f"method={method!r}: expected one of {METHODS}")
     fmt = QuantFormat.make(bits, group_size, table)
     if method == "nfl" and calib_ids is None:
-        raise ValueError("method='nfl' needs calib_ids (calibration token ids [B, T])")
+        raise ConfigError("calib_ids: method='nfl' needs calibration token ids [B, T]")
     paths = _linear_paths(model, lm_head)
     if not pad_k:
         for p in paths:
             k = _get(model, p).kernel.shape[-2]
             if k % group_size:
-                raise ValueError(f"group_size={group_size} does not divide the input dimension K={k} of "
+                raise ConfigError(f"group_size={group_size} does not divide the input dimension K={k} of "
                                  f"{'.'.join(map(str, p))} (pass pad_k=True to pad)")
     learned = {}
     if method == "nfl":
@@ -191,7 +191,7 @@ def save_quantized(model, out_dir) -> pathlib.Path:
 
     info = getattr(model, "quant_info", None)
     if info is None:
-        raise ValueError("save_quantized: the model has not been quantized (run jaxlm.quant.quantize first)")
+        raise CheckpointError("save_quantized: the model has not been quantized (run jaxlm.quant.quantize first)")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     arrays = {k: jnp.asarray(v) for k, v in _flat_arrays(model).items()}
