@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from jaxlm.config import DecoderConfig, preset, preset_names  # noqa: E402
-from jaxlm.errors import CheckpointError, ConfigError, JaxlmError, MeshError  # noqa: E402
+from jaxlm.errors import *  # noqa: E402,F401,F403  (JaxlmError and every subclass: see jaxlm.errors.__all__)
 
 
 def __getattr__(name):  # lazy: importing jaxlm should not import flax models eagerly

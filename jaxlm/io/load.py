@@ -19,16 +19,12 @@ import json
 import os
 from pathlib import Path
 
-from jaxlm.errors import CheckpointError
+from jaxlm.errors import CheckpointError, CheckpointNotFoundError  # the latter also importable from here
 from jaxlm.io.tokenizer import load_tokenizer
 
 FORMATS = ("a .gguf file", "a quantized directory (quant_config.json)",
            "an orbax training run (checkpoints/<step>/ or <step>/ folders)",
            "a Hugging Face directory (config.json + safetensors)")
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """A checkpoint path that does not exist or holds none of the formats load_model reads."""
 
 
 def checkpoint_format(path) -> str:
