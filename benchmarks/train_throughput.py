@@ -33,7 +33,9 @@ def parse():
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--ffn", type=int, default=688)
     p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--mesh", default="1x1")
+    from jaxlm.cli import add_mesh_argument
+
+    add_mesh_argument(p, "1x1")
     p.add_argument("--no-write", action="store_true")
     return p.parse_args()
 
@@ -133,9 +135,9 @@ def measure(runs: dict, a) -> dict:
 
 def main():
     a = parse()
-    from jaxlm.train.distributed import prepare_devices
+    from jaxlm.sharding import prepare_devices
 
-    prepare_devices(a.mesh)
+    prepare_devices(a.mesh)  # before jax is imported, as every command does
     import jax
     import torch
 
