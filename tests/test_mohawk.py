@@ -1,19 +1,26 @@
-"""MOHAWK on a tiny teacher/student: weight transfer, the three stage losses decrease, stages 1-2 are ONE jitted
-step over all layers with independent per-layer updates, and a stage-1 matrix can be matched exactly."""
+"""MOHAWK on a tiny teacher/student, trained by the shared engine: weight transfer, the three stage losses decrease,
+stages 1-2 are ONE jitted step over all layers with independent per-layer updates, the stage schedule, and the recipe
+end to end with exact resume."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
 from jaxlm.config import preset
-from jaxlm.distill.mohawk import (batch_at, eval_batches, kd_loss, make_stage_step, merge_params, perplexity,
-                                  student_config, teacher_targets, transfer_weights, truncate_teacher)
+from jaxlm.distill.mohawk import (StageTask, kd_loss, stage_config, student_config, teacher_targets,
+                                  transfer_weights, truncate_teacher)
 from jaxlm.errors import ConfigError
 from jaxlm.models.decoder import DecoderLM
 from jaxlm.models.phi_mamba import PhiMambaLM
+from jaxlm.sharding import make_mesh
+from jaxlm.train.config import LRSchedule
+from jaxlm.train.optim import make_optimizer
+from jaxlm.train.state import setup_state
+from jaxlm.train.step import make_step
 
 
 @pytest.fixture(scope="module")
@@ -46,27 +53,45 @@ def test_weight_transfer_and_targets(pair):
         truncate_teacher(teacher, 7)
 
 
+MESH = None
+
+
+def _engine(task, stage, steps=12, lr=3e-3):
+    """The shared engine's pieces for one stage: (state, rest, jitted step) on one device, constant lr."""
+    global MESH
+    MESH = MESH or make_mesh("1x1", devices=jax.devices()[:1])
+    cfg = stage_config(stage, steps, lr, seq_len=11, batch=4)
+    cfg = dataclasses.replace(cfg, phases=(dataclasses.replace(cfg.phases[0], lr=LRSchedule("constant", lr, lr)),))
+    setup = setup_state(task, lambda p: make_optimizer(cfg, p), MESH, 0)
+    state, rest = setup.initial()
+    return state, rest, make_step(task, setup.mdef, setup.tx, cfg, MESH, setup.shardings, setup.rest_shardings,
+                                  donate=False)
+
+
+def _batch(ids):
+    return {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
+
+
 @pytest.mark.parametrize("stage", [1, 2])
 def test_layerwise_stage_is_one_jitted_step_and_decreases(pair, stage):
     teacher, student, ids = pair
-    tx = optax.adam(3e-3)
-    step, params = make_stage_step(student, teacher, stage, tx)
-    # only mixer parameters train in stages 1-2
+    task = StageTask(stage, student, teacher)
+    state, rest, step = _engine(task, stage)
+    params = state.params["student"]
+    # only mixer parameters train in stages 1-2 (the rest, teacher included, is frozen input of the step)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     assert paths and all("mixer" in p for p in paths) and not any("mlp" in p or "norm" in p for p in paths)
-    opt = tx.init(params)
     before = jax.tree.map(lambda v: np.array(v), params)
-    first = np.asarray(step.loss_fn(params, step.frozen, step.teacher, ids))
-    assert first.shape == (3,)  # one loss per layer, all from the same call
     losses = []
     for i in range(12):
-        params, opt, per_layer = step(params, opt, ids)
-        losses.append(np.asarray(per_layer))
-    assert step.traces == 1  # every layer, every step: one compiled function
+        state, m = step(state, _batch(ids), rest)
+        losses.append(np.asarray(m["layer_loss"]))
+        assert losses[-1].shape == (3,)  # one loss per layer, all from the same call
+    assert task.traces == 1  # every layer, every step: one compiled function
     losses = np.stack(losses)
     assert (losses[-1] < 0.9 * losses[0]).all(), losses[[0, -1]]
     for l in range(3):  # every layer's mixer moved
-        moved = np.abs(np.asarray(params["layers"][l]["mixer"]["in_proj"]["kernel"])
+        moved = np.abs(np.asarray(state.params["student"]["layers"][l]["mixer"]["in_proj"]["kernel"])
                        - before["layers"][l]["mixer"]["in_proj"]["kernel"]).max()
         assert moved > 0, l
 
@@ -74,62 +99,71 @@ def test_layerwise_stage_is_one_jitted_step_and_decreases(pair, stage):
 def test_layer_updates_are_independent(pair):
     """Layer 0's update does not depend on layer 2's parameters (the layers are trained as separate problems)."""
     teacher, student, ids = pair
-    tx = optax.adam(1e-2)
-    step, params = make_stage_step(student, teacher, 2, tx)
-    p_a = jax.tree.map(jnp.array, params)
-    p_b = jax.tree.map(jnp.array, params)
+    state, rest, step = _engine(StageTask(2, student, teacher), 2, lr=1e-2)
+    p_b = jax.tree.map(jnp.array, state.params)
     # A RANDOM perturbation (fixed seed), not a constant: layer 2's in_proj sees a LayerNorm-ed input (zero mean
     # over features), which cancels a constant added to every kernel entry exactly, so layer 2 would only change by
     # float rounding. Noise of std 0.5 (kernel init std 0.1, float32 eps 1e-7) changes layer 2's output by O(1).
-    kernel = p_b["layers"][2]["mixer"]["in_proj"]["kernel"]
-    p_b["layers"][2]["mixer"]["in_proj"]["kernel"] = kernel + 0.5 * jax.random.normal(jax.random.key(7), kernel.shape)
-    new_a, _, la = step(p_a, tx.init(p_a), ids)
-    new_b, _, lb = step(p_b, tx.init(p_b), ids)
-    la, lb = np.asarray(la), np.asarray(lb)
+    kernel = p_b["student"]["layers"][2]["mixer"]["in_proj"]["kernel"]
+    p_b["student"]["layers"][2]["mixer"]["in_proj"]["kernel"] = \
+        kernel + 0.5 * jax.random.normal(jax.random.key(7), kernel.shape)
+    new_a, ma = step(state, _batch(ids), rest)
+    new_b, mb = step(dataclasses.replace(state, params=p_b), _batch(ids), rest)
+    la, lb = np.asarray(ma["layer_loss"]), np.asarray(mb["layer_loss"])
     # the perturbation really reaches layer 2 (by far more than rounding: relative change > 5%) ...
     assert abs(lb[2] - la[2]) > 0.05 * abs(la[2]), (la, lb)
     # ... and not layers 0-1: their losses and updates are bit-identical (same compiled program, same inputs; any
     # coupling, e.g. layer 0 reading layer 2's output or a global-norm clip in tx, would change them by >> 1 ulp)
     np.testing.assert_array_equal(la[:2], lb[:2])
     for i in (0, 1):
-        np.testing.assert_array_equal(new_a["layers"][i]["mixer"]["in_proj"]["kernel"],
-                                      new_b["layers"][i]["mixer"]["in_proj"]["kernel"])
+        np.testing.assert_array_equal(new_a.params["student"]["layers"][i]["mixer"]["in_proj"]["kernel"],
+                                      new_b.params["student"]["layers"][i]["mixer"]["in_proj"]["kernel"])
 
 
 def test_stage3_kd_decreases_and_freeze_mlp(pair):
     teacher, student, ids = pair
-    tx = optax.adam(2e-3)
-    step, params = make_stage_step(student, teacher, 3, tx, temperature=2.0, freeze_mlp=True)
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    task = StageTask(3, student, teacher, temperature=2.0, freeze_mlp=True)
+    state, rest, step = _engine(task, 3, lr=2e-3)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.params)]
     assert not any("mlp" in p for p in paths) and any("embed" in p for p in paths)
-    opt = tx.init(params)
+    assert not any("teacher" in p for p in paths)
     kds = []
     for _ in range(8):
-        params, opt, aux = step(params, opt, ids)
-        kds.append(float(aux[0]))
+        state, m = step(state, _batch(ids), rest)
+        kds.append(float(m["kd"]))
     assert kds[-1] < kds[0], kds
-    merge_params(student, params)
+    nnx.update(task.pretrained(), nnx.State(state.params))  # the trained weights go back into the student
+    np.testing.assert_array_equal(student.embed[...], state.params["student"]["embed"])
     # KD loss is minimised (= teacher entropy * T^2) when the student equals the teacher
     tl = jax.random.normal(jax.random.key(0), (2, 3, 16)) * 3
     assert float(kd_loss(tl, tl, 2.0)) < float(kd_loss(tl * 0.5, tl, 2.0))
 
 
-def test_data_helpers():
-    toks = np.arange(1000, dtype=np.int32)
-    a, b = batch_at(toks, 5, 3, 16), batch_at(toks, 5, 3, 16)
-    np.testing.assert_array_equal(a, b)  # deterministic per step (exact resume)
-    assert a.shape == (3, 16) and (np.diff(a, axis=1) == 1).all()
-    ev = eval_batches(toks, 4, 10, 3)
-    assert len(ev) == 3 and ev[0].shape == (4, 10)
-    with pytest.raises(ConfigError, match="seq_len"):
-        batch_at(toks[:10], 0, 2, 16)
+def test_stage_schedule_is_warmup_stable_decay_without_clipping():
+    """stage_config: AdamW without global-norm clipping (it would couple the layers) on MOHAWK's WSD schedule:
+    10% warmup from lr/100, stable, 10% linear decay to lr/100 (the formula of the original optax schedule)."""
+    from jaxlm.train.optim import make_schedule
+
+    cfg = stage_config(1, 60, 3e-3, seq_len=64, batch=4)
+    assert cfg.optim.clip_norm is None and cfg.optim.weight_decay == 0.0
+    s = make_schedule(cfg)
+    lr, w, d = 3e-3, 6, 6
+    for t in range(60):
+        want = (lr * 0.01 + (lr - lr * 0.01) * t / w if t < w else lr if t < 60 - d
+                else lr + (lr * 0.01 - lr) * (t - (60 - d)) / d)
+        assert float(jax.jit(s)(jnp.int32(t))) == pytest.approx(want, rel=1e-5), t
+        assert s(t) == pytest.approx(want, rel=1e-9), t
 
 
 class _ByteTok:
     eos_id = 0
+    vocab_size = 256
 
     def encode(self, text, add_bos=False):
         return [1 + b % 255 for b in text.encode("utf-8")]
+
+    def decode(self, ids):
+        return bytes(i - 1 for i in ids if i).decode("utf-8", "replace")
 
 
 def test_recipe_runs_and_resumes_exactly(tmp_path):

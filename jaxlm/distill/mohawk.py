@@ -10,24 +10,23 @@ Stage 2, hidden-state alignment: || Attn_l(norm(u_l)) - Mixer_l(norm(u_l)) ||_2 
 Stage 3, weight transfer + knowledge distillation: MLPs, norms, embeddings and head are the teacher's (copied by
   `transfer_weights` before stage 1, so stages 1-2 already see the teacher's norms), then the whole student trains
   end to end on T^2 * CE(softmax(teacher / T), log_softmax(student / T)); `freeze_mlp` keeps the MLPs fixed.
+
+Each stage is a `StageTask` trained by the shared engine (`jaxlm.train.train`: optimizer and schedule from
+`stage_config`, data from `jaxlm.data`, held-out perplexity from the Task's eval, orbax checkpoints and exact
+resume); `recipes.mohawk` chains the three runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-from dataclasses import dataclass
-
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 from flax import nnx
 
 from jaxlm.config import DecoderConfig
 from jaxlm.errors import ConfigError
 from jaxlm.models.decoder import DecoderLM
 from jaxlm.models.phi_mamba import PhiMambaConfig, PhiMambaLM
+from jaxlm.train.task import Task, token_nll
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -150,14 +149,8 @@ def kd_loss(student_logits, teacher_logits, temperature: float = 1.0):
     return -(p * logq).sum(-1).mean() * t * t
 
 
-def next_token_nll(logits, ids):
-    """Mean next-token negative log-likelihood of ids[:, 1:] under logits[:, :-1]."""
-    lp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    return -jnp.take_along_axis(lp, ids[:, 1:, None], axis=-1).mean()
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# jitted steps
+# the stages as Tasks of the shared engine (jaxlm.train)
 
 def trainable_filter(stage: int, freeze_mlp: bool = False, freeze_attention: bool = False):
     """Stages 1-2: the SSM mixers only. Stage 3: everything, minus the MLPs (freeze_mlp) and minus the attention
@@ -168,155 +161,108 @@ def trainable_filter(stage: int, freeze_mlp: bool = False, freeze_attention: boo
     return nnx.All(nnx.Param, nnx.Not(nnx.Any(*frozen))) if frozen else nnx.Param
 
 
-@dataclass
-class StageStep:
-    """A stage's jitted update: `params, opt_state, loss = step(params, opt_state, ids)`; `losses_fn` gives the
-    per-layer losses (stages 1-2) or the KD loss (stage 3) without updating. `traces` counts (re)tracings."""
+class Distill(nnx.Module):
+    """The model of a MOHAWK stage: `student` (its stage's parameters train) and `teacher` (frozen)."""
 
-    stage: int
-    graphdef: object
-    frozen: object
-    teacher: tuple
-    tx: object
-    fn: object = None
-    counter: list = dataclasses.field(default_factory=lambda: [0])
-
-    @property
-    def traces(self) -> int:
-        """How many times the (shared) compiled step was traced."""
-        return self.counter[0]
-
-    def __call__(self, params, opt_state, ids):
-        return self.fn(params, opt_state, self.frozen, self.teacher, ids)
+    def __init__(self, student: PhiMambaLM, teacher: DecoderLM):
+        self.student = student
+        self.teacher = teacher
 
 
-def split_student(student: PhiMambaLM, stage: int, freeze_mlp: bool = False, freeze_attention: bool = False):
-    """(graphdef, trainable params as a pure nested dict, frozen rest State) of the student for a stage."""
-    gdef, params, frozen = nnx.split(student, trainable_filter(stage, freeze_mlp, freeze_attention), ...)
-    return gdef, nnx.to_pure_dict(params), frozen
+class StageTask(Task):
+    """One MOHAWK stage as a Task. The model is `Distill(student, teacher)`; the trained parameters are the student's
+    stage filter (`trainable_filter`); the teacher and the student's other weights are the frozen rest that the
+    engine passes into the jitted step. Batches: {"inputs", "targets"} token ids (the engine's LM batch).
 
+    Stages 1-2: loss = sum over SSM layers of the layer's loss (weight 1), every layer on the teacher's input to it,
+    so in ONE jitted step layer l's gradient is that of its own loss; with an element-wise optimizer (AdamW, no
+    global-norm clipping: `stage_config`) the layers train as independent problems. Metrics: per-layer losses.
+    Stage 3: loss = Hinton KD (T^2 * CE to the teacher's tempered distribution); metrics: kd and the student's
+    next-token CE. Eval (every stage): the student's next-token NLL (held-out perplexity)."""
 
-def make_stage_step(student: PhiMambaLM, teacher: DecoderLM, stage: int, tx, *, temperature: float = 1.0,
-                    freeze_mlp: bool = False, freeze_attention: bool = False) -> tuple[StageStep, object]:
-    """Returns (step, trainable params). Stages 1-2: ONE jax.jit over all layers (loss = sum of per-layer losses;
-    the gradient of layer l's parameters is the gradient of its own loss, and AdamW is element-wise).
-    In stages 1-2 the teacher may be truncated to the first layers (`truncate_teacher`): only the student's SSM
-    layers below its depth are trained (a hybrid student keeps attention above)."""
-    if stage not in (1, 2, 3):
-        raise ConfigError(f"stage={stage}: expected 1, 2 or 3")
-    if stage in (1, 2):
-        deep = [i for i, b in enumerate(student.layers) if not b.is_attention and i >= teacher.cfg.num_layers]
-        if deep:
-            raise ConfigError(f"SSM layers {deep} are deeper than the teacher's {teacher.cfg.num_layers} layers")
-    gdef, params, frozen = split_student(student, stage, freeze_mlp, freeze_attention)
-    tgdef, tstate = nnx.split(teacher)
-    st = StageStep(stage, gdef, frozen, tstate, tx)
+    units = "tokens"
+    batch_spec = {"inputs": ("batch", "length"), "targets": ("batch", "length")}
+    eval_keys = ("inputs", "targets")
 
-    def loss_fn(p, frozen_, tstate_, ids):
-        model = nnx.merge(gdef, nnx.State(p), frozen_)
-        t = nnx.merge(tgdef, tstate_)
+    def __init__(self, stage: int, student: PhiMambaLM, teacher: DecoderLM, *, temperature: float = 1.0,
+                 freeze_mlp: bool = False, freeze_attention: bool = False):
+        if stage not in (1, 2, 3):
+            raise ConfigError(f"stage={stage}: expected 1, 2 or 3")
         if stage in (1, 2):
-            ins, probs, outs = teacher_targets(t, ids, probs=stage == 1)
-            ins, outs = jax.lax.stop_gradient(ins), jax.lax.stop_gradient(outs)
-            probs = None if probs is None else jax.lax.stop_gradient(probs)
-            per_layer = layer_losses(model, stage, ins, probs, outs)
-            return per_layer.sum(), per_layer
-        tl = jax.lax.stop_gradient(t(ids))
-        sl = model(ids)
-        kd = kd_loss(sl, tl, temperature)
-        return kd, jnp.stack([kd, next_token_nll(sl, ids)])
+            deep = [i for i, b in enumerate(student.layers) if not b.is_attention and i >= teacher.cfg.num_layers]
+            if deep:
+                raise ConfigError(f"SSM layers {deep} are deeper than the teacher's {teacher.cfg.num_layers} layers")
+        self.stage, self.student, self.teacher = stage, student, teacher
+        self.temperature = float(temperature)
+        self.name = f"mohawk-stage{stage}"
+        self.cfg = student.cfg
+        self.param_filter = nnx.All(nnx.PathContains("student"), trainable_filter(stage, freeze_mlp, freeze_attention))
+        self.traces = 0  # how many times the loss was traced (one compiled step for all layers: 1 per run)
 
-    counter = st.counter
+    def build(self, rngs):
+        return Distill(PhiMambaLM(self.student.cfg, rngs=rngs), DecoderLM(self.teacher.cfg, rngs=rngs))
 
-    def step(p, opt_state, frozen_, tstate_, ids):
-        counter[0] += 1  # runs at trace time only
-        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, frozen_, tstate_, ids)
-        updates, opt_state = tx.update(grads, opt_state, p)
-        return optax.apply_updates(p, updates), opt_state, aux
+    def pretrained(self):
+        return Distill(self.student, self.teacher)
 
-    # compiled functions are shared by every StageStep with the same structure, stage, optimizer and options
-    # (a resumed run in the same process, or the next run of a sweep, does not recompile)
-    key = (gdef, tgdef, stage, tx, float(temperature), bool(freeze_mlp), bool(freeze_attention))
-    if key not in _STEP_CACHE:
-        _STEP_CACHE[key] = (jax.jit(step), jax.jit(lambda p, f, t, ids: loss_fn(p, f, t, ids)[1]), st.counter)
-    st.fn, st.loss_fn, st.counter = _STEP_CACHE[key]
-    return st, params
+    def loss(self, model, batch, rng):
+        self.traces += 1  # runs at trace time only
+        ids = batch["inputs"]
+        if self.stage in (1, 2):
+            ins, probs, outs = jax.lax.stop_gradient(teacher_targets(model.teacher, ids, probs=self.stage == 1))
+            per_layer = layer_losses(model.student, self.stage, ins, probs, outs)
+            return per_layer.sum(), jnp.float32(1.0), {"layer_loss": per_layer}
+        tl = jax.lax.stop_gradient(model.teacher(ids))
+        sl = model.student(ids)
+        kd = kd_loss(sl, tl, self.temperature)
+        nll, mask = token_nll(sl.astype(jnp.float32), batch["targets"])
+        return kd, jnp.float32(1.0), {"kd": kd, "ce": nll.sum() / jnp.maximum(mask.sum(), 1)}
+
+    def eval_loss(self, model, batch):
+        nll, mask = token_nll(model.student(batch["inputs"]).astype(jnp.float32), batch["targets"])
+        return nll.sum(), mask.sum().astype(jnp.float32)
+
+    def step_metrics(self, sums, weight):
+        return {k: v / weight for k, v in sums.items()}
+
+    def log_metrics(self, m):
+        if self.stage in (1, 2):
+            return {"layer_loss": [float(v) for v in m["layer_loss"]]}
+        return {"kd": float(m["kd"]), "ce": float(m["ce"])}
+
+    def compat(self, run_cfg):
+        from jaxlm.train.config import to_dict
+
+        t = run_cfg.train
+        return {"task": {"name": self.name, "student": to_dict(self.student.cfg),
+                         "teacher_layers": int(self.teacher.cfg.num_layers), "steps": run_cfg.total_steps},
+                "data": {"seq_len": t.seq_len, "global_batch": t.global_batch, "data_seed": t.data_seed}}
+
+    def check_mesh(self, mesh, batch_size):
+        from jaxlm.sharding import check_mesh_for_model
+
+        check_mesh_for_model(mesh, self.teacher.cfg, batch_size)
+
+    def units_per_example(self, run_cfg):
+        return run_cfg.train.seq_len
 
 
-_STEP_CACHE: dict = {}
+def stage_config(stage: int, steps: int, lr: float, *, seq_len: int, batch: int, seed: int = 0,
+                 data_seed: int = 0, save_every: int = 50, log_every: int = 10, warmup_frac: float = 0.1):
+    """The engine RunConfig of one stage: AdamW (b2 0.95, no weight decay, NO gradient clipping: clipping by the
+    global norm would couple the independent layers of stages 1-2) on a warmup-stable-decay schedule (10% warmup
+    from lr/100, 10% linear decay to lr/100)."""
+    from jaxlm.train.config import LRSchedule, OptimConfig, PhaseConfig, RunConfig, TrainConfig
 
-
-@functools.lru_cache(maxsize=32)
-def make_optimizer(lr: float, steps: int, weight_decay: float = 0.0, warmup_frac: float = 0.1):
-    """AdamW with a warmup-stable-decay schedule (10% warmup, 10% decay), no gradient clipping (clipping by the
-    global norm would couple the independent layers of stages 1-2)."""
     steps = max(int(steps), 1)
-    w = max(int(steps * warmup_frac), 1)
-    d = max(int(steps * 0.1), 1)
-    sched = optax.join_schedules([optax.linear_schedule(lr * 0.01, lr, w), optax.constant_schedule(lr),
-                                  optax.linear_schedule(lr, lr * 0.01, d)], [w, max(steps - d, w + 1)])
-    return optax.adamw(sched, b1=0.9, b2=0.95, weight_decay=weight_decay)
-
-
-def merge_params(student: PhiMambaLM, params):
-    """Write trained params (a pure dict from a stage step, possibly a subset) back into the student module."""
-    nnx.update(student, nnx.State(params))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# data: the embedded corpus (Python's bundled documentation topics)
-
-def pydoc_texts(split: str = "train", holdout_every: int = 10) -> list[str]:
-    """pydoc_data.topics.topics values, sorted by key; every `holdout_every`-th topic is held out ("eval")."""
-    from pydoc_data.topics import topics
-
-    keys = sorted(topics)
-    if split == "train":
-        keys = [k for i, k in enumerate(keys) if i % holdout_every != 0]
-    elif split == "eval":
-        keys = [k for i, k in enumerate(keys) if i % holdout_every == 0]
-    else:
-        raise ConfigError(f"split={split!r}: expected 'train' or 'eval'")
-    return [topics[k] for k in keys]
-
-
-def tokenize_corpus(texts, encode, eos_id=None) -> np.ndarray:
-    ids = []
-    for t in texts:
-        ids.extend(encode(t))
-        if eos_id is not None:
-            ids.append(int(eos_id))
-    return np.asarray(ids, np.int32)
-
-
-def batch_at(tokens: np.ndarray, step: int, batch: int, seq_len: int, seed: int = 0) -> np.ndarray:
-    """Deterministic random windows for a given step (so a resumed run sees exactly the same batches)."""
-    if len(tokens) <= seq_len:
-        raise ConfigError(f"corpus has {len(tokens)} tokens, fewer than seq_len={seq_len}")
-    rng = np.random.default_rng([seed, step])
-    starts = rng.integers(0, len(tokens) - seq_len, size=batch)
-    return np.stack([tokens[s:s + seq_len] for s in starts])
-
-
-def eval_batches(tokens: np.ndarray, batch: int, seq_len: int, max_batches: int) -> list[np.ndarray]:
-    """Consecutive non-overlapping windows of the held-out tokens."""
-    n = min(len(tokens) // seq_len, batch * max_batches)
-    wins = tokens[: n * seq_len].reshape(n, seq_len)
-    return [wins[i:i + batch] for i in range(0, n - n % batch or n, batch)][:max_batches]
-
-
-@jax.jit(static_argnums=0)
-def _model_nll(gdef, state, ids):
-    return next_token_nll(nnx.merge(gdef, state)(ids), ids)
-
-
-def perplexity(model, batches) -> float:
-    """exp(mean next-token NLL) over the batches (one compiled function per model structure)."""
-    gdef, state = nnx.split(model)
-    nll = [float(_model_nll(gdef, state, jnp.asarray(b))) for b in batches]
-    return float(np.exp(np.mean(nll)))
+    w, d = max(int(steps * warmup_frac), 1), max(int(steps * 0.1), 1)
+    sched = LRSchedule("wsd", peak=lr, end=lr * 0.01, warmup=w, decay_steps=d, warmup_from=lr * 0.01)
+    return RunConfig(name=f"mohawk-stage{stage}", model=None,
+                     optim=OptimConfig(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, clip_norm=None),
+                     train=TrainConfig(seq_len=seq_len, global_batch=batch, seed=seed, data_seed=data_seed,
+                                       log_every=log_every, eval_batches=0, ckpt_every=save_every, keep_latest=2),
+                     phases=(PhaseConfig(f"stage{stage}", steps, {"language": 1.0}, lr=sched),)).validate()
 
 
 __all__ = ["student_config", "truncate_teacher", "transfer_weights", "teacher_targets", "layer_losses", "kd_loss",
-           "next_token_nll", "make_stage_step", "make_optimizer", "merge_params", "split_student", "pydoc_texts",
-           "tokenize_corpus", "batch_at", "eval_batches", "perplexity", "StageStep", "trainable_filter"]
+           "trainable_filter", "Distill", "StageTask", "stage_config"]
