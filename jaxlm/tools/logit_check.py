@@ -20,10 +20,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 def _load_decoder(path, family, overrides=None):
-    from jaxlm.io import load_pretrained
+    from jaxlm.io import load_model
     from jaxlm.io.hf import build_model, flat_params
 
-    model, cfg = load_pretrained(path, family=family)
+    model, cfg, _ = load_model(path, family=family, tokenizer=False)
     if overrides:
         model = build_model(cfg.replace(**overrides), flat_params(model))
     return model
