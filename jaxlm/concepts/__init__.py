@@ -1,0 +1,21 @@
+"""Latent hierarchical concept learning (Kong et al., NeurIPS 2024): discrete latent hierarchies, rank
+tests on joint probability tables, bottom-up structure learning, metrics and a linear rank baseline.
+The neural bottom-level concept learner and the diffusion probes are still to come (docs/concepts.md)."""
+
+from jaxlm.concepts.baseline import learn_linear_baseline
+from jaxlm.concepts.dgp import DiscreteBN, mix_observations
+from jaxlm.concepts.errors import ConceptDataError, ConceptGraphError, NotIdentifiable
+from jaxlm.concepts.graphs import (LatentDAG, check_conditions, minimal_graph, preset, preset_names,
+                                   random_hierarchy)
+from jaxlm.concepts.metrics import (adjusted_rand_index, match_latents, matched_accuracy,
+                                    normalized_mutual_info, structure_scores)
+from jaxlm.concepts.rank import BartlettRank, OracleRank, RobustRank, SVDRank, type1_error
+from jaxlm.concepts.structure import LearnedStructure, learn_from_samples, learn_oracle, learn_structure
+
+__all__ = [
+    "BartlettRank", "ConceptDataError", "ConceptGraphError", "DiscreteBN", "LatentDAG", "LearnedStructure",
+    "NotIdentifiable", "OracleRank", "RobustRank", "SVDRank", "adjusted_rand_index", "check_conditions",
+    "learn_from_samples", "learn_linear_baseline", "learn_oracle", "learn_structure", "match_latents",
+    "matched_accuracy", "minimal_graph", "mix_observations", "normalized_mutual_info", "preset",
+    "preset_names", "random_hierarchy", "structure_scores", "type1_error",
+]
