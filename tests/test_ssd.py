@@ -92,13 +92,16 @@ def test_step_equals_forward_and_matrix_reproduces_mixer(which):
         full = mm(u)
         # prefill 5 tokens with the chunked path, then one token at a time with the recurrent step
         out, st = mm(u[:, :5], mm.init_state(2))
-        outs = [out]
-        for t in range(5, 13):
-            o, st = mm.step(u[:, t], st)
-            outs.append(o[:, None])
+
+        def one_token(st, u_t):  # a scan: the step is compiled once, not unrolled 8 times
+            o, st = mm.step(u_t, st)
+            return st, o
+
+        st, outs = jax.lax.scan(one_token, st, jnp.moveaxis(u[:, 5:], 1, 0))
         M = mm.transfer_matrix(u)
         y = jnp.einsum("bhij,bjhp->bihp", M, mm.post_conv_x(u))
-        return full, jnp.concatenate(outs, 1), st, mm(u, impl="scan"), M, mm._output(y, mm._ssm_inputs(u)[5])
+        stepped = jnp.concatenate([out, jnp.moveaxis(outs, 0, 1)], 1)
+        return full, stepped, st, mm(u, impl="scan"), M, mm._output(y, mm._ssm_inputs(u)[5])
 
     full, stepped, st, scanned, M, via_matrix = everything(state, u)
     np.testing.assert_allclose(stepped, full, atol=2e-5, rtol=1e-5)
