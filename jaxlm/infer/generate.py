@@ -11,7 +11,11 @@ Layers of this module, bottom up:
   The server uses it for continuous batching; `Generator` for offline batches.
 - `Generator`: text in, text out (tokenizer, chat templates, stop strings, streaming), and `from_pretrained`.
 
-Context policy: a request needs `len(prompt) + max_new_tokens <= context_len` (the model's
+Input embeddings: a request may carry `prefix_embeds` [P, D] (e.g. image features from a vision encoder or an
+adapter) put before its prompt tokens; they are prefilled with the prompt and the row then decodes tokens from the
+cache as usual (P + len(prompt) positions are used).
+
+Context policy: a request needs `P + len(prompt) + max_new_tokens <= context_len` (the model's
 `max_position_embeddings` unless given). By default a longer request raises `PromptTooLongError` naming the numbers;
 with `truncate="left"` the oldest prompt tokens are dropped until it fits (max_new_tokens itself must be below the
 context).
@@ -31,11 +35,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from jaxlm.errors import ConfigError, PromptTooLongError, RequestError  # PromptTooLongError: also importable here
+from jaxlm.errors import (ConfigError, PromptTooLongError, RequestError,  # PromptTooLongError: also importable here
+                          ShapeError)
 from jaxlm.infer import cache as cache_lib
 from jaxlm.infer.sampling import (SamplingFlags, SamplingParams, pack_params, row_keys, sample, seen_from_ids,
                                   update_seen)
 from jaxlm.infer.text import TextStream, normalize_stop, render_chat
+from jaxlm.models.shell import splice_prefix
 from jaxlm.sharding import check_mesh_for_model, logical_to_spec, state_shardings, use_mesh
 
 MIN_LEN_BUCKET = 16
@@ -70,19 +76,26 @@ class _Mesh:
 
 # ---------------------------------------------------------------- jitted steps
 
-def _prefill(graphdef, mesh, state, cache, seen, keys, params, ids, lens, rows, *, flags, with_logits=False):
+def _prefill(graphdef, mesh, state, cache, seen, keys, params, ids, lens, rows, prefix=None, prefix_lens=None, *,
+             flags, with_logits=False):
     """ids [n, T] right-padded prompts with true lengths [n] go into rows `rows` [n] (index >= B: a dummy row).
+    With prefix [n, P, D] and prefix_lens [n], row i is prefix[i, :prefix_lens[i]] then its tokens (T must hold both).
 
     Returns the batch cache, the seen mask, the first drawn token per prompt [n] (and its logits [n, V])."""
     with _Mesh(mesh):
         model = nnx.merge(graphdef, state)
         n, T = ids.shape
         sub = cache_lib.init_cache(model, n, cache_lib.capacity(cache) or T)
-        logits, sub = model(ids, cache=sub)
+        tok_lens = lens
+        if prefix is None:
+            logits, sub = model(ids, cache=sub)
+        else:
+            logits, sub = model(embeds=splice_prefix(prefix, prefix_lens, model.embed_tokens(ids)), cache=sub)
+            lens = prefix_lens + lens
         sub = cache_lib.with_lengths(sub, lens)
         last = jnp.take_along_axis(logits, (lens - 1)[:, None, None], axis=1)[:, 0]
         cache = cache_lib.put_rows(cache, rows, sub)
-        seen_rows = seen_from_ids(ids, lens, seen.shape[-1])
+        seen_rows = seen_from_ids(ids, tok_lens, seen.shape[-1])
         rowp = jax.tree.map(lambda a: a[jnp.minimum(rows, a.shape[0] - 1)], params)
         tok = sample(last, rowp, flags, keys[jnp.minimum(rows, keys.shape[0] - 1)], lens, seen_rows)
         seen = seen.at[rows].set(update_seen(seen_rows, tok))
@@ -116,6 +129,18 @@ def compiled_steps(graphdef, mesh=None):
 
 # ---------------------------------------------------------------- device state of a running batch
 
+def prefix_array(a, hidden: int | None, name: str = "prefix_embeds"):
+    """One request's input-embedding prefix as float32 [P, D] (None stays None); ShapeError names a bad shape."""
+    if a is None:
+        return None
+    if hidden is None:
+        raise ConfigError(f"{name}: this model takes no input embeddings (no LMShell)")
+    a = np.asarray(a, np.float32)
+    if a.ndim != 2 or a.shape[1] != hidden:
+        raise ShapeError(f"{name} has shape {a.shape}; expected [P, {hidden}] (hidden_size={hidden})")
+    return a
+
+
 def _pad_rows(a, rows: int):
     a = jnp.asarray(a)
     return jnp.pad(a, [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1)) if rows > a.shape[0] else a
@@ -137,6 +162,7 @@ class DecodeBatch:
         self.model = model
         self.context_len = int(context_len or model_context(self.cfg))
         self.vocab = self.cfg.vocab_size
+        self.hidden = getattr(getattr(model, "shell", None), "hidden_size", None)
         self.spec = cache_lib.spec_of(cache_lib.cache_class_for(model))
         self._prefill_fn, self._decode_fn = compiled_steps(graphdef, mesh)
         self._alloc(bucket(rows), bucket(capacity, MIN_LEN_BUCKET, self.context_len))
@@ -220,34 +246,42 @@ class DecodeBatch:
         return self._settings
 
     def add(self, rows: Sequence[int], prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
-            with_logits: bool = False):
-        """Prefill `prompts` into `rows` and draw their first tokens (device array [len(rows)])."""
+            with_logits: bool = False, prefix_embeds=None):
+        """Prefill `prompts` into `rows` and draw their first tokens (device array [len(rows)]).
+
+        prefix_embeds: None, or one entry per prompt, each None or [P, D] input embeddings put before that prompt's
+        tokens (the prompt may then be empty)."""
         rows, prompts, params = list(rows), [list(p) for p in prompts], list(params)
         if not rows:
             return None
-        for r, p, sp in zip(rows, prompts, params):
+        prefixes = [None] * len(prompts) if prefix_embeds is None else list(prefix_embeds)
+        if len(prefixes) != len(prompts):
+            raise ShapeError(f"prefix_embeds: {len(prefixes)} entries for {len(prompts)} prompts")
+        prefixes = [prefix_array(a, self.hidden, f"prefix_embeds[{i}]") for i, a in enumerate(prefixes)]
+        plen = [0 if a is None else a.shape[0] for a in prefixes]
+        for r, p, sp, pl in zip(rows, prompts, params, plen):
             if self.active[r]:
                 raise RuntimeError(f"row {r} is busy")
-            if not p:
+            if not p and not pl:
                 raise RequestError("prompt: empty; at least one token is needed to start generation", "prompt")
             self.params[r] = sp
             self._settings = None
             self.active[r] = True
-            self.lengths[r] = len(p)
+            self.lengths[r] = pl + len(p)
         self.keys = self.keys.at[jnp.asarray(rows)].set(row_keys([sp.seed for sp in params]))
-        self.ensure_capacity(max(len(p) for p in prompts) + 1)
+        self.ensure_capacity(max(pl + len(p) for p, pl in zip(prompts, plen)) + 1)
         if self.spec.ragged_prefill:
             groups = [list(range(len(rows)))]
-        else:  # recurrent state would absorb padding: one group per distinct prompt length
-            by_len: dict[int, list[int]] = {}
+        else:  # recurrent state would absorb padding: one group per distinct (prefix, prompt) length
+            by_len: dict[tuple, list[int]] = {}
             for i, p in enumerate(prompts):
-                by_len.setdefault(len(p), []).append(i)
+                by_len.setdefault((plen[i], len(p)), []).append(i)
             groups = list(by_len.values())
         flags, packed = self._current()
         first = [None] * len(rows)
         for g in groups:
             n = bucket(len(g))
-            longest = max(len(prompts[i]) for i in g)
+            longest = max(plen[i] + len(prompts[i]) for i in g)
             T = bucket(longest, MIN_LEN_BUCKET, self.capacity) if self.spec.ragged_prefill else longest
             ids = np.zeros((n, T), np.int32)
             lens = np.ones((n,), np.int32)
@@ -256,8 +290,19 @@ class DecodeBatch:
                 ids[j, :len(prompts[i])] = prompts[i]
                 lens[j] = len(prompts[i])
                 rws[j] = rows[i]
+            extra = {}
+            if any(plen[i] for i in g):  # inputs: [prefix; tokens] per row, lengths prefix + tokens
+                P = max(plen[i] for i in g)
+                pre = np.zeros((n, bucket(P) if self.spec.ragged_prefill else P, self.hidden), np.float32)
+                pl = np.zeros((n,), np.int32)
+                for j, i in enumerate(g):
+                    if plen[i]:
+                        pre[j, :plen[i]] = prefixes[i]
+                    pl[j] = plen[i]
+                extra = dict(prefix=jnp.asarray(pre), prefix_lens=jnp.asarray(pl))
             out = self._prefill_fn(self.state, self.cache, self.seen, self.keys, packed, jnp.asarray(ids),
-                                   jnp.asarray(lens), jnp.asarray(rws), flags=flags, with_logits=with_logits)
+                                   jnp.asarray(lens), jnp.asarray(rws), flags=flags, with_logits=with_logits,
+                                   **extra)
             self.cache, self.seen, tok = out[:3]
             for j, i in enumerate(g):
                 first[i] = (tok[j], out[3][j]) if with_logits else tok[j]
@@ -296,6 +341,7 @@ class Request:
     max_new_tokens: int = 64
     stop: list[str] = field(default_factory=list)
     stop_token_ids: frozenset = frozenset()
+    prefix_embeds: np.ndarray | None = None  # [P, D] input embeddings before the prompt tokens
     # filled while running
     stream: TextStream | None = None
     tokens: list[int] = field(default_factory=list)
@@ -305,6 +351,12 @@ class Request:
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def positions_needed(self) -> int:
+        """Cache slots the whole request can use: prefix + prompt + new tokens."""
+        p = 0 if self.prefix_embeds is None else len(self.prefix_embeds)
+        return p + len(self.prompt) + self.max_new_tokens
 
 
 @dataclass
@@ -341,7 +393,9 @@ def run_requests(batch: DecodeBatch, reqs: list[Request]) -> Iterator[Event]:
     rows = list(range(len(reqs)))
     for i, r in enumerate(reqs):
         r.row = i
-    pending = batch.add(rows, [r.prompt for r in reqs], [r.params for r in reqs])
+    prefixes = [r.prefix_embeds for r in reqs]
+    pending = batch.add(rows, [r.prompt for r in reqs], [r.params for r in reqs],
+                        prefix_embeds=None if all(p is None for p in prefixes) else prefixes)
     pending_rows = rows
     live = set(rows)
     while True:
@@ -433,53 +487,63 @@ class Generator:
         raise RequestError(f"prompt of type {type(prompt).__name__}: expected a string, token ids or chat messages",
                            "prompt")
 
-    def fit_context(self, ids: list[int], max_new_tokens: int) -> list[int]:
-        """Apply the context policy (see module docstring)."""
+    def fit_context(self, ids: list[int], max_new_tokens: int, prefix_len: int = 0) -> list[int]:
+        """Apply the context policy (see module docstring); `prefix_len` embedding positions go before the ids (they
+        are never truncated)."""
         if max_new_tokens < 1:
             raise RequestError(f"max_new_tokens={max_new_tokens}: must be >= 1", "max_new_tokens")
-        if not ids:
+        if not ids and not prefix_len:
             raise RequestError("prompt: empty; at least one token is needed", "prompt")
-        C = self.context_len
+        C = self.context_len - prefix_len
         if len(ids) + max_new_tokens <= C:
             return ids
         if self.truncate == "left" and max_new_tokens < C:
             return ids[len(ids) + max_new_tokens - C:]
+        pre = f"{prefix_len} prefix embeddings and " if prefix_len else ""
         raise PromptTooLongError(
-            f"the prompt has {len(ids)} tokens and {max_new_tokens} new tokens were requested, "
-            f"{len(ids) + max_new_tokens} in total, but the context length is {C}; shorten the prompt, lower "
-            f"max_new_tokens, or use truncate='left'")
+            f"the prompt has {pre}{len(ids)} tokens and {max_new_tokens} new tokens were requested, "
+            f"{prefix_len + len(ids) + max_new_tokens} in total, but the context length is {self.context_len}; "
+            f"shorten the prompt, lower max_new_tokens, or use truncate='left'")
 
     def make_request(self, prompt, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
                      top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int = 0,
-                     stop=None, stop_token_ids=None, ignore_eos: bool = False) -> Request:
+                     stop=None, stop_token_ids=None, ignore_eos: bool = False, prefix_embeds=None) -> Request:
+        """prefix_embeds [P, D]: input embeddings (e.g. image features) prefilled before the prompt's tokens."""
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repetition_penalty=repetition_penalty, seed=seed)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
             raise RequestError(f"max_new_tokens={max_new_tokens!r}: expected an integer", "max_new_tokens")
-        ids = self.fit_context(self.encode_prompt(prompt), int(max_new_tokens))
+        prefix = prefix_array(prefix_embeds, getattr(getattr(self.model, "shell", None), "hidden_size", None))
+        ids = self.fit_context(self.encode_prompt(prompt), int(max_new_tokens), 0 if prefix is None else len(prefix))
         stops = normalize_stop(stop)
         if stops and self.tokenizer is None:
             raise RequestError("stop: stop strings need a tokenizer", "stop")
         stop_ids = set() if ignore_eos else set(self.eos_ids)
         stop_ids |= {int(t) for t in (stop_token_ids or ())}
-        return Request(ids, params, int(max_new_tokens), stops, frozenset(stop_ids),
+        return Request(ids, params, int(max_new_tokens), stops, frozenset(stop_ids), prefix,
                        stream=TextStream(self.tokenizer, stops) if self.tokenizer is not None else None)
 
     def _requests(self, prompts, seed, kw) -> list[Request]:
+        kw = dict(kw)
+        prefixes = kw.pop("prefix_embeds", None)
         if isinstance(prompts, str) or _is_messages(prompts) or (
                 isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], (int, np.integer))):
             prompts = [prompts]
+            prefixes = None if prefixes is None else [prefixes]
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(prompts)
         if len(seeds) != len(prompts):
             raise RequestError(f"seed: {len(seeds)} seeds for {len(prompts)} prompts", "seed")
-        return [self.make_request(p, seed=s, **kw) for p, s in zip(prompts, seeds)]
+        prefixes = [None] * len(prompts) if prefixes is None else list(prefixes)
+        if len(prefixes) != len(prompts):
+            raise ShapeError(f"prefix_embeds: {len(prefixes)} entries for {len(prompts)} prompts")
+        return [self.make_request(p, seed=s, prefix_embeds=e, **kw) for p, s, e in zip(prompts, seeds, prefixes)]
 
     # ---- running
     def stream_batch(self, prompts, *, seed=0, **kw) -> Iterator[Event]:
         """Events (prompt index, token id, new text, finish reason) as tokens are produced, for a batch of prompts."""
         reqs = self._requests(prompts, seed, kw)
         with self.lock:
-            batch = self.new_batch(len(reqs), max(len(r.prompt) + r.max_new_tokens for r in reqs))
+            batch = self.new_batch(len(reqs), max(r.positions_needed for r in reqs))
             yield from run_requests(batch, reqs)
 
     def stream(self, prompt, *, callback: Callable[[str], None] | None = None, **kw) -> Iterator[str]:
@@ -492,20 +556,21 @@ class Generator:
 
     def generate_requests(self, reqs: list[Request]) -> list[Request]:
         with self.lock:
-            batch = self.new_batch(len(reqs), max(len(r.prompt) + r.max_new_tokens for r in reqs))
+            batch = self.new_batch(len(reqs), max(r.positions_needed for r in reqs))
             for _ in run_requests(batch, reqs):
                 pass
         return reqs
 
     def generate(self, prompts, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed=0, stop=None,
-                 stop_token_ids=None, ignore_eos: bool = False) -> list[str]:
+                 stop_token_ids=None, ignore_eos: bool = False, prefix_embeds=None) -> list[str]:
         """Completions of a batch of prompts (strings, or chat message lists); one string per prompt.
 
-        `seed` is one integer for every prompt or a list with one per prompt."""
+        `seed` is one integer for every prompt or a list with one per prompt. `prefix_embeds`: one [P, D] array (or
+        None) per prompt, input embeddings put before its tokens (a [B, P, D] array works too)."""
         kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                   repetition_penalty=repetition_penalty, stop=stop, stop_token_ids=stop_token_ids,
-                  ignore_eos=ignore_eos)
+                  ignore_eos=ignore_eos, prefix_embeds=prefix_embeds)
         reqs = self.generate_requests(self._requests(prompts, seed, kw))
         return [r.stream.text if r.stream is not None else "" for r in reqs]
 
@@ -516,16 +581,18 @@ class Generator:
         reqs = self._requests([list(map(int, p)) for p in prompts], seed, dict(max_new_tokens=max_new_tokens, **kw))
         return [r.tokens for r in self.generate_requests(reqs)]
 
-    def decode_logits(self, ids, prompt_len: int):
-        """Teacher-forced incremental logits: prefill ids[:, :prompt_len], then feed the rest one token at a time.
+    def decode_logits(self, ids, prompt_len: int, prefix_embeds=None):
+        """Teacher-forced incremental logits: prefill ids[:, :prompt_len] (after prefix_embeds [B, P, D] when given),
+        then feed the rest one token at a time.
 
         Returns [B, T - prompt_len + 1, V]: the logits after the prompt and after each fed token (the same positions
-        as full_forward_logits[:, prompt_len - 1:])."""
+        as full_forward_logits[:, P + prompt_len - 1:])."""
         ids = np.asarray(ids, np.int32)
         B, T = ids.shape
-        batch = self.new_batch(B, T + 1)
+        P = 0 if prefix_embeds is None else np.shape(prefix_embeds)[1]
+        batch = self.new_batch(B, P + T + 1)
         _, first = batch.add(list(range(B)), [list(r[:prompt_len]) for r in ids], [SamplingParams()] * B,
-                             with_logits=True)
+                             with_logits=True, prefix_embeds=prefix_embeds)
         out = [first]
         for t in range(prompt_len, T):
             feed = np.zeros(batch.rows, np.int32)

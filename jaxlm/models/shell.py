@@ -138,4 +138,20 @@ def sequence_positions(batch: int, length: int, start=None):
     return jnp.broadcast_to(t, (batch, length)) if start is None else start[:, None] + t[None]
 
 
-__all__ = ["LMShell", "ShellConfig", "sequence_positions"]
+
+
+def splice_prefix(prefix, prefix_lens, embeds):
+    """Row i: prefix[i, :prefix_lens[i]], then embeds[i], cut to embeds' length (right padding stays at the end).
+
+    prefix [B, P, D], prefix_lens [B] int, embeds [B, T, D] -> [B, T, D]; T must hold prefix_lens + the real tokens.
+    Used by generation to prefill prompts whose embedding prefixes differ in length in one padded block."""
+    B, P, _ = prefix.shape
+    T = embeds.shape[1]
+    j = jnp.arange(T, dtype=jnp.int32)[None, :]
+    pl = jnp.asarray(prefix_lens, jnp.int32)[:, None]
+    pre = jnp.take_along_axis(prefix, jnp.broadcast_to(jnp.minimum(j, P - 1), (B, T))[..., None], axis=1)
+    tok = jnp.take_along_axis(embeds, jnp.clip(j - pl, 0, T - 1)[..., None], axis=1)
+    return jnp.where((j < pl)[..., None], pre.astype(embeds.dtype), tok)
+
+
+__all__ = ["LMShell", "ShellConfig", "sequence_positions", "splice_prefix"]
