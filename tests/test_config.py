@@ -53,3 +53,31 @@ def test_unknown_preset_and_bad_fields_raise_clear_errors():
         DecoderConfig(head_dim=16, rotary_dim=7)
     with pytest.raises(ConfigError, match="family"):
         DecoderConfig(family="gpt5")
+
+
+def test_one_preset_lookup_covers_every_family():
+    from jaxlm.config import KINDS, Mamba2Config, PhiMambaConfig, mamba2_preset, phi_mamba_preset
+    from jaxlm.models import mamba2, phi_mamba
+
+    # the old import paths name the same objects
+    assert (mamba2.Mamba2Config, mamba2.mamba2_preset) == (Mamba2Config, mamba2_preset)
+    assert (phi_mamba.PhiMambaConfig, phi_mamba.phi_mamba_preset) == (PhiMambaConfig, phi_mamba_preset)
+    m = preset("mamba2-tiny", chunk_size=8)
+    assert isinstance(m, Mamba2Config) and m.chunk_size == 8 and m == mamba2_preset("mamba2-tiny", chunk_size=8)
+    assert preset("mamba2-130m").hidden_size == 768
+    h = preset("hybrid-phi-mamba-tiny")
+    assert isinstance(h, PhiMambaConfig) and h.attn_layers == (1,) and h.base.num_layers == 3
+    assert preset("phi-mamba-1.5b").base == preset("phi-1.5") and preset("phi-1.5").causal
+    kinds = {"decoder": DecoderConfig, "mamba2": Mamba2Config, "phi_mamba": PhiMambaConfig}
+    assert set(kinds) == set(KINDS)
+    for kind, cls in kinds.items():
+        assert preset_names(kind) and all(isinstance(preset(n), cls) for n in preset_names(kind))
+    assert preset_names() == sum((preset_names(k) for k in KINDS), [])
+    with pytest.raises(ConfigError, match="unknown preset 'nope'.*'mamba2-tiny'.*'phi-mamba-tiny'"):
+        preset("nope")
+    with pytest.raises(ConfigError, match="unknown Mamba-2 preset 'amber-tiny'"):
+        mamba2_preset("amber-tiny")
+    with pytest.raises(ConfigError, match=r"unknown config field\(s\) \['hidden'\] for Mamba2Config"):
+        preset("mamba2-tiny", hidden=3)
+    with pytest.raises(ConfigError, match="preset kind 'vit'"):
+        preset_names("vit")
