@@ -35,8 +35,9 @@ def test_chunked_splits_compose_and_chunk_size_free():
     x, a, B, C, s0 = _inputs(t=40)
     f_ssd = jax.jit(ssd, static_argnums=4)
     y, f = f_ssd(x, a, B, C, 16, s0)
-    y1, f1 = f_ssd(x[:, :23], a[:, :23], B[:, :23], C[:, :23], 16, s0)
-    y2, f2 = f_ssd(x[:, 23:], a[:, 23:], B[:, 23:], C[:, 23:], 16, f1)
+    # split at 20: both halves end in a partial chunk (16 + 4) and share one compiled shape
+    y1, f1 = f_ssd(x[:, :20], a[:, :20], B[:, :20], C[:, :20], 16, s0)
+    y2, f2 = f_ssd(x[:, 20:], a[:, 20:], B[:, 20:], C[:, 20:], 16, f1)
     np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), y, atol=2e-5)
     np.testing.assert_allclose(f2, f, atol=2e-5)
     for q in (7, 64):
