@@ -43,7 +43,8 @@ def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.0
     scale = 1000.0 / T if scale_to_T else 1.0
     lo, hi = scale * beta_start, scale * beta_end
     if not 0.0 < lo <= hi < 1.0:
-        raise ConfigError(f"beta_start={lo!r}, beta_end={hi!r} (after scaling to T={T}): need 0 < start <= end < 1")
+        raise ConfigError(f"beta_start={lo!r}, beta_end={hi!r} (after scaling to num_steps={T}): need 0 < start <= "
+                          "end < 1 (for small T pass scale_to_T=False)")
     return np.linspace(lo, hi, T, dtype=np.float64)
 
 
