@@ -102,3 +102,26 @@ def test_bad_input_shapes_name_the_shape(smol):
         g.generate_ids([[1]], max_new_tokens=2, prefix_embeds=[None, None])
     with pytest.raises(PromptTooLongError, match="20 prefix embeddings and 10 tokens .* 38 in total"):
         g.generate_ids([list(range(10))], max_new_tokens=8, prefix_embeds=[np.zeros((20, 64))])
+
+
+def test_shell_is_shared_and_recurrent_prefix_prefill():
+    """Mamba-2 and Phi-Mamba take the same inputs (one LMShell); a recurrent cache prefills [prefix; tokens] (one
+    group of equal lengths, no padding) and decodes from its state like the full forward recomputed each step."""
+    from jaxlm.models import LMShell
+    from jaxlm.models.mamba2 import Mamba2LM
+    from jaxlm.models.phi_mamba import PhiMambaLM
+
+    assert issubclass(PhiMambaLM, LMShell) and issubclass(Mamba2LM, LMShell) and issubclass(DecoderLM, LMShell)
+    m = Mamba2LM(preset("mamba2-tiny", init_std=0.3), rngs=nnx.Rngs(0))
+    pre = RNG.standard_normal((2, 2, 64)).astype(np.float32)
+    prompts = [[1, 2, 3], [4, 5, 6]]
+    got = Generator(m).generate_ids(prompts, max_new_tokens=2, prefix_embeds=list(pre))
+    gd, st = nnx.split(m)
+    fwd = jax.jit(lambda st, ids: nnx.merge(gd, st)(ids, prefix_embeds=jnp.asarray(pre)))
+    seqs = [list(p) for p in prompts]
+    for _ in range(2):  # right padding to one width: the recurrence is causal, it cannot reach back
+        ids = np.zeros((2, 8), np.int32)
+        ids[:, :len(seqs[0])] = seqs
+        nxt = np.asarray(jnp.argmax(fwd(st, jnp.asarray(ids))[:, 2 + len(seqs[0]) - 1], -1))
+        seqs = [s + [int(t)] for s, t in zip(seqs, nxt)]
+    assert got == [s[3:] for s in seqs]
