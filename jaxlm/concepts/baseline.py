@@ -18,7 +18,7 @@ from jaxlm.concepts.rank import BartlettRank, OracleRank, RobustRank
 from jaxlm.concepts.structure import LearnedStructure, learn_structure
 
 
-def learn_linear_baseline(source, cards=None, names=None, alpha: float = 0.05, method: str = "bartlett",
+def learn_linear_baseline(source, cards=None, names=None, alpha: float = 0.01, method: str = "bartlett",
                           max_parents: int = 2) -> LearnedStructure:
     """source: a DiscreteBN (population covariances of the codes) or an (n, m) array of category codes."""
     if isinstance(source, DiscreteBN):
@@ -28,4 +28,5 @@ def learn_linear_baseline(source, cards=None, names=None, alpha: float = 0.05, m
     else:
         cls = RobustRank if method == "robust" else BartlettRank
         test = cls(np.asarray(source), cards, alpha=alpha, feature="code")
-    return learn_structure(test, names, max_parents=max_parents, parent_rule=False)
+    return learn_structure(test, names, max_parents=max_parents, parent_rule=False,
+                           repair=not isinstance(source, DiscreteBN))

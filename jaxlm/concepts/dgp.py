@@ -37,7 +37,8 @@ class DiscreteBN:
     def random(cls, graph: LatentDAG, rng: np.random.Generator, alpha: float = 1.0, boost: float = 4.0):
         """Dirichlet CPTs: each row P(child | parent config) ~ Dirichlet(alpha + boost * e_t) where the
         favoured state t is a random injective-as-possible map of the parent configuration (so every
-        edge carries signal; boost = 0 gives plain symmetric Dirichlet(alpha) tables)."""
+        edge carries signal; boost = 0 gives plain symmetric Dirichlet(alpha) tables). Roots get the
+        symmetric Dirichlet(alpha + boost) prior."""
         cpts = []
         for i in range(graph.n):
             pshape = tuple(graph.card[p] for p in graph.parents[i])
@@ -45,7 +46,10 @@ class DiscreteBN:
             n_cfg = int(np.prod(pshape)) if pshape else 1
             targets = np.concatenate([rng.permutation(k) for _ in range(-(-n_cfg // k))])[:n_cfg]
             conc = np.full((n_cfg, k), alpha)
-            conc[np.arange(n_cfg), targets] += boost
+            if pshape:
+                conc[np.arange(n_cfg), targets] += boost
+            else:  # a root: a balanced prior (a peaked one would starve every edge below it of signal)
+                conc += boost
             rows = np.stack([rng.dirichlet(a) for a in conc])
             cpts.append(rows.reshape(pshape + (k,)))
         return cls(graph, cpts)

@@ -254,12 +254,20 @@ class _SampleRank(_RankBase):
         fa = fa - fa.mean(0)
         return fa.T @ fa / (self.n - 1), sbb, fa.T @ self._f[:, cb] / (self.n - 1)
 
-    def _stats(self, a, b):
-        rho, p, q = self.correlations(a, b)
+    def _nominal_dims(self, a, b):
+        if self.feature == "code":
+            return len(a), len(b)
+        return int(np.prod([self.cards[i] for i in a])) - 1, sum(self.cards[i] - 1 for i in b)
+
+    def _check_n(self, a, b):
+        p, q = self._nominal_dims(a, b)
         if self.n <= p + q + 2:
             raise ConceptDataError(f"{type(self).__name__}: {self.n} samples for a test with {p} + {q} feature "
                                    f"dimensions (A={a}, B={b}); need more samples than dimensions")
-        return rho, p, q
+
+    def _stats(self, a, b):
+        self._check_n(*self._check_sets(a, b))
+        return self.correlations(a, b)
 
 
 class BartlettRank(_SampleRank):
@@ -325,9 +333,7 @@ class RobustRank(_SampleRank):
         wa = fa @ _inv_sqrt(fa.T @ fa / (n - 1), 1e-10)
         wb = fb @ _inv_sqrt(fb.T @ fb / (n - 1), 1e-10)
         p, q = wa.shape[1], wb.shape[1]
-        if n <= p + q + 2:
-            raise ConceptDataError(f"RobustRank: {n} samples for a test with {p} + {q} feature dimensions "
-                                   f"(A={a}, B={b}); need more samples than dimensions")
+        self._check_n(a, b)
         u, _, vt = np.linalg.svd(wa.T @ wb / (n - 1))
         out = {}
         for r in (range(min(p, q)) if ranks is None else ranks):

@@ -53,6 +53,9 @@ class LearnedStructure:
     edges: frozenset
     level: dict          # latent name -> the round that created it (1 = from observed variables)
     n_tests: int
+    certified: dict = dataclasses.field(default_factory=dict)
+    # latent name -> True when some rank test had room above the estimated cardinality (so the estimate is
+    # exact); False when every test was saturated by its children's states (the estimate is a lower bound)
 
     def to_dag(self) -> LatentDAG:
         card = {**{o: self.card[o] for o in self.observed}, **{h: self.card[h] for h in self.latents}}
@@ -60,9 +63,12 @@ class LearnedStructure:
 
 
 class _Learner:
-    def __init__(self, test, names, max_parents: int, parent_rule: bool):
+    def __init__(self, test, names, max_parents: int, parent_rule: bool, repair: bool = False,
+                 strict_cardinality: bool = False):
         self.t, self.names = test, tuple(names)
         self.max_parents, self.parent_rule = max_parents, parent_rule
+        self.repair, self.strict_cardinality = repair, strict_cardinality
+        self.certified = {}
         self.onehot = getattr(test, "feature", "onehot") == "onehot"
         self.nodes = {nm: _Node(nm, False, int(k), frozenset([j]), (j,))
                       for j, (nm, k) in enumerate(zip(self.names, test.cards))}
@@ -137,21 +143,47 @@ class _Learner:
                         comp.add(m)
                         stack.append(m)
             seen |= comp
-            for u, v in itertools.combinations(sorted(comp), 2):
-                if v not in adj[u]:
-                    raise NotIdentifiable(f"sibling relation is not transitive in {sorted(comp)} "
-                                          f"({u} and {v} are not siblings)", active, self.partial())
-            classes.append([m for m in active if m in comp])
+            broken = [(u, v) for u, v in itertools.combinations(sorted(comp), 2) if v not in adj[u]]
+            if not broken:
+                classes.append([m for m in active if m in comp])
+            elif not self.repair:
+                raise NotIdentifiable(f"sibling relation is not transitive in {sorted(comp)} "
+                                      f"({broken[0][0]} and {broken[0][1]} are not siblings)", active,
+                                      self.partial())
+            else:  # sampled ranks: split the component into cliques, largest degree first
+                left = set(comp)
+                while len(left) >= 2:
+                    seed = max(sorted(left), key=lambda m: len(adj[m] & left))
+                    clique = {seed}
+                    for m in sorted(adj[seed] & left, key=lambda m: -len(adj[m] & left)):
+                        if all(m in adj[c] for c in clique):
+                            clique.add(m)
+                    if len(clique) < 2:
+                        break
+                    classes.append([m for m in active if m in clique])
+                    left -= clique
         return classes
 
-    def cardinality(self, cls) -> int:
+    def _capacity(self, a, b) -> int:
+        cards = self.t.cards
+        return min(int(np.prod([cards[i] for i in a])) - 1, sum(cards[i] - 1 for i in b))
+
+    def cardinality(self, cls, active):
+        """(states, certified): 1 + the largest rank between members of the class and everything else
+        (all are screened off by the class parent); certified when some test was not saturated."""
         if not self.onehot:
-            return 2
-        best = 0
-        for g in cls:
-            others = self.members([m for m in cls if m != g])
-            best = max(best, self.r(self.proxy([g]), others))
-        return best + 1
+            return 2, False
+        outside = self.members([m for m in active if m not in cls])
+        tests = [(self.proxy([g]), self.members([m for m in cls if m != g]) | outside) for g in cls]
+        if len(cls) >= 3:
+            tests.append((self.proxy(cls[:2]), self.members(cls[2:]) | outside))
+        best, free = 0, False
+        for a, b in tests:
+            b = b - set(a)
+            rk = self.r(a, b)
+            best = max(best, rk)
+            free |= rk < self._capacity(a, b)
+        return best + 1, free
 
     def is_parent(self, lat, cls, active) -> bool:
         """Does the existing latent `lat` (with as many states as the class rank) screen off a sibling u and
@@ -187,7 +219,7 @@ class _Learner:
     def partial(self):
         lat = [n for n, v in self.nodes.items() if v.latent]
         return LearnedStructure(self.names, tuple(lat), {n: v.card for n, v in self.nodes.items()},
-                                frozenset(self.edges), dict(self.level), self.n_tests)
+                                frozenset(self.edges), dict(self.level), self.n_tests, dict(self.certified))
 
     # ------------------------------------------------------------------ loop
     def run(self) -> LearnedStructure:
@@ -203,7 +235,7 @@ class _Learner:
                 progress = True
             nxt = list(active)
             for cls in self.siblings(active):
-                k = self.cardinality(cls)
+                k, certified = self.cardinality(cls, active)
                 same = [m for m in cls if self.nodes[m].latent and self.nodes[m].card == k
                         and self.is_parent(m, cls, active)] if self.parent_rule else []
                 if len(same) > 1:
@@ -211,6 +243,7 @@ class _Learner:
                                           "the direction of the latent edges is ambiguous", active, self.partial())
                 if same:
                     parent = same[0]
+                    self.certified[parent] = self.certified[parent] or certified
                     for m in cls:
                         if m != parent:
                             self.edges.add((parent, m))
@@ -218,6 +251,11 @@ class _Learner:
                     nxt = [m for m in nxt if m not in cls or m == parent]
                 else:
                     name = self.new_latent(k, cls, rnd)
+                    self.certified[name] = certified
+                    if self.strict_cardinality and not certified:
+                        raise NotIdentifiable(f"the cardinality of the parent of {cls} is only bounded below "
+                                              f"by {k}: every rank test was saturated by its children's states",
+                                              active, self.partial())
                     pos = min(nxt.index(m) for m in cls)
                     nxt = [m for m in nxt if m not in cls]
                     nxt.insert(pos, name)
@@ -248,9 +286,14 @@ class _Learner:
         self.edges.add((a.name, b.name))
 
 
-def learn_structure(test, names=None, max_parents: int = 2, parent_rule: bool = True) -> LearnedStructure:
+def learn_structure(test, names=None, max_parents: int = 2, parent_rule: bool = True, repair: bool = False,
+                    strict_cardinality: bool = False) -> LearnedStructure:
     """Run the procedure with a rank test (OracleRank, BartlettRank, RobustRank, SVDRank) over its observed
-    variables, named `names` (default x0, x1, ...). Raises NotIdentifiable rather than guess."""
+    variables, named `names` (default x0, x1, ...). Raises NotIdentifiable rather than guess.
+
+    repair: split a non-transitive sibling relation into cliques instead of raising (for sampled ranks,
+    where single test errors are expected); strict_cardinality: raise when a latent's cardinality is only
+    a lower bound (see LearnedStructure.certified)."""
     cards = getattr(test, "cards", None)
     if not cards:
         raise ConceptDataError("learn_structure: the rank test has no variables")
@@ -260,7 +303,7 @@ def learn_structure(test, names=None, max_parents: int = 2, parent_rule: bool = 
     if len(cards) < 3:
         raise NotIdentifiable(f"only {len(cards)} observed variables (need >= 3)")
     with single_thread_blas():
-        return _Learner(test, names, max_parents, parent_rule).run()
+        return _Learner(test, names, max_parents, parent_rule, repair, strict_cardinality).run()
 
 
 def learn_oracle(bn: DiscreteBN, **kw) -> LearnedStructure:
@@ -272,13 +315,14 @@ def learn_oracle(bn: DiscreteBN, **kw) -> LearnedStructure:
 _METHODS = {"bartlett": BartlettRank, "robust": RobustRank, "svd": SVDRank}
 
 
-def learn_from_samples(x, cards=None, names=None, method: str = "bartlett", alpha: float = 0.05,
-                       **kw) -> LearnedStructure:
-    """Sample ranks (method 'bartlett', 'robust' or 'svd') from an (n, m) array of category codes."""
+def learn_from_samples(x, cards=None, names=None, method: str = "bartlett", alpha: float = 0.01,
+                       repair: bool = True, **kw) -> LearnedStructure:
+    """Sample ranks (method 'bartlett', 'robust' or 'svd') from an (n, m) array of category codes. alpha is
+    per test (the procedure runs ~100-400 tests, so it is smaller than the usual 0.05)."""
     if method not in _METHODS:
         raise ConceptDataError(f"learn_from_samples: method must be one of {sorted(_METHODS)} (got {method!r})")
     test = _METHODS[method](x, cards, **({} if method == "svd" else {"alpha": alpha}))
-    return learn_structure(test, names, **kw)
+    return learn_structure(test, names, repair=repair, **kw)
 
 
 def node_levels(g: LatentDAG) -> np.ndarray:
