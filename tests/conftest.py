@@ -96,3 +96,17 @@ def smollm2():
     from jaxlm.io.gguf import load_gguf
 
     return load_gguf()
+
+
+@pytest.fixture(scope="session")
+def tiny_byte_lm():
+    """A tiny random decoder (smollm2-tiny: byte vocabulary, 512-token context) shared by the tests that serve or
+    generate with it (test_server, test_align_local): one model structure, so they share compiled prefill/decode
+    programs (jaxlm.infer.generate caches them per graphdef) instead of compiling the same shapes twice.
+    init_std=0.3 makes its greedy continuations varied. Read-only: build a Generator around it, never train it."""
+    from flax import nnx
+
+    from jaxlm.config import preset
+    from jaxlm.models.decoder import DecoderLM
+
+    return DecoderLM(preset("smollm2-tiny", init_std=0.3), rngs=nnx.Rngs(7))

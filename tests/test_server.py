@@ -12,13 +12,10 @@ import time
 
 import openai
 import pytest
-from flax import nnx
 
-from jaxlm.config import preset
 from jaxlm.infer.generate import Generator
 from jaxlm.infer.server import make_server, shutdown_all
 from jaxlm.infer.text import ByteTokenizer
-from jaxlm.models.decoder import DecoderLM
 
 
 class Latin1(ByteTokenizer):
@@ -27,9 +24,8 @@ class Latin1(ByteTokenizer):
 
 
 @pytest.fixture(scope="module")
-def served():
-    model = DecoderLM(preset("smollm2-tiny", init_std=0.3), rngs=nnx.Rngs(7))  # context 512, byte vocabulary
-    g = Generator(model, Latin1(), eos_ids=[])
+def served(tiny_byte_lm):
+    g = Generator(tiny_byte_lm, Latin1(), eos_ids=[])  # context 512, byte vocabulary
     server = make_server(g, "127.0.0.1", 0, model_name="tiny", max_batch=4)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
