@@ -16,7 +16,7 @@ from jaxlm import preset
 from jaxlm.errors import CheckpointError, ConfigError, JaxlmError
 from jaxlm.io import checkpoint_format, load_model, save_pretrained
 from jaxlm.io.load import CheckpointNotFoundError
-from jaxlm.io.tokenizer import ByteTokenizer, HFTokenizer
+from jaxlm.io.tokenizer import ByteTokenizer
 from jaxlm.models.decoder import DecoderLM
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

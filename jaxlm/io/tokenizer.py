@@ -263,7 +263,8 @@ class HFTokenizer(Tokenizer):
             tk.add_tokens(user)
         return cls(tk, bos_id=meta.get("tokenizer.ggml.bos_token_id"), eos_id=meta.get("tokenizer.ggml.eos_token_id"),
                    pad_id=meta.get("tokenizer.ggml.padding_token_id"),
-                   chat_template=meta.get("tokenizer.chat_template"), add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)), name=source, parse_special=True,
+                   chat_template=meta.get("tokenizer.chat_template"),
+                   add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)), name=source, parse_special=True,
                    copy=False)
 
 
