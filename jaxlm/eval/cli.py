@@ -1,0 +1,64 @@
+"""python -m jaxlm eval ARGS = the lm-evaluation-harness CLI (`lm_eval ARGS`) with the `jaxlm` model registered and
+jaxlm's offline tasks on the include path.
+
+    python -m jaxlm eval --model jaxlm --model_args path=runs/crystal-tiny --tasks jaxlm_heldout_cloze,jaxlm_heldout_lm
+    python -m jaxlm eval --model jaxlm --model_args path=model.gguf --tasks jaxlm_code_exec --confirm_run_unsafe_code
+    python -m jaxlm eval --model local-completions --model_args base_url=http://127.0.0.1:8000/v1/completions,\\
+        tokenizer_backend=remote,tokenized_requests=True --tasks jaxlm_heldout_cloze
+    python -m jaxlm eval ls tasks
+
+Every harness flag works (--limit, --output_path, --use_cache DIR: a crashed run resumes from the requests already
+answered, --log_samples, --apply_chat_template, ...).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from jaxlm.cli import command_parser
+
+READS = ("--model_args path= (any checkpoint jaxlm.io.load_model reads) or a server's base_url; the tasks' data "
+         "(jaxlm's offline tasks ship with the package; --include_path adds the user's YAML tasks)")
+WRITES = ("the harness' results table to stdout; with --output_path the results JSON (and --log_samples the "
+          "per-sample jsonl); with --use_cache a sqlite cache of answered requests")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        command_parser("jaxlm.eval.cli", __doc__.strip(), reads=READS, writes=WRITES).print_help()
+        print("\nthe harness' own flags: python -m jaxlm eval run --help")
+        return 0
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        print("error: lm-evaluation-harness is not installed: pip install -e '.[eval]'", file=sys.stderr)
+        return 2
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.utils import setup_logging
+
+    from jaxlm.errors import JaxlmError
+    from jaxlm.eval import TASKS_DIR
+    import jaxlm.eval.harness  # noqa: F401  (registers --model jaxlm)
+
+    if "--include_path" in argv:
+        i = argv.index("--include_path") + 1
+        argv[i] = f"{argv[i]}:{TASKS_DIR}"
+    elif argv[0] not in ("validate",):
+        argv += ["--include_path", str(TASKS_DIR)]
+    old = sys.argv
+    sys.argv = ["lm-eval", *argv]
+    try:
+        setup_logging()
+        parser = HarnessCLI()
+        parser.execute(parser.parse_args())
+    except JaxlmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = old
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
