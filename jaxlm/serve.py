@@ -28,6 +28,7 @@ def parse_args(argv=None):
     ap.add_argument("--model-name", default=None, help="name reported by /v1/models (default: from the checkpoint)")
     ap.add_argument("--max-batch", type=int, default=8, help="most requests decoded together")
     ap.add_argument("--max-tokens", type=int, default=256, help="chat max_tokens when a request gives none")
+    ap.add_argument("--max-logprobs", type=int, default=20, help="most logprobs / top_logprobs a request may ask for")
     ap.add_argument("--context-len", type=int, default=None, help="context length (default: the model's)")
     ap.add_argument("--truncate", choices=["error", "left"], default="error",
                     help="prompts longer than the context: 400 error (default) or drop the oldest tokens")
@@ -59,7 +60,8 @@ def main(argv=None) -> int:
     name = args.model_name or (os.path.basename(os.path.normpath(args.checkpoint)) if args.checkpoint
                                else "SmolLM2-135M-Instruct")
     server = make_server(g, args.host, args.port, model_name=name, max_batch=args.max_batch,
-                         default_max_tokens=args.max_tokens, verbose=args.verbose)
+                         default_max_tokens=args.max_tokens, verbose=args.verbose,
+                         max_logprobs=args.max_logprobs)
     host, port = server.server_address[:2]
     print(f"jaxlm: serving {name} on http://{host}:{port}/v1 (context {g.context_len}, batch <= {args.max_batch})",
           flush=True)
