@@ -144,6 +144,11 @@ def test_unreadable_paths_name_the_path_and_what_was_expected(tmp_path):
         msg = str(e.value)
         assert str(path) in msg and why in msg and "expected a .gguf file" in msg and "orbax training run" in msg
         assert isinstance(e.value, JaxlmError) and isinstance(e.value, FileNotFoundError)
+    from jaxlm.io import load_pretrained
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(CheckpointError, match=r"m.gguf is a GGUF file.*jaxlm.load_model"):
+        load_pretrained(tmp_path / "m.gguf")  # the HF reader no longer reaches into gguf (no hf <-> gguf cycle)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"config.json: invalid JSON"):
         load_model(tmp_path)
@@ -241,6 +246,7 @@ def test_package_graph_is_acyclic_and_kernels_is_a_leaf():
     # edges that must exist (the graph is really built) and directions that must hold
     assert "kernels" in g["jaxlm.quant"] and "jaxlm.io" in g["jaxlm.train"] and "jaxlm.io" in g["jaxlm.infer"]
     every = package_graph(ROOT, module_level=False)  # function-level imports too
+    assert find_cycle(every) is None, f"import cycle (counting lazy imports): {' -> '.join(find_cycle(every))}"
     assert every["kernels"] == set(), f"kernels/ imports {every['kernels']}"
     assert "jaxlm.train" not in every["jaxlm.infer"], "jaxlm.infer must not import jaxlm.train"
     io = {m: imports_of(ROOT / "jaxlm" / "io" / f"{m}.py", ROOT, module_level=False) for m in ("hf", "tokenizer")}
