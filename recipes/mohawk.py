@@ -10,7 +10,8 @@ teacher's blocks (RMSNorm, SwiGLU MLP, embeddings, head) everywhere, a discrete 
 d_state 64) in place of attention in layers 0-3, and keeps the teacher's attention (frozen) in layers 4-29.
 Stages 1-2 run on the teacher truncated to those 4 layers; stage 3 distils end to end from the full teacher at
 seq 64, batch 4. `--distill-layers 0` replaces every attention layer (slower). Text: Python's bundled documentation
-(`pydoc_data.topics`), every 10th topic held out for perplexity. Reports each stage's loss curve and the held-out
+(the embedded corpus' `language` source of jaxlm.data, its held-out split for perplexity). Each stage is a run of the
+shared engine (`jaxlm.train.train` with a `jaxlm.distill.mohawk.StageTask`) in <out>/stage1..3. Reports each stage's loss curve and the held-out
 perplexity of the teacher, the student after weight transfer (untrained mixers), after stage 2 and after stage 3.
 
 Paper preset ("paper"): Phi-1.5 teacher -> Phi-Mamba student (24 layers, d_state 64, 32 heads), seq 2048, token
@@ -46,10 +47,12 @@ def build_parser():
 
     p = command_parser("recipes.mohawk", __doc__.strip(),
                        reads="the teacher --teacher-path (a GGUF file or HF directory; default SmolLM2-135M-Instruct "
-                             "for --preset cpu); text from --text-file (default Python's pydoc_data.topics, every "
-                             "10th topic held out); with --resume the latest checkpoint in --out",
-                       writes="--out (default runs/mohawk): ckpt/ (orbax, every --save-every steps), report.json and "
-                              "report.md (loss curves and held-out perplexities); progress to stdout")
+                             "for --preset cpu); text from --text-file (default the embedded corpus' language source, "
+                             "Python's pydoc_data.topics, with its held-out split); with --resume the latest "
+                             "checkpoints in --out",
+                       writes="--out (default runs/mohawk): stage1/ stage2/ stage3/ (engine run directories: orbax "
+                              "checkpoints every --save-every steps, metrics.jsonl, loss_curve.png, summary.json), "
+                              "report.json and report.md (loss curves and held-out perplexities); progress to stdout")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     p.add_argument("--teacher-path", default=None,
                    help="teacher checkpoint: a GGUF file or HF directory (default: SmolLM2-135M-Instruct for 'cpu')")

@@ -30,6 +30,7 @@ class Regression(Task):
 
     name = "mlp-regression"
     batch_spec = {"x": ("batch", None), "y": ("batch", None)}
+    step_key = "mlp-regression"  # runs in this process share compiled steps
 
     def build(self, rngs):
         return MLP(8, 32, 4, rngs)
@@ -63,7 +64,7 @@ def _cfg(phases):
 
 def _run(cfg, out, mesh="8x1", **kw):
     return train(cfg, ArrayPipeline(DATA, 16, seed=1), make_mesh(mesh), out, task=Regression(), progress=False,
-                 print_fn=lambda *a: None, **kw)
+                 print_fn=lambda *a: None, plot=False, **kw)
 
 
 def _leaves(params):

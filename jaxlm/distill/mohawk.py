@@ -199,6 +199,10 @@ class StageTask(Task):
         self.param_filter = nnx.All(nnx.PathContains("student"), trainable_filter(stage, freeze_mlp, freeze_attention))
         self.traces = 0  # how many times the loss was traced (one compiled step for all layers: 1 per run)
 
+    @property
+    def step_key(self):
+        return ("mohawk", self.stage, self.temperature)
+
     def build(self, rngs):
         return Distill(PhiMambaLM(self.student.cfg, rngs=rngs), DecoderLM(self.teacher.cfg, rngs=rngs))
 

@@ -75,7 +75,8 @@ def evaluate_model(task, model, eval_batches: dict, mesh) -> dict:
 
 def train(cfg: RunConfig, pipeline, mesh, out_dir, *, task=None, sources: list[str] | None = None,
           eval_batches: dict | None = None, resume: bool = False, stop_at: int | None = None,
-          extra_meta: dict | None = None, progress: bool | None = None, print_fn=print) -> RunResult:
+          extra_meta: dict | None = None, progress: bool | None = None, print_fn=print,
+          plot: bool = True) -> RunResult:
     """Train `task` (default: `LMTask(cfg.model, sources)`) with the optimizer, phases and loop settings of `cfg`
     on `pipeline` over `mesh`, writing everything under `out_dir`.
 
@@ -83,6 +84,7 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, task=None, sources: list[s
     global rows, evaluated with the Task's eval_loss at the start, at phase ends and every train.eval_every steps.
     resume: continue from the latest checkpoint in out_dir/checkpoints (exact: params, optimizer, step, RNG and
     data iterator). stop_at: stop after this many total steps (a run can be continued later with resume).
+    plot=False skips the loss-curve PNG.
     """
     cfg = cfg.validate()
     t = cfg.train
@@ -150,7 +152,7 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, task=None, sources: list[s
     n_params = param_count(state.params)
     unit = task.units
     upe = task.units_per_example(cfg)
-    fpt = task.flops_per_example(cfg) / upe  # FLOPs per unit (token / example)
+    fpt = task.flops_per_example(cfg) / upe or float("nan")  # FLOPs per unit (token / example); nan = unknown
     peak, peak_src = device_peak_flops(t.peak_tflops)
     peak_total = peak * jax.device_count()
     tokens_per_step = t.global_batch * upe
@@ -224,7 +226,8 @@ def train(cfg: RunConfig, pipeline, mesh, out_dir, *, task=None, sources: list[s
         return RunResult(out_dir, end, {}, losses, state, rest)
     records = read_jsonl(out_dir / "metrics.jsonl")
     phases = phase_loss_summary(records, bounds, names)
-    png = plot_loss_curve(records, bounds, names, out_dir / "loss_curve.png", title=f"{cfg.name} training loss")
+    png = plot_loss_curve(records, bounds, names, out_dir / "loss_curve.png",
+                          title=f"{cfg.name} training loss") if plot else None
     final_eval = {}
     for r in records:
         if r.get("kind") == "eval":

@@ -36,14 +36,43 @@ def step_rng(rng_data, step):
     return jax.random.fold_in(jax.random.wrap_key_data(rng_data), step)
 
 
+_JIT_CACHE: dict = {}
+
+
+def _tree_key(tree):
+    return jax.tree.structure(tree), tuple(jax.tree.leaves(tree))
+
+
+def _cached(key, build):
+    """One jitted function per key, so a resumed run, the next stage or the next run of a sweep in the same process
+    reuses the compiled program. Tasks opt in with a hashable `step_key` (all their loss depends on besides the
+    model structure, the batch and the run config); without one every call builds (and compiles) afresh."""
+    if key is None:
+        return build()
+    try:
+        hash(key)
+    except TypeError:
+        return build()
+    if key not in _JIT_CACHE:
+        _JIT_CACHE[key] = build()
+    return _JIT_CACHE[key]
+
+
 def make_step(task, mdef, tx, run_cfg, mesh, state_shardings, rest_shardings=None, *, donate: bool = True):
     """The jitted `(state, batch, rest) -> (state, metrics)` of `task` (rest: the frozen non-trained variables)."""
+    rest_shardings = {} if rest_shardings is None else rest_shardings
+    tk = getattr(task, "step_key", None)
+    key = None if tk is None else ("step", tk, mdef.graphdef, repr(run_cfg), mesh, tuple(task.batch_spec.items()),
+                                   _tree_key(state_shardings), _tree_key(rest_shardings), donate)
+    return _cached(key, lambda: _make_step(task, mdef, tx, run_cfg, mesh, state_shardings, rest_shardings, donate))
+
+
+def _make_step(task, mdef, tx, run_cfg, mesh, state_shardings, rest_shardings, donate):
     grad_accum = run_cfg.train.grad_accum
     schedule = make_schedule(run_cfg)
     spec = dict(task.batch_spec)
     b_sh = batch_shardings(mesh, spec)
     rep = NamedSharding(mesh, P())
-    rest_shardings = {} if rest_shardings is None else rest_shardings
 
     def grads_of(params, rest, batch, key):
         def f(p):
@@ -101,7 +130,15 @@ def make_train_step(mdef, tx, run_cfg, num_sources: int, mesh, state_shardings, 
 
 def make_eval_step(task, mdef, mesh, param_shardings, rest_shardings=None):
     """(params, rest, batch) -> (summed eval loss, weight), jitted on the mesh (Task.eval_loss)."""
+    rest_shardings = {} if rest_shardings is None else rest_shardings
     keys = tuple(getattr(task, "eval_keys", None) or task.batch_spec)
+    tk = getattr(task, "step_key", None)
+    key = None if tk is None else ("eval", tk, mdef.graphdef, mesh, keys, tuple(task.batch_spec.items()),
+                                   _tree_key(param_shardings), _tree_key(rest_shardings))
+    return _cached(key, lambda: _make_eval_step(task, mdef, mesh, param_shardings, rest_shardings, keys))
+
+
+def _make_eval_step(task, mdef, mesh, param_shardings, rest_shardings, keys):
     b_sh = {k: v for k, v in batch_shardings(mesh, task.batch_spec).items() if k in keys}
     rep = NamedSharding(mesh, P())
 
@@ -110,8 +147,7 @@ def make_eval_step(task, mdef, mesh, param_shardings, rest_shardings=None):
             tot, w = task.eval_loss(mdef.merge(params, rest), {k: batch[k] for k in keys})
         return tot, jnp.asarray(w, jnp.float32)
 
-    return jax.jit(eval_fn, in_shardings=(param_shardings, {} if rest_shardings is None else rest_shardings, b_sh),
-                   out_shardings=(rep, rep))
+    return jax.jit(eval_fn, in_shardings=(param_shardings, rest_shardings, b_sh), out_shardings=(rep, rep))
 
 
 def to_device_batch(batch: dict, mesh, spec=None, *, global_rows: bool = False) -> dict:

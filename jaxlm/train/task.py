@@ -22,6 +22,7 @@ Optional members (`Task` below gives the defaults; subclassing it is the easy wa
     step_metrics(metric_sums, weight) -> dict  # traced, after accumulation (e.g. per-source means)
     log_metrics(host_metrics) -> dict          # JSON fields added to each metrics.jsonl train record
     compat(run_cfg) -> dict                    # JSON a checkpoint must match to be resumed
+    step_key                                   # hashable: lets runs in one process share compiled steps
     check_mesh(mesh, batch_size)               # raise MeshError early
     flops_per_example(run_cfg) -> float        # training FLOPs per example (MFU); 0 = unknown
     units, units_per_example(run_cfg)          # throughput unit ("tokens" for LMs, "examples" default)
@@ -114,6 +115,10 @@ class LMTask(Task):
     def __init__(self, cfg, sources=("data",)):
         self.cfg = cfg
         self.sources = list(sources)
+
+    @property
+    def step_key(self):
+        return ("lm", len(self.sources))
 
     def build(self, rngs):
         from jaxlm.models.decoder import DecoderLM
