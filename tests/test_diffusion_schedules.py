@@ -95,6 +95,27 @@ def test_ddpm_step_is_posterior_sample():
     np.testing.assert_allclose(np.asarray(out), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
+def test_eddpm_sampler_form():
+    """EDDPM (guangyliu/EDDPM) samples with constant β = 0.008 over indices T..1, x_{i-1} = (x_i - ε β/√(1-ᾱ_i))/√α_i
+    + √β_i z, no noise on the last step, stopping at index 0: our DDPM "large" over [T, ..., 0], final_noise=False."""
+    T = 6
+    sch = make_schedule("constant", T + 1, beta=0.008)
+    eps_model = lambda x, t, c: jnp.sin(3.0 * x + t[:, None].astype(jnp.float32))
+    x = jnp.linspace(-2, 2, 8).reshape(4, 2)
+    rng = jax.random.PRNGKey(9)
+    out = jax.jit(lambda x, r: sample(eps_model, sch, x, r, timesteps=np.arange(T, -1, -1), method="ddpm",
+                                      variance="large", final_noise=False))(x, rng)
+    keys = jax.random.split(rng, T)
+    b = 0.008
+    ab = (1 - b) ** np.arange(1, T + 2)
+    xi = np.asarray(x, np.float64)
+    for n, i in enumerate(range(T, 0, -1)):
+        z = np.asarray(jax.random.normal(keys[n], x.shape)) if i > 1 else 0.0
+        e = np.asarray(eps_model(jnp.asarray(xi, jnp.float32), jnp.full((4,), i), None))
+        xi = (xi - e * b / np.sqrt(1 - ab[i])) / np.sqrt(1 - b) + np.sqrt(b) * z
+    np.testing.assert_allclose(np.asarray(out), xi, rtol=1e-4, atol=1e-4)
+
+
 @jax.jit
 def _round_trips(sch, x0, eps, t):
     xt = q_sample(sch, x0, t, eps)
