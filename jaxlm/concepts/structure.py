@@ -13,6 +13,8 @@ joint features of A's proxies and the observed set B (rank.py):
 2. siblings: u, v in W share one latent parent that screens them off from the members R of W \\ {u, v}
    iff r(u; R) == r(v; R) == r(uv; R) >= 1 (one latent of k states bounds every one of these by k - 1,
    two separate parents make r(uv; R) grow to about r(u) + r(v)). Sibling classes must be cliques.
+   With sampled ranks (repair=True) the rule is r(uv; R) <= max(r(u; R), r(v; R)), and non-clique classes
+   are split into cliques instead of raising.
 3. each class G gets a parent of k = 1 + max_g r(p_g; members(G \\ g)) states. A latent member L of G
    with k states is that parent (a latent-to-latent edge, no new node) if it passes the parent test: L
    screens off another member u together with one of L's own members m from all the rest,
@@ -106,7 +108,7 @@ class _Learner:
                 if not big:
                     continue
                 pc = self.proxy([c])
-                if self.r(a + pc, big) != self.r(a, big):
+                if (self.r(a + pc, big) > self.r(a, big)) if self.repair else (self.r(a + pc, big) != self.r(a, big)):
                     continue
                 joint = self.r(pc, a)
                 if joint > max(self.r(pc, self.proxy([h])) for h in s) and joint >= 1:
@@ -116,7 +118,13 @@ class _Learner:
                                       self.partial())
             if hits:
                 found[c] = hits[0]
-        return found
+        # a node assigned as a child cannot also be a parent in the same round (that would close a cycle)
+        accepted, parents = {}, set()
+        for c, s in found.items():
+            if c not in parents and not set(s) & set(accepted):
+                accepted[c] = s
+                parents |= set(s)
+        return accepted
 
     def siblings(self, active):
         """Step 2: sibling classes (lists of names, size >= 2)."""
@@ -126,7 +134,13 @@ class _Learner:
             if not big:
                 continue
             ru, rv = self.r(self.proxy([u]), big), self.r(self.proxy([v]), big)
-            if ru >= 1 and ru == rv and self.r(self.proxy([u, v]), big) == ru:
+            if max(ru, rv) < 1:
+                continue
+            ruv = self.r(self.proxy([u, v]), big)
+            # exact ranks: r(uv) == r(u) == r(v). Sampled ranks (repair mode) underestimate weak directions,
+            # so there we only ask that adding v does not raise the larger single rank (in the population the
+            # two rules agree whenever children have at least as many states as their parent)
+            if (ruv <= max(ru, rv)) if self.repair else (ru == rv == ruv):
                 pairs.add((u, v))
         adj = {n: set() for n in active}
         for u, v in pairs:
