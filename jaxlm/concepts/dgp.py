@@ -65,12 +65,21 @@ class DiscreteBN:
         return sorted(out)
 
     def _marginal(self, nodes: tuple[int, ...]) -> np.ndarray:
-        keep = self._ancestors(nodes)  # non-ancestors sum out to one (barren nodes)
-        operands = []
-        for i in keep:
-            operands.append(self.cpts[i])
-            operands.append([*self.graph.parents[i], i])
-        return np.einsum(*operands, list(nodes), optimize="greedy")
+        """Variable elimination in topological order over the ancestors of `nodes` (non-ancestors are
+        barren and sum out to one): multiply in one table at a time and sum a variable out as soon as its
+        last child inside the ancestor set has been multiplied in. Hierarchies keep the frontier small."""
+        keep = set(self._ancestors(nodes))
+        g = self.graph
+        order = [i for i in g.topological_order() if i in keep]
+        pos = {i: t for t, i in enumerate(order)}
+        last_use = {i: max([pos[c] for c in g.children(i) if c in keep], default=pos[i]) for i in order}
+        query = set(nodes)
+        factor, axes = np.ones(()), []
+        for t, i in enumerate(order):
+            out = [v for v in axes + [i] if v in query or last_use[v] > t]
+            factor = np.einsum(factor, axes, self.cpts[i], [*g.parents[i], i], out)
+            axes = out
+        return np.einsum(factor, axes, list(nodes))
 
     def marginal(self, nodes) -> np.ndarray:
         """Exact joint table P(X_nodes), axes in the order given (node indices or names)."""

@@ -240,18 +240,24 @@ class _SampleRank(_RankBase):
     def n_feat(self):
         return self._f.shape[1]
 
+    def features_a(self, a):
+        """Centred features of set A: the one-hot joint state (one state dropped) or the codes."""
+        if self.feature == "code":
+            return self._f[:, self._cols(a)]
+        state = np.zeros(self.n, dtype=np.int64)
+        for i in a:
+            state = state * self.cards[i] + self.x[:, i]
+        m = int(np.prod([self.cards[i] for i in a]))
+        fa = np.eye(m)[state][:, :-1]
+        return fa - fa.mean(0)
+
     def moments(self, a, b):
         cb = self._cols(b)
         sbb = self._cov[np.ix_(cb, cb)]
         if self.feature == "code":
             ca = self._cols(a)
             return self._cov[np.ix_(ca, ca)], sbb, self._cov[np.ix_(ca, cb)]
-        state = np.zeros(self.n, dtype=np.int64)
-        for i in a:
-            state = state * self.cards[i] + self.x[:, i]
-        m = int(np.prod([self.cards[i] for i in a]))
-        fa = np.eye(m)[state][:, :-1]
-        fa = fa - fa.mean(0)
+        fa = self.features_a(a)
         return fa.T @ fa / (self.n - 1), sbb, fa.T @ self._f[:, cb] / (self.n - 1)
 
     def _nominal_dims(self, a, b):
@@ -270,14 +276,18 @@ class _SampleRank(_RankBase):
         return self.correlations(a, b)
 
 
-class BartlettRank(_SampleRank):
-    """Sequential Bartlett tests: the smallest r whose H0 'rank <= r' is not rejected at level alpha."""
+class _LevelTest(_SampleRank):
+    """A sample rank test at level alpha."""
 
     def __init__(self, data, cards=None, alpha: float = 0.05, feature: str = "onehot", min_samples: int = 50):
         if not 0 < alpha < 1:
-            raise ConceptDataError(f"BartlettRank: alpha must be in (0, 1), got {alpha}")
+            raise ConceptDataError(f"{type(self).__name__}: alpha must be in (0, 1), got {alpha}")
         super().__init__(data, cards, feature, min_samples)
         self.alpha = alpha
+
+
+class BartlettRank(_LevelTest):
+    """Sequential Bartlett tests: the smallest r whose H0 'rank <= r' is not rejected at level alpha."""
 
     def pvalue(self, a, b, r: int) -> float:
         """p-value of H0: covariance rank <= r."""
@@ -294,7 +304,7 @@ class BartlettRank(_SampleRank):
         return min(p, q)
 
 
-class RobustRank(_SampleRank):
+class RobustRank(_LevelTest):
     """Wald test of H0 'rank <= r' on the null block of the whitened cross-covariance with a
     heteroskedasticity-robust (sample) covariance of that block, in the spirit of Kleibergen & Paap (2006).
 
@@ -306,29 +316,9 @@ class RobustRank(_SampleRank):
     n lambda' Omega^+ lambda is asymptotically chi2((p-r)(q-r)) under H0 (whitening noise enters at second
     order because the true block is zero)."""
 
-    def __init__(self, data, cards=None, alpha: float = 0.05, feature: str = "onehot", min_samples: int = 50):
-        if not 0 < alpha < 1:
-            raise ConceptDataError(f"RobustRank: alpha must be in (0, 1), got {alpha}")
-        super().__init__(data, cards, feature, min_samples)
-        self.alpha = alpha
-
-    def _features(self, a, b):
-        cb = self._cols(b)
-        fb = self._f[:, cb]
-        if self.feature == "code":
-            fa = self._f[:, self._cols(a)]
-        else:
-            state = np.zeros(self.n, dtype=np.int64)
-            for i in a:
-                state = state * self.cards[i] + self.x[:, i]
-            m = int(np.prod([self.cards[i] for i in a]))
-            fa = np.eye(m)[state][:, :-1]
-            fa = fa - fa.mean(0)
-        return fa, fb
-
     def pvalues(self, a, b, ranks=None):
         a, b = self._check_sets(a, b)
-        fa, fb = self._features(a, b)
+        fa, fb = self.features_a(a), self._f[:, self._cols(b)]
         n = self.n
         wa = fa @ _inv_sqrt(fa.T @ fa / (n - 1), 1e-10)
         wb = fb @ _inv_sqrt(fb.T @ fb / (n - 1), 1e-10)

@@ -134,7 +134,7 @@ class _Learner:
             if not big:
                 continue
             ru, rv = self.r(self.proxy([u]), big), self.r(self.proxy([v]), big)
-            if max(ru, rv) < 1:
+            if max(ru, rv) < 1 or (ru != rv and not self.repair):
                 continue
             ruv = self.r(self.proxy([u, v]), big)
             # exact ranks: r(uv) == r(u) == r(v). Sampled ranks (repair mode) underestimate weak directions,
