@@ -26,12 +26,13 @@ DATA_DIR = TASKS_DIR / "data"
 TASKS = ("jaxlm_heldout_lm_language", "jaxlm_heldout_lm_code", "jaxlm_heldout_cloze", "jaxlm_code_exec")
 
 
-def task_manager(extra_paths=None):
-    """An lm_eval TaskManager that knows jaxlm's tasks (and `extra_paths`, folders of the user's YAML tasks)."""
+def task_manager(extra_paths=None, metadata: dict | None = None):
+    """An lm_eval TaskManager that knows jaxlm's tasks (and `extra_paths`, folders of the user's YAML tasks);
+    `metadata` reaches every task's loader (e.g. {"data_file": PATH})."""
     from lm_eval.tasks import TaskManager
 
     paths = [str(TASKS_DIR)] + [str(p) for p in (extra_paths or [])]
-    return TaskManager(include_path=paths if len(paths) > 1 else paths[0])
+    return TaskManager(include_path=paths if len(paths) > 1 else paths[0], metadata=metadata)
 
 
 def _lm_docs(source: str, n: int, max_chars: int) -> list[dict]:

@@ -119,6 +119,7 @@ class Scorer:
                 check_mesh_for_model(mesh, model.cfg)
                 state = jax.device_put(state, state_shardings(state, mesh))
         self.cfg = cfg if cfg is not None else model.cfg
+        self.vocab_size = int(getattr(self.cfg, "base", self.cfg).vocab_size)  # PhiMambaConfig keeps it in .base
         self.graphdef, self.state, self.mesh = graphdef, state, mesh
         self.context_len = int(context_len or model_context(self.cfg))
         self.max_tokens = int(max_tokens)
@@ -127,7 +128,7 @@ class Scorer:
 
     def check(self, seq, what: str = "sequence") -> list[int]:
         ids = [int(t) for t in seq]
-        V = self.cfg.vocab_size
+        V = self.vocab_size
         if len(ids) < 2:
             raise RequestError(f"{what}: {len(ids)} token(s); scoring needs at least 2 (a context and a token)")
         if len(ids) > self.context_len:
@@ -142,13 +143,14 @@ class Scorer:
         """One SeqScore per sequence (in the given order). Sequences need 2..context_len tokens."""
         seqs = [self.check(s, f"sequence {i}") for i, s in enumerate(seqs)]
         out: list[SeqScore | None] = [None] * len(seqs)
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-        i = 0
-        while i < len(order):
-            T = bucket(len(seqs[order[i]]), MIN_LEN_BUCKET, None)
-            rows = max(1, min(bucket(len(order) - i), 1 << (max(self.max_tokens // T, 1).bit_length() - 1)))
-            group = order[i:i + rows]
-            i += len(group)
+        by_len: dict[int, list[int]] = {}
+        for i, sq in enumerate(seqs):  # one length bucket per batch: a short request never pays for a long one
+            by_len.setdefault(bucket(len(sq), MIN_LEN_BUCKET, None), []).append(i)
+        batches = []
+        for T, idx in sorted(by_len.items()):
+            rows = 1 << (max(self.max_tokens // T, 1).bit_length() - 1)
+            batches += [(T, idx[j:j + rows]) for j in range(0, len(idx), rows)]
+        for T, group in batches:
             B = bucket(len(group))
             if self.mesh is not None:  # rows split over the mesh's batch axes (data x fsdp)
                 B = max(B, self.mesh.shape["data"] * self.mesh.shape["fsdp"])
