@@ -13,8 +13,8 @@ joint features of A's proxies and the observed set B (rank.py):
 2. siblings: u, v in W share one latent parent that screens them off from the members R of W \\ {u, v}
    iff r(u; R) == r(v; R) == r(uv; R) >= 1 (one latent of k states bounds every one of these by k - 1,
    two separate parents make r(uv; R) grow to about r(u) + r(v)). Sibling classes must be cliques.
-   With sampled ranks (repair=True) the rule is r(uv; R) <= max(r(u; R), r(v; R)), and non-clique classes
-   are split into cliques instead of raising.
+   With sampled ranks (repair=True) r(uv; R) <= r(u; R) is accepted too (the population never has <), and
+   non-clique classes are split into cliques instead of raising.
 3. each class G gets a parent of k = 1 + max_g r(p_g; members(G \\ g)) states. A latent member L of G
    with k states is that parent (a latent-to-latent edge, no new node) if it passes the parent test: L
    screens off another member u together with one of L's own members m from all the rest,
@@ -134,13 +134,11 @@ class _Learner:
             if not big:
                 continue
             ru, rv = self.r(self.proxy([u]), big), self.r(self.proxy([v]), big)
-            if max(ru, rv) < 1 or (ru != rv and not self.repair):
+            if ru < 1 or ru != rv:  # unequal single ranks also mark a latent above another one
                 continue
             ruv = self.r(self.proxy([u, v]), big)
-            # exact ranks: r(uv) == r(u) == r(v). Sampled ranks (repair mode) underestimate weak directions,
-            # so there we only ask that adding v does not raise the larger single rank (in the population the
-            # two rules agree whenever children have at least as many states as their parent)
-            if (ruv <= max(ru, rv)) if self.repair else (ru == rv == ruv):
+            # r(uv) >= r(u) in the population; sampled ranks (repair mode) may underestimate r(uv)
+            if (ruv <= ru) if self.repair else (ruv == ru):
                 pairs.add((u, v))
         adj = {n: set() for n in active}
         for u, v in pairs:
