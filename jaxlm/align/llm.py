@@ -75,16 +75,20 @@ def prefilled(prompt: str, prefix: str) -> list[dict]:
 
 
 def ask(llm: LLM, prompts: Sequence[str], prefixes: Sequence[str], *, prefill: bool,
-        prefill_stop: Sequence[str] | None = None, **kw) -> list[Completion]:
+        prefill_stop: Sequence[str] | None = None, prefill_close: str = "", **kw) -> list[Completion]:
     """Generate; with `prefill` (and a backend that supports it) the answers are forced to start with `prefixes`,
-    which steers small models into the JSON shape, and stop at `prefill_stop` (e.g. the closing bracket; the
-    lenient JSON parser closes what the stop cut). Returned texts always include the prefix when one was used."""
+    which steers small models into the JSON shape, and stop at `prefill_stop` (the closing bracket). An answer that
+    stopped there (fewer than max_tokens tokens) gets `prefill_close` appended, the brackets the stop string cut;
+    an answer that ran into the token limit is returned as it is (truncated: the parsers refuse it). Returned texts
+    always include the prefix when one was used."""
     if not (prefill and getattr(llm, "supports_prefill", False)):
         return llm.generate(list(prompts), **kw)
     if prefill_stop:
         kw["stop"] = list(prefill_stop)
+    limit = kw.get("max_tokens", 512)
     outs = llm.generate([prefilled(p, x) for p, x in zip(prompts, prefixes)], **kw)
-    return [Completion(x + c.text, c.prompt_tokens, c.completion_tokens, c.cached) for x, c in zip(prefixes, outs)]
+    return [Completion(x + c.text + (prefill_close if c.completion_tokens < limit else ""), c.prompt_tokens,
+                       c.completion_tokens, c.cached) for x, c in zip(prefixes, outs)]
 
 
 def estimate_tokens(text: str) -> int:

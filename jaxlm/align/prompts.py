@@ -9,6 +9,7 @@ placeholders (string.Template), so JSON braces in the templates need no escaping
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import random
 import string
@@ -73,31 +74,89 @@ def seed_examples(data_dir=None) -> tuple[Example, ...]:
     return tuple(Example(e["query"], e["answer"]) for e in load_data("icl_seed", data_dir)["examples"])
 
 
-def sample_training_queries(n: int, seed: int = 42, data_dir=None) -> tuple[str, ...]:
-    """Draw n queries from the pools in proportion (seeded: the original's sampler was not), interleave the pools
-    so every prefix is mixed, and return them in a reproducible order."""
-    data = load_data("train_queries", data_dir)
-    pools, props = data["pools"], data["proportions"]
-    total = sum(len(v) for v in pools.values())
+POOL_ORDER = ("alpaca", "lima", "malicious")  # the original's order when topping up the counts
+CHUNK_ORDER = ("lima", "malicious", "alpaca")  # ... and when interleaving
+
+
+def load_query_pools(source: str | os.PathLike | None = None, data_dir=None) -> dict[str, list[str]]:
+    """The three training-query pools. `source` None: the packaged train_queries.json; a directory in the
+    original's layout (alpaca_train.json: [{"instruction"}], lima_subsample_train.json: [{"query"}], mal_train.txt:
+    one query a line); or a JSON file {"pools": {"alpaca": [...], "lima": [...], "malicious": [...]}}."""
+    if source is None:
+        pools = load_data("train_queries", data_dir)["pools"]
+    else:
+        p = pathlib.Path(source)
+        if p.is_dir():
+            files = {"alpaca": p / "alpaca_train.json", "lima": p / "lima_subsample_train.json",
+                     "malicious": p / "mal_train.txt"}
+            for f in files.values():
+                if not f.exists():
+                    raise DataFileNotFoundError(f"training queries: {f} not found (a query directory in the "
+                                                f"original's layout has {', '.join(x.name for x in files.values())})")
+            try:
+                pools = {"alpaca": [d["instruction"] for d in json.loads(files["alpaca"].read_text())],
+                         "lima": [d["query"] for d in json.loads(files["lima"].read_text())],
+                         "malicious": [ln.strip() for ln in files["malicious"].read_text().splitlines()
+                                       if ln.strip()]}
+            except (ValueError, KeyError, TypeError) as e:
+                raise DataError(f"training queries in {p}: {type(e).__name__} {e}") from None
+        elif p.exists():
+            try:
+                pools = json.loads(p.read_text())["pools"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise DataError(f"{p}: expected JSON with a 'pools' object ({type(e).__name__} {e})") from None
+        else:
+            raise DataFileNotFoundError(f"training queries: {p} not found")
+    missing = [k for k in POOL_ORDER if not isinstance(pools.get(k), list)]
+    if missing:
+        raise DataError(f"training queries{'' if source is None else ' ' + str(source)}: missing pool(s) {missing}")
+    return {k: [str(q) for q in pools[k]] for k in POOL_ORDER}
+
+
+def pool_counts(n: int, sizes: dict[str, int]) -> dict[str, int]:
+    """The original's allocation: floor(n * size / total) per pool, the remainder topped up alpaca, lima,
+    malicious in turn."""
+    total = sum(sizes.values())
     n = min(n, total)
-    rng = random.Random(seed)
-    # largest-remainder allocation of n over the pools, capped by pool sizes
-    want = {k: props[k] * n for k in pools}
-    take = {k: min(len(pools[k]), int(want[k])) for k in pools}
-    rest = sorted(pools, key=lambda k: want[k] - int(want[k]), reverse=True)
-    while sum(take.values()) < n:
-        for k in rest:
-            if sum(take.values()) < n and take[k] < len(pools[k]):
-                take[k] += 1
-    picked = {k: rng.sample(pools[k], take[k]) for k in sorted(pools)}
-    order: list[str] = []
-    i = 0
-    while len(order) < n:
-        for k in sorted(pools):
-            if i < len(picked[k]):
-                order.append(picked[k][i])
-        i += 1
+    counts = {k: int(n / total * sizes[k]) for k in POOL_ORDER}
+    for i in range(n - sum(counts.values())):
+        counts[POOL_ORDER[i % 3]] += 1
+    return counts
+
+
+def interleave_pools(pools: dict[str, Sequence[str]]) -> list[str]:
+    """Round-robin of chunks (lima, malicious, alpaca); a pool's chunk is max(1, int(10 * size / total)) queries,
+    so every stretch of the list holds each kind (the original's interleaving)."""
+    total = sum(len(v) for v in pools.values())
+    size = {k: max(int(10 * len(pools[k]) / total), 1) for k in CHUNK_ORDER}
+    out: list[str] = []
+    r = 0
+    while any(r * size[k] < len(pools[k]) for k in CHUNK_ORDER):
+        for k in CHUNK_ORDER:
+            out.extend(pools[k][r * size[k]:(r + 1) * size[k]])
+        r += 1
+    return out
+
+
+def training_queries(n: int = 180, *, sample_seed: int = 0, shuffle_seed: int = 42, source=None,
+                     data_dir=None) -> tuple[str, ...]:
+    """The stage-2 training queries as the original builds them: per-pool counts in proportion (`pool_counts`), a
+    random sample of each pool (seeded by `sample_seed`; the original's was not seeded), the interleaving
+    (`interleave_pools`), then numpy's legacy shuffle with seed 42 (`np.random.seed(42); np.random.shuffle`)."""
+    import numpy as np
+
+    pools = load_query_pools(source, data_dir)
+    counts = pool_counts(n, {k: len(v) for k, v in pools.items()})
+    rng = random.Random(sample_seed)
+    picked = {k: rng.sample(pools[k], counts[k]) for k in POOL_ORDER}
+    order = interleave_pools(picked)
+    np.random.RandomState(shuffle_seed).shuffle(order)
     return tuple(order)
+
+
+def sample_training_queries(n: int, seed: int = 0, data_dir=None, *, source=None) -> tuple[str, ...]:
+    """`training_queries(n, sample_seed=seed)` (the name earlier versions used)."""
+    return training_queries(n, sample_seed=seed, source=source, data_dir=data_dir)
 
 
 def eval_queries(data_dir=None) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -2,7 +2,8 @@
 the mean. Judges are weak and answer in broken JSON, so parsing is lenient and every problem is counted in a
 `collections.Counter` (`stats`) instead of raising:
 
-  json_repaired     JSON that needed repair (fences, trailing commas, quotes, truncation)
+  json_repaired     JSON that needed repair (fences, trailing commas, quotes, bare keys)
+  json_truncated    JSON cut off before its end (the token limit): refused, never closed up; the call is retried
   regex_repaired    scores/aspects recovered from text that was not JSON at all
   json_failed       answers that yielded nothing usable (the call is retried, then skipped)
   unknown_aspect    aspect names outside the catalogue (dropped)
@@ -34,15 +35,20 @@ from jaxlm.align.state import AspectScore, AspectSelection, Evaluation
 
 @dataclass(frozen=True)
 class Catalogue:
+    """The aspects: `rubrics` (scoring, anchored at 5 and at 1), `descriptions` (the short text the aspect
+    selector reads), aliases (other spellings -> canonical name) and the fallback selection."""
+
     rubrics: dict[str, str]
     aliases: dict[str, str]
     default: tuple[str, ...]
     version: int = 1
+    descriptions: dict[str, str] | None = None
 
     @classmethod
     def load(cls, data_dir=None) -> "Catalogue":
         d = load_data("aspects", data_dir)
-        return cls(dict(d["aspects"]), dict(d.get("aliases", {})), tuple(d["default_selection"]), d["version"])
+        return cls(dict(d["aspects"]), dict(d.get("aliases", {})), tuple(d["default_selection"]), d["version"],
+                   dict(d.get("descriptions") or d["aspects"]))
 
     def canonical(self, name: Any) -> str | None:
         if not isinstance(name, str):
@@ -58,7 +64,9 @@ class Catalogue:
         return name.title()
 
     def listing(self) -> str:
-        return "\n".join(f"- {self.display(k)}: {v}" for k, v in self.rubrics.items())
+        """The catalogue as the aspect selector sees it: names with their short descriptions."""
+        desc = self.descriptions or self.rubrics
+        return "\n".join(f"- {self.display(k)}: {desc[k]}" for k in self.rubrics)
 
 
 # ---------------------------------------------------------------- lenient JSON
@@ -67,10 +75,16 @@ class Catalogue:
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 
 
-def _close_truncated(s: str) -> str:
-    """Close an unterminated string and any open brackets (a judge cut off by max_tokens)."""
-    stack, in_str, esc = [], False, False
-    for ch in s:
+def is_truncated(text: str) -> bool:
+    """True when the first JSON object of `text` never closes: its opening brace is still open (or a string still
+    unterminated) at the end of the text, which is what an answer cut by the token limit looks like."""
+    if not isinstance(text, str):
+        return False
+    start = text.find("{")
+    if start == -1:
+        return False
+    depth, in_str, esc = 0, False, False
+    for ch in text[start:]:
         if in_str:
             if esc:
                 esc = False
@@ -81,17 +95,18 @@ def _close_truncated(s: str) -> str:
         elif ch == '"':
             in_str = True
         elif ch in "{[":
-            stack.append("}" if ch == "{" else "]")
-        elif ch in "}]" and stack:
-            stack.pop()
-    out = s + ('"' if in_str else "")
-    out = re.sub(r",\s*$", "", out.rstrip())
-    out = re.sub(r':\s*$', ': null', out)
-    return out + "".join(reversed(stack))
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return False
+    return True
 
 
 def parse_json(text: str) -> tuple[Any | None, str]:
-    """Parse a JSON object out of an LLM answer. Returns (object or None, 'ok' | 'repaired' | 'failed')."""
+    """Parse a JSON object out of an LLM answer. Returns (object or None, 'ok' | 'repaired' | 'truncated' |
+    'failed'). Syntax slips (fences, trailing commas, single quotes, bare keys) are repaired; an object cut off
+    before its end is refused ('truncated'), never closed up: the caller retries."""
     if not isinstance(text, str) or not text.strip():
         return None, "failed"
     t = text.strip()
@@ -101,16 +116,15 @@ def parse_json(text: str) -> tuple[Any | None, str]:
             return obj, "ok"
     except ValueError:
         pass
+    if is_truncated(t):
+        return None, "truncated"
     ident = lambda s: s  # noqa: E731
-    close = lambda s: _close_truncated(_repair_syntax(s))  # noqa: E731
-    attempts = [(m.group(1), f) for m in _FENCE.finditer(t) for f in (ident, _repair_syntax, close)]
+    attempts = [(m.group(1), f) for m in _FENCE.finditer(t) for f in (ident, _repair_syntax)]
     start = t.find("{")
     if start != -1:
         end = t.rfind("}")
-        whole = t[start:end + 1] if end > start else t[start:]
-        # a complete object first; then the text closed after its end (an answer cut by a stop string or the
-        # token limit) before the text up to its last brace, so trailing content is not thrown away
-        attempts += [(whole, ident), (whole, _repair_syntax), (t[start:], close), (whole, close)]
+        if end > start:
+            attempts += [(t[start:end + 1], ident), (t[start:end + 1], _repair_syntax)]
     for cand, fix in attempts:
         try:
             obj = json.loads(fix(cand))
@@ -143,6 +157,10 @@ def extract_field(text: str, key: str, stats: Counter, *, min_len: int = 1,
     one of the template's `placeholders` (counted as 'placeholder_copied'; small models do)."""
     found = None
     obj, status = parse_json(text)
+    if status == "truncated":
+        stats["json_truncated"] += 1
+        stats[f"{key}_failed"] += 1
+        return None
     if obj is not None:
         if status == "repaired":
             stats["json_repaired"] += 1
@@ -213,6 +231,9 @@ def parse_selection(text: str, cat: Catalogue, lo: int, hi: int, stats: Counter)
     obj, status = parse_json(text)
     reasoning = ""
     names: list[Any] = []
+    if status == "truncated":
+        stats["json_truncated"] += 1
+        return None
     if obj is not None:
         if status == "repaired":
             stats["json_repaired"] += 1
@@ -309,11 +330,11 @@ def score_prefix(aspect: str, key: str = "score") -> str:
 
 
 def judge_ask(judge: LLM, prompts: list[str], prefixes: list[str], cfg: JudgeConfig, attempt: int, *,
-              stop: Sequence[str] = ("}}",), max_tokens: int | None = None):
-    """One judge round: greedy first, retries sample at `retry_temperature` with a new seed. `stop` applies to
-    prefilled answers only."""
+              stop: Sequence[str] = ("}}",), close: str = "}}", max_tokens: int | None = None):
+    """One judge round: greedy first, retries sample at `retry_temperature` with a new seed. `stop` and `close`
+    (what is appended to an answer the stop string ended) apply to prefilled answers only."""
     temp = cfg.temperature if attempt == 0 else max(cfg.temperature, cfg.retry_temperature)
-    return ask(judge, prompts, prefixes, prefill=cfg.prefill, prefill_stop=stop,
+    return ask(judge, prompts, prefixes, prefill=cfg.prefill, prefill_stop=stop, prefill_close=close,
                max_tokens=max_tokens or cfg.max_tokens, temperature=temp, top_p=cfg.top_p, seed=cfg.seed + attempt)
 
 
@@ -342,7 +363,7 @@ def select_aspects(judge: LLM, queries: Sequence[str], *, cat: Catalogue, cache:
             stats["selection_retry"] += len(todo)
         prompts = [tpl.render(query=q, aspect_list=cat.listing(), min_aspects=cfg.min_aspects,
                               max_aspects=cfg.max_aspects) for q in todo]
-        answers = judge_ask(judge, prompts, [SELECTION_PREFIX] * len(prompts), cfg, attempt, stop=("]",),
+        answers = judge_ask(judge, prompts, [SELECTION_PREFIX] * len(prompts), cfg, attempt, stop=("]",), close="]}}",
                             max_tokens=cfg.selection_max_tokens)
         left = []
         for q, a in zip(todo, answers):
@@ -366,7 +387,10 @@ def select_aspects(judge: LLM, queries: Sequence[str], *, cat: Catalogue, cache:
 
 
 def json_template(aspects: Sequence[str], cat: Catalogue, rationale_key: str = "rationale") -> str:
-    return "{" + ", ".join(f'"{cat.display(a)}": {{"{rationale_key}": "<why>", "score": <1-5>}}' for a in aspects) + "}"
+    """The answer shape the judge fills in: one entry per selected aspect with placeholders in [] (as the
+    original's evaluation template)."""
+    return json.dumps({cat.display(a): {rationale_key: f"[your reasoning about the {a} of the answer]",
+                                        "score": f"[your {a} score]"} for a in aspects}, indent=4)
 
 
 def parse_scores(text: str, aspects: Sequence[str], cat: Catalogue, stats: Counter, *,
@@ -374,6 +398,9 @@ def parse_scores(text: str, aspects: Sequence[str], cat: Catalogue, stats: Count
     """Scores for the selected `aspects`. None when none could be read (caller retries). `na_score` replaces N/A."""
     obj, status = parse_json(text)
     found: dict[str, AspectScore] = {}
+    if status == "truncated":
+        stats["json_truncated"] += 1
+        return None
     if obj is not None:
         if status == "repaired":
             stats["json_repaired"] += 1
@@ -456,10 +483,13 @@ def score_responses(judge: LLM, items: Sequence[tuple[str, str, AspectSelection]
     return results  # type: ignore[return-value]
 
 
-def format_evaluation(ev: Evaluation, cat: Catalogue | None = None) -> str:
+def evaluation_json(ev: Evaluation) -> str:
+    """An evaluation as the optimizer and the rewriter read it: the judge's JSON, one entry per aspect with its
+    rationale and score, indented (the original passes json.dumps(eval_dict, indent=4))."""
     if not ev.ok:
         return "(no usable evaluation)"
-    return "\n".join(f"- {Catalogue.display(s.aspect)}: {s.score}/5. {s.rationale}".rstrip() for s in ev.scores)
+    return json.dumps({Catalogue.display(s.aspect): {"rationale": s.rationale, "score": s.score} for s in ev.scores},
+                      indent=4, ensure_ascii=False)
 
 
 def dynamic_reward(judge: LLM, pairs: Sequence[tuple[str, str]], *, cat: Catalogue, cache: AspectCache | None = None,

@@ -1,11 +1,14 @@
 """Stage 2: system-prompt beam search with dynamic rewarding.
 
-Level t consumes training query t. For every node of the beam, the optimizer reads the node's last result
+Level t consumes training query t (the root, level 0, answers query 0). For every node of the beam, the optimizer reads the node's last result
 (prompt, query, answer, evaluation, the last few prompt versions) and proposes `n_actions` new system prompts; each
 is answered by the base model on query t (with in-context examples retrieved for that query) and rewarded by the
 judge. All children are ranked by the mean reward of their path (root excluded) and the best `beam_width` survive.
 Skip rule: a node whose last evaluation is empty, all 5s or above `skip_threshold` is not rewritten (its only action
 keeps the prompt), and the depth grows by one (at most once per level, at most `max_depth_increase` in total).
+
+Depth, as in the original: a path holds at most `depth` states INCLUDING the root, so depth=20 means 19
+optimisation levels (queries 0..19), and with every skip allowance used, 29 levels (a path of 30 states).
 
 `init_search` and `beam_step` are pure functions of immutable `SearchState`s; the LLMs and helpers come in as
 arguments. `run_search` adds a JSON checkpoint after every level and resumes from it; with a response cache around
@@ -23,25 +26,25 @@ from typing import Callable, Sequence
 
 from jaxlm.align.llm import LLM, ask
 from jaxlm.align.prompts import DEFAULT_SYSTEM_PROMPT, STOP, Template, base_prompt, load_template
-from jaxlm.align.reward import AspectCache, Catalogue, JudgeConfig, dynamic_reward, extract_field, format_evaluation
+from jaxlm.align.reward import AspectCache, Catalogue, JudgeConfig, dynamic_reward, evaluation_json, extract_field
 from jaxlm.align.state import Evaluation, Example, LevelResult, Node, SearchState, from_json, to_json
 from jaxlm.errors import CheckpointError, ConfigError
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: `depth` counts the states of a path including the root
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     beam_width: int = 2
     n_actions: int = 3
-    depth: int = 20
+    depth: int = 20  # states on a path including the root (the original's is_terminal: len(state) >= depth)
     max_depth_increase: int = 10
     skip_threshold: float = 4.5
     skip: bool = True  # the skip rule (False: every node is always rewritten; an ablation, not the original)
     history: int = 5
     initial_prompt: str = DEFAULT_SYSTEM_PROMPT
     fmt: str = "raw"  # base prompt format: 'raw' (original) or 'chat'
-    base_max_tokens: int = 512
+    base_max_tokens: int = 512  # the original: 2048 for every role (preset 'original')
     base_temperature: float = 0.0
     base_top_p: float = 1.0
     opt_max_tokens: int = 1024
@@ -96,22 +99,25 @@ def evaluate_prompts(roles: Roles, pairs: Sequence[tuple[str, str]], ctx: Contex
     return [LevelResult(p, q, a, ev, e) for (p, q), (a, e), ev in zip(pairs, answers, evs)]
 
 
+def version_history(node: Node, n: int = 5) -> str:
+    """The last `n` system prompts of the path, the current one included (repeats kept, as in the original):
+    '---Version 1---' ... then '---Current Version---' before the current prompt."""
+    prompts = [r.system_prompt for r in node.results][-n:]
+    parts = [f"---Version {i + 1}---\n{p}" for i, p in enumerate(prompts[:-1])]
+    return "\n".join(parts + [f"---Current Version---\n{prompts[-1]}"])
+
+
 def optimizer_prompt(node: Node, cfg: SearchConfig, ctx: Context) -> str:
     last = node.results[-1]
-    versions = []
-    for r in node.results[:-1]:
-        if not versions or versions[-1] != r.system_prompt:
-            versions.append(r.system_prompt)
-    versions = versions[-cfg.history:]
-    hist = "\n\n".join(f"---Version {i + 1}---\n{p}" for i, p in enumerate(versions)) or "(none)"
-    return ctx.optimizer_template.render(system_prompt=last.system_prompt, history=hist, query=last.query,
-                                         output=last.output, evaluation=format_evaluation(last.evaluation))
+    return ctx.optimizer_template.render(system_prompt=last.system_prompt, history=version_history(node, cfg.history),
+                                         query=last.query, output=last.output,
+                                         evaluation=evaluation_json(last.evaluation))
 
 
 def parse_new_prompt(text: str, stats: Counter) -> str | None:
     """The optimizer's 'new_system_prompt'; None when unusable (counted as 'action_failed')."""
     out = extract_field(text, "new_system_prompt", stats, min_len=10,
-                        placeholders=("...", "the full new system prompt"))
+                        placeholders=("...", "the full new system prompt", "the complete new system prompt"))
     if out is None:
         stats["action_failed"] += 1
     return out
@@ -127,7 +133,7 @@ def propose(optimizer: LLM, beam: Sequence[Node], cfg: SearchConfig, ctx: Contex
         prompts += [p] * cfg.n_actions
         seeds += [cfg.seed + j for j in range(cfg.n_actions)]
     outs = ask(optimizer, prompts, ['{"new_system_prompt": "'] * len(prompts), prefill=cfg.opt_prefill,
-               prefill_stop=['"}'], max_tokens=cfg.opt_max_tokens, temperature=cfg.opt_temperature,
+               prefill_stop=['"}'], prefill_close='"}', max_tokens=cfg.opt_max_tokens, temperature=cfg.opt_temperature,
                top_p=cfg.opt_top_p, seed=seeds) if prompts else []
     actions: list[list[str]] = [[n.prompt] for n in beam]
     for k, i in enumerate(work):
@@ -143,9 +149,10 @@ def propose(optimizer: LLM, beam: Sequence[Node], cfg: SearchConfig, ctx: Contex
 def init_search(roles: Roles, queries: Sequence[str], ctx: Context, cfg: SearchConfig) -> SearchState:
     if len(queries) < 2:
         raise ConfigError(f"queries: the search needs at least 2 training queries, got {len(queries)}")
+    if cfg.depth < 1:
+        raise ConfigError(f"depth={cfg.depth}: a path holds at least the root state (depth >= 1)")
     (root,) = evaluate_prompts(roles, [(cfg.initial_prompt, queries[0])], ctx, cfg)
-    depth = min(cfg.depth, len(queries) - 1)
-    return SearchState(level=0, depth=depth, depth_increases=0, beam=(Node((root,)),), finished=depth == 0)
+    return SearchState(level=0, depth=cfg.depth, depth_increases=0, beam=(Node((root,)),), finished=cfg.depth <= 1)
 
 
 def rank(children: Sequence[Node], width: int) -> tuple[Node, ...]:
@@ -168,10 +175,11 @@ def beam_step(state: SearchState, roles: Roles, queries: Sequence[str], ctx: Con
     children = [Node(state.beam[i].results + (r,)) for (i, _), r in zip(parents, results)]
     beam = rank(children, cfg.beam_width)
     depth, inc = state.depth, state.depth_increases
-    if skipped and inc < cfg.max_depth_increase and depth + 1 <= len(queries) - 1:
+    if skipped and inc < cfg.max_depth_increase:
         depth, inc = depth + 1, inc + 1
+    # the paths now hold t + 1 states: terminal at `depth` states or when the queries run out (the original)
     return SearchState(level=t, depth=depth, depth_increases=inc, beam=beam,
-                       finished=t >= depth or t + 1 >= len(queries), skips=state.skips + int(skipped),
+                       finished=t + 1 >= depth or t + 1 >= len(queries), skips=state.skips + int(skipped),
                        history=state.history + (tuple(n.mean_reward for n in beam),))
 
 

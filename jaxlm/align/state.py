@@ -112,7 +112,8 @@ class Node:
 
 @dataclass(frozen=True)
 class SearchState:
-    """The beam after `level` levels. `depth` grows by one each level where the skip rule fired (bounded)."""
+    """The beam after `level` levels (paths of level + 1 states). `depth` is the most states a path may hold,
+    the root included; it grows by one each level where the skip rule fired (bounded)."""
 
     level: int
     depth: int
