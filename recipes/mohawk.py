@@ -21,7 +21,6 @@ corpus (`--text-file`); with the embedded corpus it would only over-fit Python's
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
