@@ -58,7 +58,12 @@ def test_minilm_matches_transformers(encoder):
 
 
 def test_strict_key_import(tmp_path):
+    from jaxlm.io import load_model
+    from jaxlm.models.bert import BertEncoder
+
     src = minilm_path()
+    model, cfg, tok = load_model(src)  # the one loader dispatches on model_type 'bert'
+    assert isinstance(model, BertEncoder) and cfg.num_layers == 6 and tok.token_to_id("[CLS]") == 101
     shutil.copy(src / "config.json", tmp_path / "config.json")
     w = load_file(str(src / "model.safetensors"))
     w.pop("encoder.layer.3.output.dense.bias")

@@ -5,7 +5,7 @@
     dir/quant_config.json      FLUTE quantized checkpoint (jaxlm.quant.save_quantized) -> DecoderLM with QuantLinear
     dir/checkpoints/<step>/    orbax training run (jaxlm.train; also dir/<step>/)  -> latest (or `step=`) weights
     dir/config.json            Hugging Face directory: model_type 'mamba2' -> Mamba2LM; a phi-mamba nested config
-                               -> PhiMambaLM; otherwise a decoder family (llama, mobillama (detected from the
+                               -> PhiMambaLM; model_type 'bert' -> BertEncoder; otherwise a decoder family (llama, mobillama (detected from the
                                weights), phi, crystalcoder; `family=` forces one)
 
 The tokenizer is the one stored with the checkpoint (tokenizer.json / tokenizer.model; a GGUF's own), or None.
@@ -61,6 +61,8 @@ def _hf_kind(p: Path) -> str:
         return "mamba2"
     if "LanguageModel" in conf and "MixerModel" in conf:
         return "phi_mamba"
+    if conf.get("model_type") == "bert":
+        return "bert"
     return "decoder"
 
 
@@ -103,6 +105,10 @@ def load_model(path: str | os.PathLike | None = None, *, tokenizer: bool = True,
             from jaxlm.io.mamba_hf import load_mamba2
 
             model, cfg = load_mamba2(p, **_only(opts, ("dtype",), "a Mamba-2 checkpoint"))
+        elif kind == "bert":
+            from jaxlm.io.bert_hf import load_bert
+
+            model, cfg = load_bert(p, **_only(opts, ("dtype",), "a BERT checkpoint"))
         elif kind == "phi_mamba":
             from jaxlm.io.mamba_hf import load_phi_mamba
 
