@@ -39,6 +39,12 @@ def test_original_preset_settings():
     assert (j.min_aspects, j.max_aspects) == (2, 5)
     # inference as the original's AutoModel.generate: temperature 0.7, top-p 0.95, 512 new tokens
     assert (ev.temperature, ev.top_p, ev.max_tokens) == (0.7, 0.95, 512)
+    # the library's defaults are the original's settings too
+    from jaxlm.align.evaluate import EvalConfig
+    from jaxlm.align.icl import ICLConfig
+    from jaxlm.align.reward import JudgeConfig
+    from jaxlm.align.search import SearchConfig
+    assert (s, icl, j, ev) == (SearchConfig(), ICLConfig(), JudgeConfig(), EvalConfig())
     a = drpo.parse_args(["--preset", "original", "--depth", "5"])
     assert (a.depth, a.train_queries, a.icl_examples, a.icl_k, a.eval_icl_k, a.embedder) == (5, 180, 16, 2, 3, "minilm")
 

@@ -21,10 +21,13 @@ MULTI_ASPECTS = ("helpfulness", "clarity", "factuality", "depth", "engagement")
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """How the base model answers evaluation queries; the defaults are the original's inference settings
+    (AutoModel.generate: 512 new tokens, temperature 0.7, top-p 0.95; seeded here)."""
+
     fmt: str = "raw"
     max_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
+    temperature: float = 0.7
+    top_p: float = 0.95
     seed: int = 0
 
 

@@ -310,7 +310,7 @@ class AspectCache:
 class JudgeConfig:
     """How the judge is called: token budget, sampling, retries (retries sample at `retry_temperature`)."""
 
-    max_tokens: int = 1024
+    max_tokens: int = 2048
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0

@@ -44,10 +44,10 @@ class SearchConfig:
     history: int = 5
     initial_prompt: str = DEFAULT_SYSTEM_PROMPT
     fmt: str = "raw"  # base prompt format: 'raw' (original) or 'chat'
-    base_max_tokens: int = 512  # the original: 2048 for every role (preset 'original')
+    base_max_tokens: int = 2048  # the original's limit for every role
     base_temperature: float = 0.0
     base_top_p: float = 1.0
-    opt_max_tokens: int = 1024
+    opt_max_tokens: int = 2048
     opt_temperature: float = 0.2
     opt_top_p: float = 0.95
     opt_prefill: bool = False  # start the optimizer's answer with '{"new_system_prompt": "' (local backends)
