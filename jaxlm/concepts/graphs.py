@@ -264,7 +264,8 @@ def random_hierarchy(rng: np.random.Generator, n_levels: int = 2, n_top: int = 3
     from `children` (a range of counts), `n_levels` latent levels below the root; cardinalities grow by one
     per level going down (root has base_card states) so the direction condition holds. With probability
     p_cross a latent also gets an observed child directly (cross-level edge); with probability p_multi an
-    extra observed child shared with a sibling latent (a multi-parent, multi-path node) is added."""
+    extra observed child shared with a sibling latent (a multi-parent, multi-path node) is added.
+    n_top = 2 gives a root with two neighbours, which violates check_conditions (a useful negative case)."""
     if n_levels < 1 or n_top < 2:
         raise ConceptGraphError(f"random_hierarchy: need n_levels >= 1 and n_top >= 2 (got {n_levels}, {n_top})")
     latents: dict[str, tuple[int, list[str]]] = {"R": (base_card, [])}

@@ -66,8 +66,9 @@ class LearnedStructure:
 
 class _Learner:
     def __init__(self, test, names, max_parents: int, parent_rule: bool, repair: bool = False,
-                 strict_cardinality: bool = False):
+                 strict_cardinality: bool = False, compact: bool = False):
         self.t, self.names = test, tuple(names)
+        self.compact = compact
         self.max_parents, self.parent_rule = max_parents, parent_rule
         self.repair, self.strict_cardinality = repair, strict_cardinality
         self.certified = {}
@@ -92,6 +93,11 @@ class _Learner:
     def members(self, names):
         return frozenset().union(*[self.nodes[n].members for n in names]) if names else frozenset()
 
+    def context(self, names):
+        """The observed set the screening tests condition against: all members of `names`, or (compact) only
+        their proxies, which keeps the feature dimension (and the tests' degrees of freedom) small."""
+        return frozenset(self.proxy(names)) if self.compact and names else self.members(names)
+
     # ------------------------------------------------------------------ steps
     def impure(self, active):
         """Step 1: {child: (h1, h2)} for multi-parent children among `active`."""
@@ -104,7 +110,7 @@ class _Learner:
             hits = []
             for s in itertools.combinations([h for h in latents if h != c], 2):
                 a = self.proxy(s)
-                big = self.members(rest) - set(a)
+                big = self.context(rest) - set(a)
                 if not big:
                     continue
                 pc = self.proxy([c])
@@ -130,7 +136,7 @@ class _Learner:
         """Step 2: sibling classes (lists of names, size >= 2)."""
         pairs = set()
         for u, v in itertools.combinations(active, 2):
-            big = self.members([n for n in active if n not in (u, v)])
+            big = self.context([n for n in active if n not in (u, v)])
             if not big:
                 continue
             ru, rv = self.r(self.proxy([u]), big), self.r(self.proxy([v]), big)
@@ -299,13 +305,14 @@ class _Learner:
 
 
 def learn_structure(test, names=None, max_parents: int = 2, parent_rule: bool = True, repair: bool = False,
-                    strict_cardinality: bool = False) -> LearnedStructure:
+                    strict_cardinality: bool = False, compact: bool = False) -> LearnedStructure:
     """Run the procedure with a rank test (OracleRank, BartlettRank, RobustRank, SVDRank) over its observed
     variables, named `names` (default x0, x1, ...). Raises NotIdentifiable rather than guess.
 
     repair: split a non-transitive sibling relation into cliques instead of raising (for sampled ranks,
     where single test errors are expected); strict_cardinality: raise when a latent's cardinality is only
-    a lower bound (see LearnedStructure.certified)."""
+    a lower bound (see LearnedStructure.certified); compact: screen against the proxies of the other active
+    nodes instead of all their members (fewer degrees of freedom for sampled tests)."""
     cards = getattr(test, "cards", None)
     if not cards:
         raise ConceptDataError("learn_structure: the rank test has no variables")
@@ -315,7 +322,7 @@ def learn_structure(test, names=None, max_parents: int = 2, parent_rule: bool = 
     if len(cards) < 3:
         raise NotIdentifiable(f"only {len(cards)} observed variables (need >= 3)")
     with single_thread_blas():
-        return _Learner(test, names, max_parents, parent_rule, repair, strict_cardinality).run()
+        return _Learner(test, names, max_parents, parent_rule, repair, strict_cardinality, compact).run()
 
 
 def learn_oracle(bn: DiscreteBN, **kw) -> LearnedStructure:
