@@ -95,3 +95,16 @@ def test_synthetic_table_shape():
     rows = run_synthetic(["binary_tree"], ns=(), seeds=(0,))
     assert {(r["learner"], r["f1"]) for r in rows} == {("ours", 1.0), ("baseline", 1.0)}
     assert table(rows).splitlines()[2].startswith("| binary_tree | 1.00 | 1.00")
+
+
+@pytest.mark.parametrize("name", ["diamond"])
+def test_sampled_answers_are_dags_or_not_identifiable(name):
+    # multi-parent assignments made in the same round must never close a cycle
+    bn = _bn(preset(name), seed=3)
+    g = bn.graph
+    x = bn.sample_observed(3000, np.random.default_rng(4))
+    try:
+        res = learn_from_samples(x, [g.card[i] for i in g.observed_idx], [g.names[i] for i in g.observed_idx])
+    except NotIdentifiable:
+        return
+    res.to_dag()  # raises ConceptGraphError on a cycle
