@@ -69,7 +69,7 @@ def test_loglikelihood_equals_logits(family, bpe):
     want = direct(model, PAIRS)
     np.testing.assert_allclose([g[0] for g in got], [w[0] for w in want], rtol=1e-5, atol=1e-4)
     assert [g[1] for g in got] == [w[1] for w in want]
-    assert lm.scorer.shapes == {(4, 16, 0)}  # one forward: 4 rows right-padded to the 16-token bucket
+    assert lm.scorer.shapes == {(4, 16, 0)}  # one forward: 4 rows of 5 fed tokens right-padded to the 16 bucket
 
 
 def test_loglikelihood_equals_transformers(hf_dir):
@@ -119,7 +119,8 @@ def test_bad_input(hf_dir, tmp_path, bpe):
         lm._loglikelihood_tokens([(("", ""), [5] * 40, [6])])
     left = JaxlmLM(path=str(hf_dir), truncation="left", context_len=32)
     assert left._loglikelihood_tokens([(("", ""), [5] * 40, [6])]) == \
-        left._loglikelihood_tokens([(("", ""), [5] * 31, [6])])
+        left._loglikelihood_tokens([(("", ""), [5] * 32, [6])])  # 32 fed tokens + the scored one
     with pytest.raises(DataFileNotFoundError, match="missing.jsonl"):
         lm_eval.simple_evaluate(model=lm, tasks=["jaxlm_heldout_cloze"], limit=1,
-                                task_manager=task_manager(metadata={"data_file": str(tmp_path / "missing.jsonl")}))
+                                task_manager=task_manager(metadata={"data_file": str(tmp_path / "missing.jsonl")},
+                                                          tasks=["jaxlm_heldout_cloze"]))

@@ -41,7 +41,7 @@ def _samples(res, task):
 
 def test_local_completions_loglikelihood_matches_native(served):
     model, tok, url = served
-    tm = task_manager()
+    tm = task_manager(tasks=["jaxlm_heldout_cloze"])
     native = lm_eval.simple_evaluate(model=JaxlmLM(model=model, tokenizer=tok), tasks=["jaxlm_heldout_cloze"],
                                      limit=2, task_manager=tm, log_samples=True)
     want = [[r[0][0] for r in s["resps"]] for s in _samples(native, "jaxlm_heldout_cloze")]
@@ -58,7 +58,8 @@ def test_local_completions_loglikelihood_matches_native(served):
 def test_local_completions_generation(served):
     _, _, url = served
     res = lm_eval.simple_evaluate(
-        model="local-completions", task_manager=task_manager(), tasks=["jaxlm_code_exec"], limit=1,
+        model="local-completions", task_manager=task_manager(tasks=["jaxlm_code_exec"]), tasks=["jaxlm_code_exec"],
+        limit=1,
         gen_kwargs="max_gen_toks=4,do_sample=False,temperature=0", confirm_run_unsafe_code=True, log_samples=True,
         model_args=dict(model="tiny", base_url=f"{url}/v1/completions", tokenizer_backend="remote",
                         tokenized_requests=False, max_retries=1))

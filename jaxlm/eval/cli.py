@@ -46,7 +46,16 @@ def main(argv=None) -> int:
         argv[i] = f"{argv[i]}:{TASKS_DIR}"
     elif argv[0] not in ("validate",):
         argv += ["--include_path", str(TASKS_DIR)]
-    old = sys.argv
+    import lm_eval.tasks
+
+    from jaxlm.eval.offline import only_jaxlm_tasks
+
+    old, manager = sys.argv, lm_eval.tasks.TaskManager
+    tasks = argv[argv.index("--tasks") + 1] if "--tasks" in argv[:-1] else ""
+    if only_jaxlm_tasks(tasks) and argv.count("--include_path") == 1 and argv[argv.index("--include_path") + 1] \
+            == str(TASKS_DIR):  # only jaxlm's tasks: skip indexing the harness' ~10k built-in task files
+        lm_eval.tasks.TaskManager = type("TaskManager", (manager,), {
+            "__init__": lambda self, *a, **k: manager.__init__(self, *a, **{"include_defaults": False, **k})})
     sys.argv = ["lm-eval", *argv]
     try:
         setup_logging()
@@ -56,7 +65,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        sys.argv = old
+        sys.argv, lm_eval.tasks.TaskManager = old, manager
     return 0
 
 

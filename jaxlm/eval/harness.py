@@ -150,14 +150,17 @@ class JaxlmLM(TemplateLM):
 
     # ---- scoring
     def _fit(self, i: int, ctx: list[int], cont: list[int]) -> tuple[list[int], list[int]]:
-        C = self.max_length
+        """The model is fed (context + continuation)[:-1]: up to max_length + 1 tokens fit (as in the harness' HF
+        model)."""
+        C = self.max_length + 1
         if len(ctx) + len(cont) <= C:
             return ctx, cont
         if self.truncation == "left" and len(cont) < C:
             return (ctx + cont)[-C:][:C - len(cont)], cont
         raise PromptTooLongError(
             f"request {i}: context {len(ctx)} + continuation {len(cont)} tokens = {len(ctx) + len(cont)} exceed the "
-            f"model's context length {C}; use --model_args truncation=left to drop the oldest context tokens")
+            f"model's context length {C - 1} (+1: the last token is not fed); use --model_args truncation=left to "
+            f"drop the oldest context tokens")
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kw):
         pairs = [self._fit(i, list(c), list(x)) for i, (_, c, x) in enumerate(requests)]

@@ -26,13 +26,22 @@ DATA_DIR = TASKS_DIR / "data"
 TASKS = ("jaxlm_heldout_lm_language", "jaxlm_heldout_lm_code", "jaxlm_heldout_cloze", "jaxlm_code_exec")
 
 
-def task_manager(extra_paths=None, metadata: dict | None = None):
+def only_jaxlm_tasks(tasks) -> bool:
+    """Whether every requested task (names, comma-separated or a list) is one of jaxlm's (named jaxlm_*)."""
+    names = tasks.split(",") if isinstance(tasks, str) else [t for x in tasks for t in str(x).split(",")]
+    return bool(names) and all(t.strip().startswith("jaxlm_") for t in names if t.strip())
+
+
+def task_manager(extra_paths=None, metadata: dict | None = None, tasks=None):
     """An lm_eval TaskManager that knows jaxlm's tasks (and `extra_paths`, folders of the user's YAML tasks);
-    `metadata` reaches every task's loader (e.g. {"data_file": PATH})."""
+    `metadata` reaches every task's loader (e.g. {"data_file": PATH}). Given `tasks` that are all jaxlm's, the
+    harness' ~10k built-in task files are not indexed (that takes ~20 s on a small CPU)."""
     from lm_eval.tasks import TaskManager
 
     paths = [str(TASKS_DIR)] + [str(p) for p in (extra_paths or [])]
-    return TaskManager(include_path=paths if len(paths) > 1 else paths[0], metadata=metadata)
+    defaults = not (tasks is not None and not extra_paths and only_jaxlm_tasks(tasks))
+    return TaskManager(include_path=paths if len(paths) > 1 else paths[0], metadata=metadata,
+                       include_defaults=defaults)
 
 
 def _lm_docs(source: str, n: int, max_chars: int) -> list[dict]:

@@ -3,12 +3,14 @@
 The one place for the scoring math used by the lm-evaluation-harness adapter (jaxlm.eval.harness), the server's
 `echo`/`logprobs` answers (jaxlm.infer.server) and checkpoint analysis (recipes.analysis):
 
-    token_logprobs(logits, ids)    -> logprob of ids[:, t + 1] given ids[:, :t + 1], and whether it was the argmax
+    token_logprobs(logits, targets) -> logprob of each target under the logits before it, and whether it was the
+                                      argmax
     top_logprobs(logits, k)        -> the k most likely next tokens and their logprobs at every position
     Scorer(model).score(seqs, top_k=0) -> one `SeqScore` per token sequence (any lengths, any order)
 
-`Scorer` batches sequences by length: each batch is right-padded to a power-of-two length bucket (>= 16) and a
-power-of-two row count, so an evaluation over thousands of requests compiles its forward a handful of times.
+`Scorer` batches sequences by length: a sequence of n tokens feeds its first n - 1 (the last one is only a target,
+so a sequence may be one token longer than the context), each batch is right-padded to a power-of-two length
+bucket (>= 16) of fed tokens and a power-of-two row count, so an evaluation over thousands of requests compiles its forward a handful of times.
 Right padding never changes the scores of the real tokens because every model family here is causal (decoder,
 Mamba-2, Phi-Mamba): position t only sees positions <= t. On a mesh the parameters are placed by the logical rules
 and the forward runs under the mesh, as generation does.
@@ -30,13 +32,13 @@ from jaxlm.errors import PromptTooLongError, RequestError
 MIN_LEN_BUCKET = 16
 
 
-def token_logprobs(logits, ids):
-    """logits [B, T, V] (float), ids [B, T] -> (logprobs [B, T - 1], greedy [B, T - 1] bool): the log-probability of
-    ids[:, t + 1] under logits[:, t], and whether ids[:, t + 1] is the argmax there."""
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    tgt = ids[:, 1:]
-    lp = jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
-    return lp, jnp.argmax(logits[:, :-1], axis=-1) == tgt
+def token_logprobs(logits, targets):
+    """logits [B, T, V] (float) after inputs ids[:, :T], targets [B, T] = ids[:, 1:T + 1] -> (logprobs [B, T],
+    greedy [B, T] bool): the log-probability of each target under the logits before it, and whether it is the
+    argmax there."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return lp, jnp.argmax(logits, axis=-1) == targets
 
 
 def top_logprobs(logits, k: int):
@@ -61,11 +63,11 @@ def _score(graphdef, mesh, state, ids, *, k: int):
     from jaxlm.sharding import use_mesh
 
     def run():
-        logits = nnx.merge(graphdef, state)(ids)
-        lp, greedy = token_logprobs(logits, ids)
+        logits = nnx.merge(graphdef, state)(ids[:, :-1])
+        lp, greedy = token_logprobs(logits, ids[:, 1:])
         if not k:
             return lp, greedy
-        tv, ti = top_logprobs(logits[:, :-1], k)
+        tv, ti = top_logprobs(logits, k)
         return lp, greedy, tv, ti
 
     if mesh is None:
@@ -131,21 +133,21 @@ class Scorer:
         V = self.vocab_size
         if len(ids) < 2:
             raise RequestError(f"{what}: {len(ids)} token(s); scoring needs at least 2 (a context and a token)")
-        if len(ids) > self.context_len:
-            raise PromptTooLongError(f"{what}: {len(ids)} tokens exceed the model's context length "
-                                     f"{self.context_len}")
+        if len(ids) - 1 > self.context_len:
+            raise PromptTooLongError(f"{what}: {len(ids)} tokens ({len(ids) - 1} fed to the model) exceed the model's "
+                                     f"context length {self.context_len}")
         bad = [t for t in ids if not 0 <= t < V]
         if bad:
             raise RequestError(f"{what}: token id {bad[0]} is outside the vocabulary [0, {V})")
         return ids
 
     def score(self, seqs: Sequence[Sequence[int]], top_k: int = 0) -> list[SeqScore]:
-        """One SeqScore per sequence (in the given order). Sequences need 2..context_len tokens."""
+        """One SeqScore per sequence (in the given order). Sequences need 2..context_len + 1 tokens."""
         seqs = [self.check(s, f"sequence {i}") for i, s in enumerate(seqs)]
         out: list[SeqScore | None] = [None] * len(seqs)
         by_len: dict[int, list[int]] = {}
         for i, sq in enumerate(seqs):  # one length bucket per batch: a short request never pays for a long one
-            by_len.setdefault(bucket(len(sq), MIN_LEN_BUCKET, None), []).append(i)
+            by_len.setdefault(bucket(len(sq) - 1, MIN_LEN_BUCKET, None), []).append(i)
         batches = []
         for T, idx in sorted(by_len.items()):
             rows = 1 << (max(self.max_tokens // T, 1).bit_length() - 1)
@@ -154,7 +156,7 @@ class Scorer:
             B = bucket(len(group))
             if self.mesh is not None:  # rows split over the mesh's batch axes (data x fsdp)
                 B = max(B, self.mesh.shape["data"] * self.mesh.shape["fsdp"])
-            ids = np.zeros((B, T), np.int32)
+            ids = np.zeros((B, T + 1), np.int32)
             for r, j in enumerate(group):
                 ids[r, :len(seqs[j])] = seqs[j]
             self.shapes.add((B, T, int(top_k)))
