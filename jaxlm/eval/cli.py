@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 
 from jaxlm.cli import command_parser
+from jaxlm.eval.offline import TASKS_DIR
 
 READS = ("--model_args path= (any checkpoint jaxlm.io.load_model reads) or a server's base_url; the tasks' data "
          "(jaxlm's offline tasks ship with the package; --include_path adds the user's YAML tasks)")
@@ -23,12 +24,24 @@ WRITES = ("the harness' results table to stdout; with --output_path the results 
           "per-sample jsonl); with --use_cache a sqlite cache of answered requests")
 
 
+def help_parser():
+    """The --help of this command: the main flags (everything else goes to the harness unchanged)."""
+    from jaxlm.eval.offline import TASKS
+
+    p = command_parser("jaxlm.eval.cli", __doc__.strip(), reads=READS, writes=WRITES,
+                       epilog="Every other flag is the harness' own: python -m jaxlm eval run --help.")
+    p.add_argument("--model", default="jaxlm", help="harness model: jaxlm, local-completions, hf, ...")
+    p.add_argument("--model_args", default="", help="e.g. path=DIR,step=N,mesh=1x2,truncation=left,tokenizer=PATH")
+    p.add_argument("--tasks", default=None, help=f"comma-separated; jaxlm's offline tasks: {', '.join(TASKS)} "
+                                                 f"(tag jaxlm_heldout_lm)")
+    p.add_argument("--include_path", default=str(TASKS_DIR), help="folders of YAML tasks (jaxlm's are always added)")
+    return p
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        command_parser("jaxlm.eval.cli", __doc__.strip(), reads=READS, writes=WRITES).print_help()
-        print("\nthe harness' own flags: python -m jaxlm eval run --help")
-        return 0
+        help_parser().parse_args(["--help"])  # prints and exits 0
     try:
         import lm_eval  # noqa: F401
     except ImportError:
@@ -37,9 +50,8 @@ def main(argv=None) -> int:
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
 
-    from jaxlm.errors import JaxlmError
-    from jaxlm.eval import TASKS_DIR
     import jaxlm.eval.harness  # noqa: F401  (registers --model jaxlm)
+    from jaxlm.errors import JaxlmError
 
     if "--include_path" in argv:
         i = argv.index("--include_path") + 1
