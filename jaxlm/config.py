@@ -17,7 +17,15 @@ from typing import Literal
 
 from jaxlm.errors import ConfigError
 
+# checkpoint-layout names a DecoderConfig may carry; jaxlm.io.families.register_family adds to it
 FAMILIES = ("llama", "crystalcoder", "mobillama", "phi")
+
+
+def add_family_name(name: str) -> None:
+    """Allow `DecoderConfig(family=name)` (called by jaxlm.io.families.register_family)."""
+    global FAMILIES
+    if name not in FAMILIES:
+        FAMILIES = FAMILIES + (name,)
 
 
 @dataclass(frozen=True)

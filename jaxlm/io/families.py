@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from jaxlm.config import DecoderConfig
+from jaxlm.config import DecoderConfig, add_family_name
 from jaxlm.errors import ConfigError
 
 
@@ -264,9 +264,31 @@ FAMILY_LAYOUTS: dict[str, Family] = {
 }
 
 
+# families added with register_family(...): (name, detect(hf_config) -> bool), consulted before the built-in rules
+_DETECTORS: list = []
+
+
+def register_family(family: Family, detect=None) -> Family:
+    """Add a checkpoint layout (a new model family is data: a Family of key rules and config converters).
+
+    `detect(hf_config: dict) -> bool` lets `load_pretrained` / `load_model` recognise the family's config.json;
+    without it the family is chosen with `family=NAME`. Re-registering a name replaces it. See docs/architecture.md."""
+    if not isinstance(family, Family):
+        raise ConfigError(f"register_family: expected a jaxlm.io.families.Family, got {type(family).__name__}")
+    FAMILY_LAYOUTS[family.name] = family
+    add_family_name(family.name)
+    _DETECTORS[:] = [(n, d) for n, d in _DETECTORS if n != family.name]
+    if detect is not None:
+        _DETECTORS.insert(0, (family.name, detect))
+    return family
+
+
 def detect_family(hf_config: dict, source: str = "config.json") -> str:
     if hf_config.get("jaxlm_family") in FAMILY_LAYOUTS:
         return hf_config["jaxlm_family"]
+    for name, detect in _DETECTORS:
+        if detect(hf_config):
+            return name
     mt = hf_config.get("model_type")
     arch = " ".join(hf_config.get("architectures") or [])
     auto = str(hf_config.get("auto_map") or "").lower()
