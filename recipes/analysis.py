@@ -82,22 +82,34 @@ class Records:
                 except json.JSONDecodeError:  # the last line of a killed run
                     break
         self.done = {(r["step"], r["part"]) for r in self.rows if r.get("kind") == "done"}
-        kept = [r for r in self.rows if r.get("kind") == "done" or (r["step"], r["kind"]) in self.done]
+        kept = [r for r in self.rows if r.get("kind") in ("done", "settings") or (r["step"], r["kind"]) in self.done]
         if path.exists():  # drop the records of a part that was not finished
             self.rows = kept
             tmp = path.with_suffix(".tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             os.replace(tmp, path)
 
-    def write(self, recs: list[dict], step: int, part: str):
-        recs = recs + [{"kind": "done", "step": step, "part": part, "time": time.time()}]
+    def check_settings(self, settings: dict):
+        """The settings the numbers depend on: recorded by the first run, the same on every resume."""
+        old = next((r for r in self.rows if r.get("kind") == "settings"), None)
+        if old is None:
+            self.write([{"kind": "settings", "step": -1, **settings}])
+        elif {k: v for k, v in old.items() if k not in ("kind", "step")} != settings:
+            diff = sorted(k for k in settings if old.get(k) != settings[k])
+            raise ConfigError(f"{self.path} was written with other settings ({', '.join(f'{k}: {old.get(k)!r}' for k in diff)}); "
+                              f"use the same flags to resume, or another --out")
+
+    def write(self, recs: list[dict], step: int | None = None, part: str | None = None):
+        if part is not None:
+            recs = recs + [{"kind": "done", "step": step, "part": part, "time": time.time()}]
         with open(self.path, "a") as f:
             for r in recs:
                 f.write(json.dumps(r) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.rows += recs
-        self.done.add((step, part))
+        if part is not None:
+            self.done.add((step, part))
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -360,6 +372,10 @@ def analyse(args) -> dict:
     if missing:
         raise CheckpointError(f"--steps {missing}: not among the run's checkpoints {run.steps}")
     recs = Records(out / "analysis.jsonl")
+    recs.check_settings({"tasks": args.tasks, "limit": args.limit, "include_path": args.include_path,
+                         "eval_batches": args.eval_batches, "eval_data": list(args.eval_data),
+                         "mem_steps": args.mem_steps, "mem_rows": args.mem_rows, "mem_k": args.mem_k,
+                         "seed": args.seed, "data_order": args.data_order})
     mesh = make_mesh(args.mesh)
     batches = run.eval_batches(args) if "ppl" in parts else {}
     plan = memorization_plan(run, args) if "mem" in parts else []
@@ -384,10 +400,10 @@ def analyse(args) -> dict:
                 r = []
             recs.write(r, step, part)
         analysed += 1
-        row = summarize([x for x in recs.rows if x.get("step") == step and x["kind"] != "done"]).get(step, {})
+        row = summarize([x for x in recs.rows if x.get("step") == step and x["kind"] in PARTS]).get(step, {})
         print(f"checkpoint {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items())
               + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    rows = [r for r in recs.rows if r["kind"] != "done"]
+    rows = [r for r in recs.rows if r["kind"] not in ("done", "settings")]
     title = f"{run.dir.name}: analysis over checkpoints {steps}"
     table = write_table(rows, out / "analysis.md", title)
     png = plot(rows, out / "analysis.png", title)

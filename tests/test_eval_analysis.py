@@ -46,6 +46,7 @@ def test_analysis_outputs_and_resume(tiny_run, tmp_path, monkeypatch):
     assert all(r["seen"] == (r["data_step"] < r["step"]) for r in mem)
     assert any(r["kind"] == "tasks" and r["metric"] == "acc" for r in recs)
     assert (out / "analysis.png").stat().st_size > 10_000 and "| step |" in (out / "analysis.md").read_text()
+    assert analysis.main(args[:-2] + ["--mem-k", "4"]) == 2  # resuming with other settings is refused
 
 
 def test_analysis_bad_input(tiny_run, tmp_path, capsys):
