@@ -42,6 +42,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("quantize", "recipes.flute", "FLUTE LUT quantization with perplexity before/after", ("flute",)),
     Command("distill", "recipes.mohawk", "MOHAWK: distil a Transformer into a Mamba-2 student", ("mohawk",)),
     Command("align", "recipes.drpo", "DRPO: tuning-free self-alignment (system prompt + ICL search)", ("drpo",)),
+    Command("diled", "recipes.diled", "DiLED/EDDPM: joint encoder-decoder + latent diffusion (text, image, protein)",
+            ("eddpm",)),
     Command("eval", "jaxlm.eval.cli", "lm-evaluation-harness (lm_eval ARGS) with --model jaxlm and the offline tasks",
             ("lm_eval", "lm-eval")),
     Command("analysis", "recipes.analysis", "a run's checkpoints: held-out ppl, harness tasks, memorization curves"),

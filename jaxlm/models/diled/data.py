@@ -1,0 +1,181 @@
+"""DiLED's embedded real data (no download) and its encodings.
+
+- images: scikit-learn's bundled handwritten digits (1,797 8x8 images, values 0..16 scaled to [-1, 1]); a fixed
+  split: a seed-0 permutation, the last 297 images held out.
+- text: natural sentences from the Python documentation that ships with the interpreter (`pydoc_data.topics`,
+  the text behind help(), and the standard library's module / class / function docstrings), split on sentence
+  ends, 20..46 plain ASCII characters; held out by a hash of the sentence (1 in 10), so the split never changes. Byte-level tokens: 0..255, PAD 256, BOS 257, EOS 258.
+- proteins: the Gifford antibody CDR3 set (`train.csv` / `test.csv`, columns CDR3,enrichment, 20 symbols padded
+  with 'J'), read from a directory (default: `$JAXLM_GIFFORD` or ../shared/data/gifford beside the checkout).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from jaxlm.errors import DataError, DataFileNotFoundError, ShapeError
+from jaxlm.models.diled.autoencoders import BYTE_BOS, BYTE_EOS, BYTE_PAD, PROTEIN_ALPHABET, PROTEIN_PAD
+
+# ------------------------------------------------------------------------------------------------ bytes
+
+
+def encode_text(sentences, max_len: int) -> np.ndarray:
+    """[N, max_len] int32: BOS, the UTF-8 bytes, EOS, PAD... A sentence that does not fit raises ShapeError."""
+    out = np.full((len(sentences), max_len), BYTE_PAD, np.int32)
+    for i, s in enumerate(sentences):
+        b = list(s.encode("utf-8"))
+        if len(b) + 2 > max_len:
+            raise ShapeError(f"sentence {i} ({s[:30]!r}...) is {len(b)} bytes; with BOS/EOS it needs {len(b) + 2} "
+                             f"> max_len={max_len} token slots")
+        out[i, :len(b) + 2] = [BYTE_BOS, *b, BYTE_EOS]
+    return out
+
+
+def decode_text(tokens) -> list[str]:
+    """Token rows -> strings (stops at EOS / PAD; BOS and other specials dropped)."""
+    out = []
+    for row in np.asarray(tokens):
+        bs = bytearray()
+        for t in row:
+            t = int(t)
+            if t in (BYTE_EOS, BYTE_PAD):
+                break
+            if t < 256:
+                bs.append(t)
+        out.append(bs.decode("utf-8", errors="replace"))
+    return out
+
+
+_SENT = re.compile(r"(?<=[.!?])\s+")
+_OK = re.compile(r"^[A-Z][A-Za-z0-9 ,;:'\"()\-]*[a-z0-9)\"][.!?]$")
+_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "encodings", "pydoc_data",
+              "ensurepip", "__pycache__", "lib2to3", "turtledemo", "idlelib"}
+
+
+def _doc_texts():
+    """pydoc_data.topics sections, then every docstring (module, class, function) of the standard library."""
+    import ast
+    import sysconfig
+
+    from pydoc_data.topics import topics
+
+    for key in sorted(topics):
+        yield topics[key]
+    lib = sysconfig.get_paths()["stdlib"]
+    for root, dirs, files in os.walk(lib):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith(("config-", "test")))
+        for f in sorted(files):
+            if not f.endswith(".py") or f.startswith("test_"):
+                continue
+            try:
+                tree = ast.parse(Path(root, f).read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            for node in [tree] + [n for n in ast.walk(tree)
+                                  if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]:
+                doc = ast.get_docstring(node)
+                if doc:
+                    yield doc
+
+
+@functools.lru_cache(maxsize=None)
+def _all_sentences(min_chars: int, max_chars: int) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for text in _doc_texts():
+        for s in _SENT.split(re.sub(r"\s+", " ", text)):
+            s = s.strip()
+            if min_chars <= len(s) <= max_chars and _OK.match(s):
+                seen.setdefault(s)
+    return tuple(sorted(seen))
+
+
+def doc_sentences(min_chars: int = 20, max_chars: int = 46) -> dict[str, list[str]]:
+    """{"train": [...], "heldout": [...]} natural sentences from the documentation shipped with Python
+    (deterministic; the held-out tenth is chosen by a hash of each sentence)."""
+    out = {"train": [], "heldout": []}
+    for s in _all_sentences(min_chars, max_chars):
+        h = int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
+        out["heldout" if h % 10 == 0 else "train"].append(s)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- digits
+
+
+def digits(heldout: int = 297) -> dict[str, dict[str, np.ndarray]]:
+    """{"train": {"image": [N, 8, 8, 1] in [-1, 1], "label": [N]}, "heldout": {...}}."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 8.0 - 1.0)[..., None]
+    y = d.target.astype(np.int32)
+    order = np.random.default_rng(0).permutation(len(x))
+    tr, te = order[:-heldout], order[-heldout:]
+    return {"train": {"image": x[tr], "label": y[tr]}, "heldout": {"image": x[te], "label": y[te]}}
+
+
+# --------------------------------------------------------------------------------------------- proteins
+
+_SYM = {c: i for i, c in enumerate(PROTEIN_ALPHABET)}
+
+
+def encode_protein(seqs, seq_len: int = 20, *, where: str = "sequence") -> np.ndarray:
+    """[N, seq_len] int32 over the 22-symbol alphabet; shorter sequences are right-padded with 'J'. A symbol
+    outside the alphabet or a sequence longer than seq_len raises DataError / ShapeError naming it."""
+    out = np.full((len(seqs), seq_len), PROTEIN_PAD, np.int32)
+    for i, s in enumerate(seqs):
+        if len(s) > seq_len:
+            raise ShapeError(f"{where} {i}: {s!r} has {len(s)} symbols > seq_len={seq_len}")
+        for j, c in enumerate(s):
+            if c not in _SYM:
+                raise DataError(f"{where} {i}: {s!r} has {c!r} at position {j}, outside the protein alphabet "
+                                f"{PROTEIN_ALPHABET!r}")
+            out[i, j] = _SYM[c]
+    return out
+
+
+def decode_protein(tokens) -> list[str]:
+    return ["".join(PROTEIN_ALPHABET[int(t)] for t in row) for row in np.asarray(tokens)]
+
+
+def default_gifford_dir() -> Path:
+    env = os.environ.get("JAXLM_GIFFORD")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parents[3]          # the checkout
+    return here.parent / "shared" / "data" / "gifford"
+
+
+def gifford(path=None, limit: int | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """{"train": {"tokens": [N, 20], "fitness": [N]}, "heldout": (the test split)}; `limit` keeps the first rows."""
+    root = Path(path) if path is not None else default_gifford_dir()
+    out = {}
+    for split, name in (("train", "train.csv"), ("heldout", "test.csv")):
+        f = root / name
+        if not f.is_file():
+            raise DataFileNotFoundError(f"{f}: the Gifford CDR3 file is missing (pass --data DIR or set "
+                                        f"JAXLM_GIFFORD to the folder with train.csv / test.csv)")
+        seqs, fit = [], []
+        with open(f, newline="") as fh:
+            rd = csv.reader(fh)
+            header = next(rd, None)
+            if header is None or [h.strip() for h in header[:2]] != ["CDR3", "enrichment"]:
+                raise DataError(f"{f}: expected the header 'CDR3,enrichment', got {header}")
+            for row in rd:
+                if limit is not None and len(seqs) >= limit:
+                    break
+                seqs.append(row[0].strip())
+                fit.append(float(row[1]))
+        out[split] = {"tokens": encode_protein(seqs, where=f"{f} row"), "fitness": np.asarray(fit, np.float32)}
+    return out
+
+
+__all__ = ["encode_text", "decode_text", "doc_sentences", "digits", "encode_protein", "decode_protein", "gifford",
+           "default_gifford_dir"]
