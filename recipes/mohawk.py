@@ -9,10 +9,14 @@ To keep CPU time to minutes, only the FIRST `--distill-layers` (4) layers are di
 teacher's blocks (RMSNorm, SwiGLU MLP, embeddings, head) everywhere, a discrete Mamba-2 mixer (9 heads x 64,
 d_state 64) in place of attention in layers 0-3, and keeps the teacher's attention (frozen) in layers 4-29.
 Stages 1-2 run on the teacher truncated to those 4 layers; stage 3 distils end to end from the full teacher at
-seq 64, batch 4. `--distill-layers 0` replaces every attention layer (slower). Text: Python's bundled documentation
-(the embedded corpus' `language` source of jaxlm.data, its held-out split for perplexity). Each stage is a run of the
-shared engine (`jaxlm.train.train` with a `jaxlm.distill.mohawk.StageTask`) in <out>/stage1..3. Reports each stage's loss curve and the held-out
-perplexity of the teacher, the student after weight transfer (untrained mixers), after stage 2 and after stage 3.
+seq 64, batch 4. `--distill-layers 0` replaces every attention layer (slower). Text (`--data pydoc-topics`, the
+default): Python's bundled documentation (`pydoc_data.topics`), every 10th topic held out for perplexity; training
+batches are seeded random 64-token windows per step (`jaxlm.data.RandomWindowPipeline`), held-out perplexity is over
+consecutive windows (`jaxlm.data.window_eval_batches`). `--data embedded-language` uses the embedded corpus'
+`language` source of jaxlm.data instead (packed sections with EOS, its hash-held-out split). Each stage is a run of
+the shared engine (`jaxlm.train.train` with a `jaxlm.distill.mohawk.StageTask`) in <out>/stage1..3. Reports each
+stage's loss curve and the held-out perplexity of the teacher, the student after weight transfer (untrained mixers),
+after stage 2 and after stage 3.
 
 Paper preset ("paper"): Phi-1.5 teacher -> Phi-Mamba student (24 layers, d_state 64, 32 heads), seq 2048, token
 budgets 80M / 160M / 2.76B (stage 1 / 2 / 3). It needs a Phi-1.5 HF checkpoint (`--teacher-path`) and a C4-scale
@@ -30,6 +34,7 @@ from pathlib import Path
 
 from jaxlm.errors import JaxlmError
 
+DATA = ("pydoc-topics", "embedded-language")
 PRESETS = {
     "cpu": dict(teacher="smollm2", teacher_layers=0, distill_layers=4, seq_len=64, batch=4,
                 stage1_tokens=4 * 64 * 60, stage2_tokens=4 * 64 * 80, stage3_tokens=4 * 64 * 16,
@@ -46,8 +51,8 @@ def build_parser():
 
     p = command_parser("recipes.mohawk", __doc__.strip(),
                        reads="the teacher --teacher-path (a GGUF file or HF directory; default SmolLM2-135M-Instruct "
-                             "for --preset cpu); text from --text-file (default the embedded corpus' language source, "
-                             "Python's pydoc_data.topics, with its held-out split); with --resume the latest "
+                             "for --preset cpu); text from --text-file (last 5% held out) or --data (default "
+                             "Python's pydoc_data.topics, every 10th topic held out); with --resume the latest "
                              "checkpoints in --out",
                        writes="--out (default runs/mohawk): stage1/ stage2/ stage3/ (engine run directories: orbax "
                               "checkpoints every --save-every steps, metrics.jsonl, loss_curve.png, summary.json), "
@@ -61,7 +66,11 @@ def build_parser():
                         "(frozen) attention (0 = every layer; cpu default 4)")
     p.add_argument("--train-attention", action="store_true", help="stage 3: also train kept attention layers")
     p.add_argument("--attn-layers", default="", help="comma-separated layer indices that keep attention (hybrid)")
-    p.add_argument("--text-file", default=None, help="train on this UTF-8 text instead of the embedded corpus")
+    p.add_argument("--text-file", default=None,
+                   help="train on random windows of this UTF-8 text (its last 5%% held out) instead of --data")
+    p.add_argument("--data", default="pydoc-topics", choices=DATA,
+                   help="pydoc-topics (default): random windows of Python's pydoc_data.topics, every 10th topic held "
+                        "out; embedded-language: jaxlm.data's packed embedded 'language' source and its held-out split")
     for k in ("seq_len", "batch", "stage1_tokens", "stage2_tokens", "stage3_tokens", "eval_batches", "save_every",
               "chunk_size", "log_every"):
         p.add_argument("--" + k.replace("_", "-"), type=int, default=None)
@@ -88,7 +97,7 @@ def resolve(args) -> dict:
         cfg["distill_layers"] = args.distill_layers
     cfg.update(preset=args.preset, teacher_path=args.teacher_path, temperature=args.temperature,
                train_attention=args.train_attention,
-               freeze_mlp=args.freeze_mlp, seed=args.seed, text_file=args.text_file, mesh=args.mesh,
+               freeze_mlp=args.freeze_mlp, seed=args.seed, text_file=args.text_file, data=args.data, mesh=args.mesh,
                attn_layers=[int(i) for i in args.attn_layers.split(",") if i.strip()])
     tok_per_step = cfg["batch"] * cfg["seq_len"]
     cfg["steps"] = [max(1, math.ceil(cfg[f"stage{s}_tokens"] / tok_per_step)) for s in (1, 2, 3)]
@@ -111,16 +120,44 @@ def load_teacher(cfg):
     return teacher, tok
 
 
-def corpus(cfg):
-    """(train SourceSpec, held-out SourceSpec) of jaxlm.data: the embedded corpus' 'language' source (Python's
-    bundled documentation; its held-out split for perplexity), or --text-file cut 95% / 5%."""
-    from jaxlm import data as D
+class Data:
+    """The recipe's data, all from jaxlm.data. Windows (--data pydoc-topics, --text-file): one token array per split,
+    `RandomWindowPipeline` per stage continuing one global window sequence (stage s starts at the global step
+    `offset`, seed --seed) and `window_eval_batches` of the held-out tokens. --data embedded-language: the packed
+    `build_pipeline` over the embedded 'language' source and `build_eval_batches` of its held-out split."""
 
-    if cfg["text_file"]:
-        text = Path(cfg["text_file"]).read_text(encoding="utf-8")
-        cut = int(len(text) * 0.95)
-        return D.SourceSpec.from_docs([text[:cut]]), D.SourceSpec.from_docs([text[cut:]])
-    return D.embedded_corpus("train")["language"], D.embedded_corpus("heldout")["language"]
+    def __init__(self, cfg, tok):
+        from jaxlm import data as D
+
+        self.cfg, self.tok, T, B = cfg, tok, cfg["seq_len"], cfg["batch"]
+        self.windows = bool(cfg["text_file"]) or cfg.get("data", DATA[0]) == "pydoc-topics"
+        if not self.windows:
+            self.train_src, held = D.embedded_corpus("train")["language"], D.embedded_corpus("heldout")["language"]
+            self.eval = D.build_eval_batches(tok, held, T, B, cfg["eval_batches"])
+            self.about = f"{self.train_src.describe()} (packed), held-out {held.describe()}"
+            return
+        if cfg["text_file"]:
+            text = Path(cfg["text_file"]).read_text(encoding="utf-8")
+            cut = int(len(text) * 0.95)
+            texts, self.about = ([text[:cut]], [text[cut:]]), f"{cfg['text_file']} (last 5% held out)"
+        else:
+            texts, self.about = D.topics_split(10), "pydoc_data.topics (every 10th topic held out)"
+        self.train_tok, held_tok = (D.tokenize_texts(t, tok) for t in texts)
+        self.eval = D.window_eval_batches(held_tok, B, T, cfg["eval_batches"])
+        self.about += f": {len(self.train_tok)} train / {len(held_tok)} held-out tokens, random windows"
+
+    def data_seed(self, stage: int) -> int:
+        return self.cfg["seed"] if self.windows else 10 * self.cfg["seed"] + stage
+
+    def pipeline(self, stage: int, steps: int, offset: int):
+        from jaxlm import data as D
+
+        T, B = self.cfg["seq_len"], self.cfg["batch"]
+        if self.windows:
+            return D.RandomWindowPipeline(self.train_tok, B, T, self.cfg["seed"], step_offset=offset)
+        return D.build_pipeline(D.DataConfig(seq_len=T, global_batch=B, seed=self.data_seed(stage),
+                                             sources={"language": self.train_src},
+                                             phases=(D.PhaseSpec(steps=steps, weights={"language": 1.0}),)), self.tok)
 
 
 def _curve(run_dir: Path, stage: int, steps: int, log_every: int) -> list:
@@ -147,7 +184,6 @@ def run(cfg, out: Path, resume: bool, log=print, *, teacher_tok=None, stop_at: i
     import jax
     from flax import nnx
 
-    from jaxlm import data as D
     from jaxlm.distill import mohawk as mk
     from jaxlm.models.phi_mamba import PhiMambaLM
     from jaxlm.sharding import make_mesh
@@ -156,12 +192,11 @@ def run(cfg, out: Path, resume: bool, log=print, *, teacher_tok=None, stop_at: i
     t_start = time.time()
     teacher, tok = load_teacher(cfg) if teacher_tok is None else teacher_tok
     mesh = make_mesh(cfg.get("mesh") or "1x1", devices=None if cfg.get("mesh") else jax.devices()[:1])
-    train_src, held_src = corpus(cfg)
+    data = Data(cfg, tok)
     T, B = cfg["seq_len"], cfg["batch"]
-    evb = {"held": D.build_eval_batches(tok, held_src, T, B, cfg["eval_batches"])}
+    evb = {"held": data.eval}
     log(f"teacher: {teacher.cfg.num_layers} layers x {teacher.cfg.hidden_size}, vocab {teacher.cfg.vocab_size}; "
-        f"data: {train_src.describe()} (jaxlm.data pipeline), held-out {held_src.describe()} "
-        f"({len(evb['held'])} batches of {B}x{T}); mesh {dict(mesh.shape)}")
+        f"data: {data.about} ({len(evb['held'])} held-out batches of {B}x{T}); mesh {dict(mesh.shape)}")
     K = cfg["distill_layers"]
     L = teacher.cfg.num_layers
     attn = sorted(set(cfg["attn_layers"]) | (set(range(K, L)) if K else set()))
@@ -188,11 +223,9 @@ def run(cfg, out: Path, resume: bool, log=print, *, teacher_tok=None, stop_at: i
         task = mk.StageTask(stage, student, teacher12 if stage < 3 else teacher, temperature=cfg["temperature"],
                             freeze_mlp=cfg["freeze_mlp"], freeze_attention=not cfg["train_attention"])
         rcfg = mk.stage_config(stage, n, cfg[f"lr{stage}"], seq_len=T, batch=B, seed=cfg["seed"],
-                               data_seed=10 * cfg["seed"] + stage, save_every=cfg["save_every"],
+                               data_seed=data.data_seed(stage), save_every=cfg["save_every"],
                                log_every=cfg["log_every"])
-        pipe = D.build_pipeline(D.DataConfig(seq_len=T, global_batch=B, seed=rcfg.train.data_seed,
-                                             sources={"language": train_src},
-                                             phases=(D.PhaseSpec(steps=n, weights={"language": 1.0}),)), tok)
+        pipe = data.pipeline(stage, n, start)
         d = out / f"stage{stage}"
         started = (d / "checkpoints").exists() and any((d / "checkpoints").iterdir())
         t0 = time.time()

@@ -177,7 +177,15 @@ def test_recipe_runs_and_resumes_exactly(tmp_path):
          "--eval-batches", "1", "--save-every", "100", "--distill-layers", "0", "--chunk-size", "8", "--log-every", "1",
          "--lr3", "1e-3"])
     cfg = rm.resolve(args)
-    assert cfg["steps"] == [3, 3, 3]
+    assert cfg["steps"] == [3, 3, 3] and cfg["data"] == "pydoc-topics"
+    # the default data: one global sequence of seeded random windows over the pydoc topics (stage s continues at
+    # the global step where stage s-1 ended), perplexity on consecutive held-out windows
+    data = rm.Data(cfg, _ByteTok())
+    np.testing.assert_array_equal(data.pipeline(2, 3, 3).batch_at(1)["inputs"],
+                                  data.pipeline(1, 3, 0).batch_at(4)["inputs"])
+    assert data.eval[0]["inputs"].shape == (2, 16) and len(data.eval) == 1
+    packed = rm.Data(dict(cfg, data="embedded-language"), _ByteTok())  # the jaxlm.data packed source, an option
+    assert packed.eval[0]["inputs"].shape == (2, 16) and not packed.windows
     quiet = lambda *a: None
     full = rm.run(cfg, tmp_path / "a", False, quiet, teacher_tok=(teacher, _ByteTok()))
     p = full["ppl"]

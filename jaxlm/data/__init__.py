@@ -17,10 +17,12 @@ from jaxlm.data.pack import PackedStream, TokenStore, inputs_targets, pack
 from jaxlm.data.pipeline import (DataConfig, Pipeline, build_eval_batches, build_pipeline, tokenize_documents)
 from jaxlm.data.sources import DataError, DataFileNotFoundError, Documents, SourceSpec, open_source
 from jaxlm.data.tokenizer import FIM_TOKENS, FimIds, Tokenizer, as_tokenizer, load_tokenizer
+from jaxlm.data.windows import RandomWindowPipeline, tokenize_texts, topics_split, window_eval_batches
 
 __all__ = [
     "DataConfig", "PhaseSpec", "SourceSpec", "Pipeline", "build_pipeline", "build_eval_batches", "embedded_corpus",
     "default_tokenizer", "train_bpe", "load_tokenizer", "as_tokenizer", "Tokenizer", "FimIds", "FIM_TOKENS",
     "apply_fim", "reassemble", "FimPlan", "Mixture", "pack", "inputs_targets", "PackedStream", "TokenStore",
     "tokenize_documents", "open_source", "Documents", "DataError", "DataFileNotFoundError",
+    "RandomWindowPipeline", "tokenize_texts", "topics_split", "window_eval_batches",
 ]
