@@ -26,8 +26,8 @@ def test_analysis_outputs_and_resume(tiny_run, tmp_path, monkeypatch):
             "--mem-rows", "2", "--mem-k", "8", "--mesh", "8x1"]
     assert analysis.main(args + ["--max-checkpoints", "1"]) == 0  # stopped part-way
     first = [json.loads(x) for x in (out / "analysis.jsonl").read_text().splitlines()]
-    steps = sorted({r["step"] for r in first})
-    assert len(steps) == 1
+    assert first[0]["kind"] == "settings" and first[0]["mem_k"] == 8  # what a resume must match
+    assert len({r["step"] for r in first[1:]}) == 1
     with open(out / "analysis.jsonl", "a") as f:  # a record half-written when the process was killed
         f.write('{"kind": "mem", "step": 99, "sco')
     assert analysis.main(args) == 0
