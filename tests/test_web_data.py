@@ -75,13 +75,13 @@ def test_build_corpus_renders_and_writes_both_files(tmp_path):
     pytest.importorskip("playwright")
     from jaxlm.web.render import RenderOptions
 
-    s = D.build_corpus(tmp_path, 4, seed=1, options=RenderOptions(width=640, height=400), qa_per_page=4)
-    assert s["rendered"] == 4 and s["failed"] == {} and s["yes"] == s["no"] == 8
+    s = D.build_corpus(tmp_path, 2, seed=1, options=RenderOptions(width=640, height=400), qa_per_page=4)
+    assert s["rendered"] == 2 and s["failed"] == {} and s["yes"] == s["no"] == 4
     assert s["bootstrap_css"] == "django-bootstrap-static 5.3.3"
     recs = D.read_llava_json(tmp_path / "web2code.json")
     assert recs[1]["style"] == "bootstrap" and recs[1]["conversations"][0]["value"].startswith("<image>\n")
     assert (tmp_path / recs[0]["image"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(D.read_wub_jsonl(tmp_path / "wub.jsonl")) == 16
+    assert len(D.read_wub_jsonl(tmp_path / "wub.jsonl")) == 8
 
 
 def test_pydoc_held_out_pages_are_real_html():

@@ -197,7 +197,7 @@ class Renderer:
     """One headless Chromium reused across renders; each render gets a fresh browser context (no shared state)."""
 
     def __init__(self, options: RenderOptions | None = None, *, executable: str | None = None,
-                 hang_grace_s: float = 2.0):
+                 hang_grace_s: float = 1.0):
         self.options = options or RenderOptions()
         self.executable = executable or find_chromium()
         self.hang_grace_s = hang_grace_s
