@@ -69,38 +69,47 @@ def test_quantized_logits(bits, g):
 
 
 def test_greedy_decoding_with_kv_cache_on_quantized_model():
+    """Cached decode of a quantized model equals full recomputation: logits within float32 tolerance at every
+    step, and the greedy tokens agree wherever the top-2 margin is above that tolerance (a near-tie may flip
+    under any change of summation order, so the comparison stops at the first one)."""
     model = quantize(_model(seed=1), bits=4, group_size=32)
     g, s = nnx.split(model)
     prompt = _ids(1, 5, seed=3)
-    steps, max_len = 6, 16
+    steps, max_len, tol = 6, 16, 1e-4
 
     @jax.jit
     def step(s, ids, cache):
         logits, cache = nnx.merge(g, s)(ids, cache=cache)
-        return jnp.argmax(logits[:, -1], -1).astype(jnp.int32), cache
+        return jnp.argmax(logits[:, -1], -1).astype(jnp.int32), logits[:, -1], cache
 
     cache = KVCache.zeros(CFG, 1, max_len)
-    tok, cache = step(s, prompt, cache)
-    out = [int(tok[0])]
+    tok, lg, cache = step(s, prompt, cache)
+    out, cached = [int(tok[0])], [np.asarray(lg[0])]
     for _ in range(steps - 1):
-        tok, cache = step(s, tok[:, None], cache)
+        tok, lg, cache = step(s, tok[:, None], cache)
         out.append(int(tok[0]))
+        cached.append(np.asarray(lg[0]))
     assert int(cache.lengths[0]) == 5 + steps - 1
-    # the same tokens from full recomputation without a cache (causal: right padding does not matter)
-    full_logits = jax.jit(lambda s, i: nnx.merge(g, s)(i))
-    seq = np.zeros((1, 5 + steps), np.int32)
-    seq[:, :5] = np.asarray(prompt)
-    full = []
-    for t in range(steps):
-        nxt = int(jnp.argmax(full_logits(s, jnp.asarray(seq))[0, 4 + t]))
-        full.append(nxt)
-        seq[0, 5 + t] = nxt
-    assert out == full
+    # the same logits from one full forward over prompt + the cached path's tokens (teacher forcing)
+    seq = np.concatenate([np.asarray(prompt), np.asarray([out[:-1]], np.int32)], axis=1)
+    full = np.asarray(jax.jit(lambda s, i: nnx.merge(g, s)(i))(s, jnp.asarray(seq)))[0, 4:]
+    np.testing.assert_allclose(np.stack(cached), full, atol=tol, rtol=0)
+    top2 = np.sort(full, axis=-1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    assert (margin[:3] > 10 * tol).all(), margin  # a property of this fixed model and prompt: no early near-tie
+
+    def agree_until_tie(tokens):
+        for t in range(steps):
+            if margin[t] <= 10 * tol:
+                break
+            assert tokens[t] == int(full[t].argmax()), (t, tokens, out)
+
+    agree_until_tie(out)
     # and through the library's generation engine (jaxlm.infer), greedy by default
     from jaxlm.infer.generate import Generator
 
     gen = Generator(model, context_len=32)
-    assert gen.generate_ids([list(np.asarray(prompt[0]))], max_new_tokens=steps)[0] == out
+    agree_until_tie(gen.generate_ids([list(np.asarray(prompt[0]))], max_new_tokens=steps)[0])
 
 
 def test_nfl_quantize_learns_scales_that_lower_layer_error():
