@@ -55,6 +55,7 @@ def hf_dir(tmp_path_factory, bpe):
 
 @pytest.mark.parametrize("family", ["decoder", "mamba2", "phi_mamba"])
 def test_loglikelihood_equals_logits(family, bpe):
+    """Loglikelihoods and greedy generations of each family, and (decoder) the same on a 4x2 mesh."""
     if family == "decoder":
         from jaxlm.models.decoder import DecoderLM
         model = DecoderLM(preset("smollm2-tiny", init_std=0.1), rngs=nnx.Rngs(0))
@@ -70,6 +71,21 @@ def test_loglikelihood_equals_logits(family, bpe):
     np.testing.assert_allclose([g[0] for g in got], [w[0] for w in want], rtol=1e-5, atol=1e-4)
     assert [g[1] for g in got] == [w[1] for w in want]
     assert lm.scorer.shapes == {(4, 16, 0)}  # one forward: 4 rows of 5 fed tokens right-padded to the 16 bucket
+    if family == "decoder":  # sharded: parameters by the logical rules on a 4x2 (fsdp x tensor) mesh, same scores
+        sharded = JaxlmLM(model=model, tokenizer=bpe, mesh="4x2")
+        assert dict(sharded.mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
+        np.testing.assert_allclose([g[0] for g in sharded._loglikelihood_tokens([(("", ""), c, x) for c, x in PAIRS])],
+                                   [w[0] for w in want], rtol=1e-5, atol=1e-4)
+    # generate_until: the decode cache (decoder, Mamba-2) or full forwards (Phi-Mamba has no cache) = the greedy
+    # chain of full-forward argmaxes
+    from jaxlm.infer.text import ByteTokenizer
+
+    blm = JaxlmLM(model=model, tokenizer=ByteTokenizer())
+    req = type("I", (), {"args": ("def f(x):", {"until": ["\x00\x00"], "max_gen_toks": 3, "do_sample": False})})()
+    ids = blm.tok_encode("def f(x):")
+    for _ in range(3):
+        ids.append(int(np.argmax(blm.scorer.next_logits([ids])[0])))
+    assert blm.generate_until([req]) == [ByteTokenizer().decode(ids[-3:])]
 
 
 def test_loglikelihood_equals_transformers(hf_dir):

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+import numpy as np
+
 import lm_eval.models  # noqa: F401  (the harness' own models first: its registry imports them only while empty)
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -106,6 +108,13 @@ class JaxlmLM(TemplateLM):
         self.scorer = Scorer(graphdef=self.gen.graphdef, state=self.gen.state, cfg=model.cfg, mesh=self.mesh,
                              context_len=self.gen.context_len, max_tokens=int(batch_tokens))
         self.max_gen_toks, self.seed = int(max_gen_toks), int(seed)
+        from jaxlm.infer.cache import cache_class_for
+
+        try:
+            cache_class_for(model)
+            self.cached = True
+        except TypeError:  # no decode cache for this family (Phi-Mamba): generation by full forwards
+            self.cached = False
         self.gen_batch = int(batch_size) if str(batch_size or "").isdigit() else 16
         self.add_bos = _bool(add_bos_token)
         self.calls = Counter()  # requests scored / generated (observability, tests)
@@ -118,6 +127,13 @@ class JaxlmLM(TemplateLM):
         if eos is None:
             raise ConfigError(f"tokenizer {self.tokenizer.name}: no EOS token (needed as the empty context)")
         return int(eos)
+
+    @property
+    def gen_eos(self) -> int | None:
+        try:
+            return self.eot_token_id
+        except ConfigError:
+            return None
 
     @property
     def prefix_token_id(self) -> int:
@@ -196,7 +212,7 @@ class JaxlmLM(TemplateLM):
             kw = dict(kw or {})
             until = kw.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
-            eos = self.tokenizer.decode([self.eot_token_id]) if self.eot_token_id is not None else None
+            eos = self.tokenizer.decode([self.gen_eos]) if self.gen_eos is not None else None
             max_new = int(kw.pop("max_gen_toks", kw.pop("max_new_tokens", self.max_gen_toks)))
             temp = float(kw.pop("temperature", 0.0) or 0.0)
             do_sample = _bool(kw.pop("do_sample", None))
@@ -215,13 +231,60 @@ class JaxlmLM(TemplateLM):
         for (stops, max_new, temp, top_p, top_k), items in groups.items():
             for b in range(0, len(items), self.gen_batch):
                 chunk = items[b:b + self.gen_batch]
-                texts = self.gen.generate([c for _, c, _ in chunk], max_new_tokens=max_new, temperature=temp,
-                                          top_p=top_p, top_k=top_k, seed=[s for _, _, s in chunk],
-                                          stop=list(stops) or None)
+                if self.cached:
+                    texts = self.gen.generate([c for _, c, _ in chunk], max_new_tokens=max_new, temperature=temp,
+                                              top_p=top_p, top_k=top_k, seed=[s for _, _, s in chunk],
+                                              stop=list(stops) or None)
+                else:
+                    texts = self._generate_uncached([c for _, c, _ in chunk], max_new, temp, top_p, top_k,
+                                                    [s for _, _, s in chunk], list(stops))
                 for (i, _, _), t in zip(chunk, texts):
                     out[i] = t
         self.calls["generate_until"] += len(requests)
         return out
+
+    def _generate_uncached(self, contexts, max_new, temp, top_p, top_k, seeds, stops):
+        """generate_until for models without a decode cache: one full forward of every live row per new token."""
+        rows = [self.gen.fit_context(self.tok_encode(c), max_new) for c in contexts]
+        rngs = [np.random.default_rng(s) for s in seeds]
+        new: list[list[int]] = [[] for _ in rows]
+        texts = [""] * len(rows)
+        live = list(range(len(rows)))
+        eos = self.gen.eos_ids
+        for _ in range(max_new):
+            if not live:
+                break
+            logits = self.scorer.next_logits([rows[i] + new[i] for i in live])
+            for i, lg in zip(list(live), logits):
+                t = _sample(lg, temp, top_p, top_k, rngs[i])
+                if t in eos:
+                    live.remove(i)
+                    continue
+                new[i].append(t)
+                texts[i] = self.tokenizer.decode(new[i])
+                cut = min((texts[i].find(s) for s in stops if s in texts[i]), default=-1)
+                if cut >= 0:
+                    texts[i] = texts[i][:cut]
+                    live.remove(i)
+        return texts
+
+
+def _sample(logits, temp: float, top_p: float, top_k: int, rng) -> int:
+    """Greedy (temp 0) or temperature / top-k / top-p sampling of one token from logits [V] (host side)."""
+    if temp <= 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / temp
+    if top_k:
+        z[np.argsort(-z)[top_k:]] = -np.inf
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if top_p < 1.0:
+        order = np.argsort(-p)
+        keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p) + 1)]
+        q = np.zeros_like(p)
+        q[keep] = p[keep]
+        p = q / q.sum()
+    return int(rng.choice(len(p), p=p))
 
 
 def _mesh(spec):

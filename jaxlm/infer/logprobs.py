@@ -76,7 +76,22 @@ def _score(graphdef, mesh, state, ids, *, k: int):
         return run()
 
 
+def _last(graphdef, mesh, state, ids, lens):
+    """Logits after the last real token of each right-padded row: ids [B, T], lens [B] -> [B, V] float32."""
+    from jaxlm.sharding import use_mesh
+
+    def run():
+        logits = nnx.merge(graphdef, state)(ids)
+        return jnp.take_along_axis(logits, (lens - 1)[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+
+    if mesh is None:
+        return run()
+    with use_mesh(mesh):
+        return run()
+
+
 _COMPILED: dict = {}
+_COMPILED_LAST: dict = {}
 
 
 def compiled_score(graphdef, mesh=None):
@@ -165,6 +180,23 @@ class Scorer:
                 n = len(seqs[j]) - 1
                 out[j] = SeqScore(res[0][r, :n], res[1][r, :n], *((res[3][r, :n], res[2][r, :n]) if top_k else ()))
         return out
+
+    def next_logits(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+        """[n, V] logits after the last token of each sequence (full forwards, no cache: for models without one,
+        e.g. Phi-Mamba, generation recomputes the prefix each step)."""
+        key = (self.graphdef, self.mesh)
+        if key not in _COMPILED_LAST:
+            _COMPILED_LAST[key] = jax.jit(partial(_last, self.graphdef, self.mesh))
+        fn = _COMPILED_LAST[key]
+        T = bucket(max(len(q) for q in seqs), MIN_LEN_BUCKET, None)
+        if max(len(q) for q in seqs) > self.context_len:
+            raise PromptTooLongError(f"{max(len(q) for q in seqs)} tokens exceed the model's context length "
+                                     f"{self.context_len}")
+        B = bucket(len(seqs))
+        ids, lens = np.zeros((B, T), np.int32), np.ones((B,), np.int32)
+        for r, q in enumerate(seqs):
+            ids[r, :len(q)], lens[r] = q, len(q)
+        return np.asarray(fn(self.state, jnp.asarray(ids), jnp.asarray(lens)))[:len(seqs)]
 
     def loglikelihood(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, bool]]:
         """(sum logprob, greedy) of each continuation given its context (token ids; the context non-empty)."""
