@@ -26,7 +26,7 @@ from jaxlm.errors import DataError, DataFileNotFoundError
 
 __all__ = ["read_llava_json", "write_llava_json", "read_wub_jsonl", "write_wub_jsonl", "Page", "make_page",
            "qa_pairs", "build_corpus", "pydoc_pages", "bootstrap_css", "for_rendering", "BOOTSTRAP_LINK",
-           "CODEGEN_INSTRUCTIONS"]
+           "CODEGEN_INSTRUCTIONS", "load_image"]
 
 
 # ---------------------------------------------------------------- published formats
@@ -121,6 +121,43 @@ def _atomic_write(path, text: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def load_image(path, size: int, mode: str = "pad") -> "np.ndarray":
+    """An RGB image as float32 (size, size, 3) in [0, 1] for a vision tower of `size` pixels.
+
+    mode="pad": LLaVA-1.5's `image_aspect_ratio pad` (expand to a square filled with the mean colour, centred,
+    then resize); "resize": stretch to size x size; "strict": an image of another size is a ShapeError naming the
+    file. A missing or unreadable file is a DataError naming it."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from jaxlm.errors import ShapeError
+
+    if mode not in ("pad", "resize", "strict"):
+        raise DataError(f"load_image: mode={mode!r}: expected 'pad', 'resize' or 'strict'")
+    if not isinstance(size, int) or size <= 0:
+        raise DataError(f"load_image: size={size!r}: expected a positive int")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataFileNotFoundError(f"{path}: no such image")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path}: not a readable image ({e})") from None
+    w, h = im.size
+    if mode == "strict" and (w, h) != (size, size):
+        raise ShapeError(f"{path}: image is {w}x{h}, expected {size}x{size} (use mode='pad' or 'resize')")
+    if mode == "pad" and w != h:
+        side = max(w, h)
+        mean = tuple(int(c) for c in np.asarray(im).reshape(-1, 3).mean(axis=0))
+        sq = Image.new("RGB", (side, side), mean)
+        sq.paste(im, ((side - w) // 2, (side - h) // 2))
+        im = sq
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BICUBIC)
+    return np.asarray(im, dtype=np.float32) / 255.0
 
 
 # ---------------------------------------------------------------- templates

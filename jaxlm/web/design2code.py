@@ -36,7 +36,7 @@ from jaxlm.errors import DataError
 from jaxlm.web.color import color_similarity
 
 __all__ = ["TEXT_TAGS", "Block", "extract_blocks", "match_blocks", "D2CScores", "score_blocks", "design2code",
-           "color_pool", "mean_scores"]
+           "color_pool", "mean_scores", "preprocess_prediction"]
 
 TEXT_TAGS = ("p", "h1", "h2", "h3", "h4", "h5", "h6", "div", "span", "a", "b", "li", "table", "td", "th", "button",
              "footer", "header", "figcaption")
@@ -303,16 +303,30 @@ def score_blocks(pred: list[Block], ref: list[Block]) -> D2CScores:
                      float(np.mean(cols)), None, len(pred), len(ref), len(matching))
 
 
-def design2code(renderer, pred_html: str | bytes, ref_html: str | bytes, options=None, *,
-                clip_fn: Callable | None = None) -> D2CScores:
+def preprocess_prediction(html: str | bytes) -> str | bytes:
+    """Design2Code's wrap of a prediction that is not HTML: text with no tag becomes <html><body><p>text</p>."""
+    import html as _h
+    import re
+
+    probe = html.decode("utf-8", errors="replace") if isinstance(html, (bytes, bytearray)) else html
+    if isinstance(probe, str) and probe.strip() and not re.search(r"<\s*[a-zA-Z!/]", probe):
+        return "<html><body><p>" + _h.escape(probe.strip()) + "</p></body></html>"
+    return html
+
+
+def design2code(renderer, pred_html: str | bytes, ref_html: str | bytes | None, options=None, *,
+                ref: tuple | None = None, clip_fn: Callable | None = None) -> D2CScores:
     """Render both pages, extract blocks, score. A prediction that fails to render scores 0 with the reason in
     `note`; a reference that fails raises DataError (the benchmark itself is broken). clip_fn(pred_image,
     ref_image, pred_bboxes, ref_bboxes) -> float, given local CLIP weights (Design2Code inpaints the text boxes
-    with cv2 TELEA, radius 3, and resizes to a square of the short side before CLIP ViT-B/32)."""
-    ref_blocks, ref_res = extract_blocks(renderer, ref_html, options)
+    with cv2 TELEA, radius 3, and resizes to a square of the short side before CLIP ViT-B/32).
+    `ref`: the reference's extract_blocks(...) result, to score many predictions against one reference."""
+    if ref is None and ref_html is None:
+        raise DataError("design2code: give the reference HTML or its extract_blocks result (ref=)")
+    ref_blocks, ref_res = ref if ref is not None else extract_blocks(renderer, ref_html, options)
     if not ref_res.ok:
         raise DataError(f"design2code: the reference page did not render ({ref_res.error})")
-    pred_blocks, pred_res = extract_blocks(renderer, pred_html, options)
+    pred_blocks, pred_res = extract_blocks(renderer, preprocess_prediction(pred_html), options)
     if not pred_res.ok:
         return D2CScores(0.0, 0.0, 0.0, 0.0, 0.0 if clip_fn else None, 0, len(ref_blocks), 0,
                          f"render failed: {pred_res.error}")

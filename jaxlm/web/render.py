@@ -303,10 +303,19 @@ class Renderer:
         """Render one page. `passes`: JavaScript expressions evaluated one after another after the main screenshot,
         each followed by another screenshot of the same region: result.passes = [(value, png), ...]."""
         o = options or self.options
-        t0 = time.monotonic()
         text, dec_err, truncated = decode_html(html, o.max_html_bytes)
-        res = RenderResult(ok=False, truncated=truncated, decode_errors=dec_err)
         self.stats["renders"] += 1
+        res = self._render_once(text, dec_err, truncated, o, passes)
+        if not res.ok and (self._browser is None or not self._browser.is_connected()):
+            # the browser died (killed, out of memory): start a new one and give the page one more try
+            self._ensure()
+            res = self._render_once(text, dec_err, truncated, o, passes)
+        return res
+
+    def _render_once(self, text: str, dec_err: int, truncated: bool, o: RenderOptions,
+                     passes: Sequence[str]) -> RenderResult:
+        t0 = time.monotonic()
+        res = RenderResult(ok=False, truncated=truncated, decode_errors=dec_err)
         browser = self._ensure()
         limit = o.timeout_s + o.settle_s + (o.page_down_wait_s if o.page_down else 0.0) + \
             o.shot_timeout_s * (1 + len(passes)) + self.hang_grace_s
