@@ -2,6 +2,7 @@
 loglikelihood task (tokenized and string requests, vLLM's tokenizer endpoints) gives the same scores as the native
 `jaxlm` model, a generation task runs, and bad requests are 400s naming the field."""
 
+import json
 import threading
 
 import numpy as np
@@ -87,6 +88,12 @@ def test_logprobs_shapes_and_errors(served):
     content = chat["choices"][0]["logprobs"]["content"]
     assert len(content) == 2 and all(len(c["top_logprobs"]) == 2 for c in content)
     assert content[0]["logprob"] == pytest.approx(content[0]["top_logprobs"][0]["logprob"])  # greedy = top-1
+    stream = requests.post(f"{url}/v1/chat/completions", stream=True, json={
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "logprobs": True, "temperature": 0,
+        "stream": True})
+    chunks = [json.loads(x[6:]) for x in stream.iter_lines() if x.startswith(b"data: {")]
+    streamed = [c["logprobs"]["content"][0] for ch in chunks for c in ch["choices"] if c["logprobs"]]
+    assert [x["logprob"] for x in streamed] == pytest.approx([c["logprob"] for c in content])
     assert requests.post(f"{url}/tokenize", json={"prompt": "def add"}).json()["tokens"] == tok.encode("def add")
     assert requests.post(f"{url}/detokenize", json={"tokens": tok.encode("x = 1")}).json()["prompt"] == "x = 1"
     assert requests.get(f"{url}/tokenizer_info").json()["eos_token"] == "<|endoftext|>"

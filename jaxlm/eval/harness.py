@@ -12,7 +12,8 @@ model_args: path (HF dir, .gguf, orbax run dir, quantized dir; default SmolLM2-1
 checkpoint), tokenizer (a tokenizer file/dir when the checkpoint has none; a run of the recipes uses the embedded
 corpus' BPE by default), mesh (e.g. 1x2), context_len, truncation ('error' (default): a request longer than the
 context is an error naming its lengths; 'left': drop the oldest context tokens, as the harness' HF model does),
-batch_tokens (tokens per scoring forward), max_gen_toks, seed, add_bos_token, dtype, family.
+batch_tokens (tokens per scoring forward), max_gen_toks, seed, add_bos_token, dtype, family; the harness'
+--batch_size sets the rows of a generation batch (default 16).
 
 loglikelihood / loglikelihood_rolling score with `jaxlm.infer.logprobs.Scorer` (length-bucketed jitted full
 forwards, one compile per power-of-two length and row count); generate_until runs `jaxlm.infer.Generator` (greedy
@@ -115,7 +116,9 @@ class JaxlmLM(TemplateLM):
             self.cached = True
         except TypeError:  # no decode cache for this family (Phi-Mamba): generation by full forwards
             self.cached = False
-        self.gen_batch = int(batch_size) if str(batch_size or "").isdigit() else 16
+        # rows of one generation batch: --batch_size when > 1 (the harness passes its default 1 when none is given),
+        # else 16; scoring batches by tokens (batch_tokens) whatever it says
+        self.gen_batch = int(batch_size) if str(batch_size or "").isdigit() and int(batch_size) > 1 else 16
         self.add_bos = _bool(add_bos_token)
         self.calls = Counter()  # requests scored / generated (observability, tests)
 
