@@ -28,6 +28,15 @@ def test_wub_scoring_is_the_originals():
         wub.score_wub([{"actual": "Yes"}])
 
 
+def test_answer_wub_retries_like_code_eval():
+    answers = {"q1": iter(["Yes"]), "q2": iter(["I think so", "no</s>"]), "q3": iter(["hmm", "unsure"])}
+    rows = [{"image": "a.png", "question_id": q, "Q": q, "A": a} for q, a in (("q1", "Yes"), ("q2", "No"), ("q3", "Yes"))]
+    res, counts = wub.answer_wub(lambda img, q: next(answers[q]), rows)
+    assert [r["pred"] for r in res] == ["Yes", "no</s>", "unsure"]
+    assert counts == {"asked": 5, "retries": 2, "not_yes_no": 1}
+    assert wub.score_wub(res).correct == 2
+
+
 def test_wcgb_parse_and_aggregate_like_the_original():
     assert wcgb.parse_scores("7, 6, 8, 5\n9,7,6,8,9,6") == ([7, 6, 8, 5, 9, 7, 6, 8, 9, 6], None)
     assert wcgb.parse_scores("7,6,8")[1] == "3 numbers, expected 10"

@@ -15,7 +15,7 @@ from typing import Iterable
 from jaxlm.errors import DataError
 
 __all__ = ["normalize", "is_correct", "needs_retry", "WUBReport", "score_wub", "score_wub_jsonl",
-           "ORIGINAL_TEMPERATURE", "ORIGINAL_MAX_NEW_TOKENS", "ORIGINAL_ATTEMPTS"]
+           "ORIGINAL_TEMPERATURE", "ORIGINAL_MAX_NEW_TOKENS", "ORIGINAL_ATTEMPTS", "answer_wub"]
 
 ORIGINAL_TEMPERATURE = 0.2  # code_eval.py: sampling
 ORIGINAL_MAX_NEW_TOKENS = 512
@@ -78,3 +78,30 @@ def score_wub_jsonl(path, **kw) -> WUBReport:
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path}:{n}: not JSON ({e.msg})") from None
     return score_wub(rows, **kw)
+
+
+def answer_wub(ask, rows: Iterable[dict], *, attempts: int = ORIGINAL_ATTEMPTS) -> tuple[list[dict], dict]:
+    """Run a model over WUB rows the way code_eval.py does: ask(image, question) -> text; if the answer is not
+    yes/no, ask again, up to `attempts` times (the last answer is kept). Returns (results rows {q_id, image, pred,
+    actual} as the original's results.jsonl, counts {asked, retries, not_yes_no}). Pass a sampling `ask` at
+    ORIGINAL_TEMPERATURE to reproduce the original; greedy is deterministic (and then a retry repeats itself)."""
+    if attempts < 1:
+        raise DataError(f"attempts={attempts}: expected >= 1")
+    out, counts = [], {"asked": 0, "retries": 0, "not_yes_no": 0}
+    for i, row in enumerate(rows):
+        for k in ("image", "question_id", "Q", "A"):
+            if k not in row:
+                raise DataError(f"row {i}: missing key {k!r} (a WUB row has image, question_id, Q, A)")
+        pred = ""
+        for a in range(attempts):
+            pred = ask(row["image"], row["Q"])
+            if not isinstance(pred, str):
+                raise DataError(f"row {i} ({row['question_id']}): ask() returned {type(pred).__name__}, not str")
+            counts["asked"] += 1
+            if not needs_retry(pred):
+                break
+            if a + 1 < attempts:
+                counts["retries"] += 1
+        counts["not_yes_no"] += needs_retry(pred)
+        out.append({"q_id": row["question_id"], "image": row["image"], "pred": pred, "actual": row["A"]})
+    return out, counts
