@@ -50,6 +50,7 @@ def build_parser():
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--out", default=None)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--stop-at", type=int, default=None, help="stop after this many steps (continue with --resume)")
     p.add_argument("--no-progress", action="store_true")
     add_mesh_argument(p, None)
     return p
@@ -116,7 +117,11 @@ def run(args) -> int:
     mesh = make_mesh(args.mesh or "1x1", devices=None if args.mesh else jax.devices()[:1])
     task = DiLEDTask(cfg)
     res = train(run_cfg, ArrayPipeline({k: tr[k] for k in spec_keys}, B, seed=args.seed), mesh, out, task=task,
-                eval_batches=eval_batches, resume=args.resume, progress=not args.no_progress)
+                eval_batches=eval_batches, resume=args.resume, stop_at=args.stop_at,
+                progress=not args.no_progress)
+    if res.final_step < steps:
+        print(f"stopped at step {res.final_step} of {steps}; continue with --resume")
+        return 0
     model = load_diled(out, cfg)
     report = evaluate_run(model, mod, te, args.samples, args.seed, api)
     report["train_summary"] = {k: res.summary.get(k) for k in ("steps", "wall_seconds", "final_eval")}

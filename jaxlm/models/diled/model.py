@@ -111,6 +111,17 @@ class DiLED(nnx.Module):
         return self.ae.encode(batch)
 
 
+def jit_init(ctor):
+    """ctor() -> nnx.Module, with every parameter drawn in ONE compiled function (eager init compiles a random
+    draw per distinct shape: slow on CPU)."""
+    g, _ = nnx.split(nnx.eval_shape(ctor))
+    return nnx.merge(g, jax.jit(lambda: nnx.split(ctor())[1])())
+
+
+def init_diled(cfg: DiLEDConfig, seed: int = 0) -> DiLED:
+    return jit_init(lambda: DiLED(cfg, rngs=nnx.Rngs(seed)))
+
+
 def diled_loss(model: DiLED, batch: dict, rng, *, t=None, noise=None, latent_noise=None):
     """(total loss, metrics) of one batch: μ = E(x), z = μ + √0.008 n, reconstruction of x from z, the latent
     diffusion term on z (alignment to μ at t = 1), combined as the original; proteins with joint_regressor add the
@@ -138,4 +149,4 @@ def _loss_pure(graphdef, state, batch, rng):
 
 loss_jit = jax.jit(_loss_pure, static_argnums=0)
 
-__all__ = ["DiLED", "DiLEDConfig", "diled_config", "diled_loss", "loss_jit", "MODALITIES", "check_modality"]
+__all__ = ["DiLED", "DiLEDConfig", "diled_config", "diled_loss", "loss_jit", "init_diled", "jit_init", "MODALITIES", "check_modality"]
