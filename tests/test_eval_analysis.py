@@ -13,14 +13,15 @@ from recipes import analysis, crystal  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("analysis") / "run"
-    assert crystal.main(["--mesh", "8x1", "--steps", "3", "--out", str(out), "--no-progress",
-                         "--set", "train.seq_len=32", "--set", "train.global_batch=8",
-                         "--set", "train.eval_batches=1"]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAXLM_COMPILE_CACHE", "0")  # keep the test session's jax config untouched
+        assert crystal.main(["--mesh", "8x1", "--steps", "3", "--out", str(out), "--no-progress",
+                             "--set", "train.seq_len=32", "--set", "train.global_batch=8",
+                             "--set", "train.eval_batches=1", "--set", "train.keep_release=2"]) == 0  # ckpts 2, 3
     return out
 
 
-def test_analysis_outputs_and_resume(tiny_run, tmp_path, monkeypatch):
-    monkeypatch.setenv("JAXLM_COMPILE_CACHE", "0")
+def test_analysis_outputs_and_resume(tiny_run, tmp_path):
     out = tmp_path / "an"
     args = [str(tiny_run), "--out", str(out), "--tasks", "jaxlm_heldout_cloze", "--limit", "1", "--mem-steps", "3",
             "--mem-rows", "2", "--mem-k", "8", "--mesh", "8x1"]
