@@ -31,6 +31,20 @@ def test_images_of_the_wrong_size(tmp_path):
         D.load_image(tmp_path / "missing.png", 32)
 
 
+def test_cut_repetition_and_wrapping():
+    from jaxlm.web.design2code import cut_repetition, preprocess_prediction
+
+    head = "<html><body><h1>Shop</h1><p>" + "Unique opening text about the shop and its goods. " * 1
+    loop = "<div>" + "buy now and save money today, " * 60 + "</div>"
+    text, cut = cut_repetition(head + loop)
+    assert cut and text.startswith(head) and len(text) < len(head + loop) // 2
+    assert cut_repetition("<p>short and varied</p>") == ("<p>short and varied</p>", False)
+    assert preprocess_prediction("plain") == "<html><body><p>plain</p></body></html>"
+    assert preprocess_prediction(b"<html><b>x</b></html>") == "<html><b>x</b></html>"
+    with pytest.raises(DataError, match="expected str or bytes"):
+        preprocess_prediction(None)
+
+
 @needs_browser
 def test_garbage_predictions_are_scored_or_counted_never_crash():
     pytest.importorskip("playwright")
@@ -41,10 +55,13 @@ def test_garbage_predictions_are_scored_or_counted_never_crash():
     o = RenderOptions(width=400, height=300, timeout_s=0.5, shot_timeout_s=2.0)
     ref = "<html><body><h1>Title</h1><p>Some text here.</p></body></html>"
     ref_x = extract_blocks(r, ref, o)
-    for pred in ["", b"\xff\xfe\x00garbage\x80<div><p>unclosed <b>tags"]:
+    for pred in [b"\xff\xfe\x00garbage\x80<div><p>unclosed <b>tags"]:
         s = design2code(r, pred, None, o, ref=ref_x)
         assert 0.0 <= s.block_match <= 1.0 and s.final is None and s.note is not None
     assert design2code(r, "Some text here.", None, o, ref=ref_x).text == 1.0  # plain text is wrapped in <p>
+    looped = "<html><body><ul>" + "<li>item</li>" * 60 + "</ul></body></html>"  # a degenerate generation
+    s = design2code(r, looped, None, o, ref=ref_x)
+    assert s.n_pred_blocks == 50  # elements repeated more than 50 times are removed (Design2Code)
     s = design2code(r, "<script>while (true) {}</script>", None, o, ref=ref_x)  # never loads: scored 0 with the reason
     assert (s.block_match, s.text, s.position, s.color) == (0, 0, 0, 0) and s.note.startswith("render failed: timeout")
     with pytest.raises(RenderError, match="expected str or bytes"):

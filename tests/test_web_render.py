@@ -128,3 +128,13 @@ def test_find_chromium_env_override(monkeypatch, tmp_path):
     monkeypatch.setenv("JAXLM_CHROMIUM", str(tmp_path / "nope"))
     with pytest.raises(BrowserNotFoundError, match="JAXLM_CHROMIUM"):
         find_chromium()
+
+
+def test_renders_share_no_page_state_and_javascript_can_be_off(r):
+    assert r.render("<script>window.leak = 1; document.title = 'x'</script>", SMALL).ok
+    nxt = r.render("<p>next</p>", SMALL, prepare="window.leak === undefined && document.title === ''")
+    assert nxt.ok and nxt.prepared is True
+    js = "<body style='margin:0'><div id=d style='height:100px;background:rgb(0,0,255)'></div>" \
+         "<script>document.getElementById('d').style.background = 'rgb(255,0,0)'</script></body>"
+    assert _px(r.render(js, SMALL), 5, 5) == (255, 0, 0)
+    assert _px(r.render(js, SMALL.replace(javascript=False)), 5, 5) == (0, 0, 255)

@@ -36,7 +36,7 @@ from jaxlm.errors import DataError
 from jaxlm.web.color import color_similarity
 
 __all__ = ["TEXT_TAGS", "Block", "extract_blocks", "match_blocks", "D2CScores", "score_blocks", "design2code",
-           "color_pool", "mean_scores", "preprocess_prediction"]
+           "color_pool", "mean_scores", "preprocess_prediction", "cut_repetition"]
 
 TEXT_TAGS = ("p", "h1", "h2", "h3", "h4", "h5", "h6", "div", "span", "a", "b", "li", "table", "td", "th", "button",
              "footer", "header", "figcaption")
@@ -100,11 +100,12 @@ def _png_array(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
 
 
-def extract_blocks(renderer, html: str | bytes, options=None):
-    """(blocks, RenderResult of the unmodified page). A failed render returns ([], result) with result.ok False."""
+def extract_blocks(renderer, html: str | bytes, options=None, prepare: str | None = None):
+    """(blocks, RenderResult of the unmodified page). A failed render returns ([], result) with result.ok False.
+    `prepare`: JavaScript run after load, before the first screenshot (design2code uses it for predictions)."""
     tags = list(TEXT_TAGS)
     p0, p1 = color_pool(0), color_pool(50)
-    res = renderer.render(html, options, passes=[f"({_RECOLOUR_JS})({json.dumps([tags, p0, True])})",
+    res = renderer.render(html, options, prepare=prepare, passes=[f"({_RECOLOUR_JS})({json.dumps([tags, p0, True])})",
                                                  f"({_RECOLOUR_JS})({json.dumps([tags, p1, False])})"])
     if not res.ok:
         return [], res
@@ -303,19 +304,71 @@ def score_blocks(pred: list[Block], ref: list[Block]) -> D2CScores:
                      float(np.mean(cols)), None, len(pred), len(ref), len(matching))
 
 
-def preprocess_prediction(html: str | bytes) -> str | bytes:
-    """Design2Code's wrap of a prediction that is not HTML: text with no tag becomes <html><body><p>text</p>."""
-    import html as _h
+def cut_repetition(text: str, chunk_size: int = 100, repetition_threshold: int = 5,
+                   similarity_threshold: float = 0.8) -> tuple[str, bool]:
+    """Design2Code's check_repetitive_content: split the tag-free text into 100-character chunks; a chunk at least
+    0.8 similar to an earlier distinct chunk joins that chunk's list; once a list has 5 members the text is cut
+    where its first member starts (in the original HTML). Returns (text, whether it was cut)."""
     import re
 
-    probe = html.decode("utf-8", errors="replace") if isinstance(html, (bytes, bytearray)) else html
-    if isinstance(probe, str) and probe.strip() and not re.search(r"<\s*[a-zA-Z!/]", probe):
-        return "<html><body><p>" + _h.escape(probe.strip()) + "</p></body></html>"
-    return html
+    clean_parts, pos_map = [], []
+    last = 0
+    for m in re.finditer(r"<.*?>", text):
+        clean_parts.append(text[last:m.start()])
+        pos_map.extend(range(last, m.start()))
+        last = m.end()
+    clean_parts.append(text[last:])
+    pos_map.extend(range(last, len(text)))
+    clean = "".join(clean_parts)
+    chunks = [clean[i:i + chunk_size] for i in range(0, len(clean), chunk_size)]
+    seen: dict[str, list[int]] = {}
+    cut = None
+    for i, chunk in enumerate(chunks):
+        for prev, idx in seen.items():
+            if _sim(chunk, prev) >= similarity_threshold:
+                idx.append(i)
+                if len(idx) >= repetition_threshold:
+                    c = idx[0] * chunk_size
+                    p = pos_map[c] if c < len(pos_map) else len(text)
+                    cut = p if cut is None else min(cut, p)
+                break
+        else:
+            seen[chunk] = [i]
+    return (text, False) if cut is None else (text[:cut], True)
+
+
+# Design2Code's truncate_repeated_html_elements, in the DOM: an element whose outerHTML has already occurred
+# max_count times (document order) is removed.
+_TRUNCATE_JS = """(maxCount) => {
+  const counts = new Map();
+  let removed = 0;
+  for (const el of Array.from(document.querySelectorAll('*'))) {
+    const k = el.outerHTML;
+    const n = (counts.get(k) || 0) + 1;
+    counts.set(k, n);
+    if (n > maxCount) { el.remove(); removed++; }
+  }
+  return removed;
+}"""
+
+
+def preprocess_prediction(html: str | bytes) -> str:
+    """Design2Code's pre-processing of a prediction before rendering: cut degenerate repetition
+    (cut_repetition), and wrap text that has no <html> tag in <html><body><p>...</p></body></html> (unescaped, as
+    the original). The removal of elements repeated more than 50 times happens in the page (design2code)."""
+    import re
+
+    text = html.decode("utf-8", errors="replace") if isinstance(html, (bytes, bytearray)) else html
+    if not isinstance(text, str):
+        raise DataError(f"prediction: expected str or bytes, got {type(html).__name__}")
+    text, _ = cut_repetition(text)
+    if not re.search(r"<html[^>]*>", text, re.IGNORECASE):
+        text = f"<html><body><p>{text}</p></body></html>"
+    return text
 
 
 def design2code(renderer, pred_html: str | bytes, ref_html: str | bytes | None, options=None, *,
-                ref: tuple | None = None, clip_fn: Callable | None = None) -> D2CScores:
+                ref: tuple | None = None, clip_fn: Callable | None = None, max_repeats: int = 50) -> D2CScores:
     """Render both pages, extract blocks, score. A prediction that fails to render scores 0 with the reason in
     `note`; a reference that fails raises DataError (the benchmark itself is broken). clip_fn(pred_image,
     ref_image, pred_bboxes, ref_bboxes) -> float, given local CLIP weights (Design2Code inpaints the text boxes
@@ -326,7 +379,8 @@ def design2code(renderer, pred_html: str | bytes, ref_html: str | bytes | None, 
     ref_blocks, ref_res = ref if ref is not None else extract_blocks(renderer, ref_html, options)
     if not ref_res.ok:
         raise DataError(f"design2code: the reference page did not render ({ref_res.error})")
-    pred_blocks, pred_res = extract_blocks(renderer, preprocess_prediction(pred_html), options)
+    pred_blocks, pred_res = extract_blocks(renderer, preprocess_prediction(pred_html), options,
+                                           prepare=f"({_TRUNCATE_JS})({int(max_repeats)})")
     if not pred_res.ok:
         return D2CScores(0.0, 0.0, 0.0, 0.0, 0.0 if clip_fn else None, 0, len(ref_blocks), 0,
                          f"render failed: {pred_res.error}")

@@ -86,6 +86,7 @@ class RenderOptions:
     page_down: bool = False  # the original WCGB quirk: press PAGE_DOWN on <body> before a viewport screenshot
     page_down_wait_s: float = 1.0
     device_scale_factor: float = 1.0
+    fresh_context: bool = False  # True: a new browser context for every render (slower; nothing is shared)
 
     def __post_init__(self):
         for name in ("width", "height", "max_height", "max_html_bytes"):
@@ -126,6 +127,7 @@ class RenderResult:
     blocked_requests: int = 0
     seconds: float = 0.0
     passes: list = field(default_factory=list)  # [(script result, png)] for render(..., passes=[js, ...])
+    prepared: Any = None  # the value of render(..., prepare=js)
 
     def image(self):
         """The screenshot as an RGB PIL image (raises RenderError for a failed render)."""
@@ -204,6 +206,9 @@ class Renderer:
         self._marker = f"--jaxlm-renderer={uuid.uuid4().hex}"
         self._pw = None
         self._browser = None
+        self._pages: dict[tuple, tuple] = {}
+        self._current: RenderResult | None = None
+        self._crashed = False
         self.stats = {"renders": 0, "failures": 0, "relaunches": 0, "watchdog_kills": 0}
 
     # ------------------------------------------------------------------ browser lifetime
@@ -228,6 +233,7 @@ class Renderer:
 
     def _ensure(self):
         if self._browser is None or not self._browser.is_connected():
+            self._pages.clear()
             if self._browser is not None:
                 self.stats["relaunches"] += 1
                 try:
@@ -238,6 +244,7 @@ class Renderer:
         return self._browser
 
     def close(self) -> None:
+        self._pages.clear()
         if self._browser is not None:
             try:
                 self._browser.close()
@@ -297,28 +304,76 @@ class Renderer:
             except OSError:
                 pass
 
+    # ------------------------------------------------------------------ contexts
+    @staticmethod
+    def _ctx_key(o: RenderOptions) -> tuple:
+        return (o.width, o.height, o.device_scale_factor, o.javascript)
+
+    def _page(self, browser, o: RenderOptions):
+        """The page for these options: one browser context + page per viewport / JS setting, reused while renders
+        succeed (each render navigates to a new about:blank document first); a failed render drops it."""
+        key = self._ctx_key(o)
+        if key in self._pages:
+            return self._pages[key][1]
+        ctx = browser.new_context(viewport={"width": o.width, "height": o.height},
+                                  device_scale_factor=o.device_scale_factor, java_script_enabled=o.javascript,
+                                  service_workers="block", accept_downloads=False)
+
+        def route(r):
+            if r.request.url.startswith(_ALLOWED_SCHEMES):
+                r.continue_()
+            else:
+                if self._current is not None:
+                    self._current.blocked_requests += 1
+                r.abort("blockedbyclient")
+
+        ctx.route("**/*", route)
+        page = ctx.new_page()
+        page.on("crash", lambda *_: setattr(self, "_crashed", True))
+        self._pages[key] = (ctx, page)
+        return page
+
+    def _release(self, o: RenderOptions, keep: bool) -> None:
+        key = self._ctx_key(o)
+        if key not in self._pages:
+            return
+        ctx, page = self._pages[key]
+        try:
+            for other in ctx.pages:  # popups opened by the page
+                if other is not page:
+                    other.close()
+        except Exception:
+            keep = False
+        if not keep:
+            del self._pages[key]
+            try:
+                ctx.close()
+            except Exception:
+                pass
+
     # ------------------------------------------------------------------ rendering
     def render(self, html: str | bytes, options: RenderOptions | None = None, *,
-               passes: Sequence[str] = ()) -> RenderResult:
-        """Render one page. `passes`: JavaScript expressions evaluated one after another after the main screenshot,
-        each followed by another screenshot of the same region: result.passes = [(value, png), ...]."""
+               passes: Sequence[str] = (), prepare: str | None = None) -> RenderResult:
+        """Render one page. `prepare`: a JavaScript expression evaluated after load, before the first screenshot.
+        `passes`: expressions evaluated one after another after the main screenshot, each followed by another
+        screenshot of the same region: result.passes = [(value, png), ...]."""
         o = options or self.options
         text, dec_err, truncated = decode_html(html, o.max_html_bytes)
         self.stats["renders"] += 1
-        res = self._render_once(text, dec_err, truncated, o, passes)
+        res = self._render_once(text, dec_err, truncated, o, passes, prepare)
         if not res.ok and (self._browser is None or not self._browser.is_connected()):
             # the browser died (killed, out of memory): start a new one and give the page one more try
             self._ensure()
-            res = self._render_once(text, dec_err, truncated, o, passes)
+            res = self._render_once(text, dec_err, truncated, o, passes, prepare)
         return res
 
     def _render_once(self, text: str, dec_err: int, truncated: bool, o: RenderOptions,
-                     passes: Sequence[str]) -> RenderResult:
+                     passes: Sequence[str], prepare: str | None) -> RenderResult:
         t0 = time.monotonic()
         res = RenderResult(ok=False, truncated=truncated, decode_errors=dec_err)
         browser = self._ensure()
         limit = o.timeout_s + o.settle_s + (o.page_down_wait_s if o.page_down else 0.0) + \
-            o.shot_timeout_s * (1 + len(passes)) + self.hang_grace_s
+            o.shot_timeout_s * (1 + len(passes) + bool(prepare)) + self.hang_grace_s
         fired = threading.Event()
 
         def on_timer():
@@ -327,30 +382,21 @@ class Renderer:
 
         timer = threading.Timer(limit, on_timer)
         timer.daemon = True
-        ctx = None
-        crashed: list[bool] = []
+        self._crashed = False
+        ok_page = False
         try:
-            ctx = browser.new_context(viewport={"width": o.width, "height": o.height},
-                                      device_scale_factor=o.device_scale_factor, java_script_enabled=o.javascript,
-                                      service_workers="block", offline=False, accept_downloads=False)
-
-            def route(r):
-                if r.request.url.startswith(_ALLOWED_SCHEMES):
-                    r.continue_()
-                else:
-                    res.blocked_requests += 1
-                    r.abort("blockedbyclient")
-
-            ctx.route("**/*", route)
-            page = ctx.new_page()
-            page.on("crash", lambda *_: crashed.append(True))
+            page = self._page(browser, o)
+            self._current = res
             timer.start()
+            page.goto("about:blank", timeout=o.timeout_s * 1000)  # a fresh document (and window) per render
             page.set_content(text, wait_until="load", timeout=o.timeout_s * 1000)
             if o.settle_s:
                 page.wait_for_timeout(o.settle_s * 1000)
             if o.page_down:
                 page.press("body", "PageDown", timeout=o.shot_timeout_s * 1000)
                 page.wait_for_timeout(o.page_down_wait_s * 1000)
+            if prepare:
+                res.prepared = page.evaluate(prepare)
             shot = self._shot_kwargs(page, o, res)
             res.png = page.screenshot(timeout=o.shot_timeout_s * 1000, **shot)
             for js in passes:
@@ -358,19 +404,17 @@ class Renderer:
                 res.passes.append((value, page.screenshot(timeout=o.shot_timeout_s * 1000, **shot)))
             res.ok = True
             res.width, res.height = _png_size(res.png)
+            ok_page = True
         except Exception as e:  # one bad page never stops a batch
             res.ok, res.png, res.passes = False, None, []
-            res.error = self._reason(e, fired.is_set(), bool(crashed), o)
+            res.error = self._reason(e, fired.is_set(), self._crashed, o)
             self.stats["failures"] += 1
             if res.error.startswith("timeout") and not fired.is_set():
                 self._kill_renderers()  # a page that timed out may be busy: closing it is then slow
         finally:
             timer.cancel()
-            if ctx is not None:
-                try:
-                    ctx.close()
-                except Exception:
-                    pass
+            self._current = None
+            self._release(o, keep=ok_page and not o.fresh_context)
             res.seconds = time.monotonic() - t0
         return res
 
