@@ -71,6 +71,33 @@ def test_wcgb_judge_reports_parse_and_render_failures(tmp_path):
     assert judge.calls == 3 and rep2.Overall == 9.0
 
 
+def test_wcgb_original_output_file_and_resumable_run(tmp_path):
+    import json
+
+    from jaxlm.web.render import RenderResult
+
+    p = tmp_path / "gpt4_vision_evaluation.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in [{"image_id": "a", "output": "8,8,8,8,6,4,9,9,9,2"},
+                                                    {"image_id": "b", "output": "sorry"}]) + "\n")
+    rep = wcgb.aggregate_jsonl(p)
+    assert rep.scored == 1 and rep.parse_failures == {"b": "not an integer list (item 'sorry')"}
+    assert rep.Overall == pytest.approx((8 + 5 + 9 + 2) / 4)
+
+    class FakeRenderer:
+        def render(self, html, options=None):
+            return RenderResult(ok=html != "BAD", png=b"\x89PNG" + html.encode(), error=None if html != "BAD" else "x")
+
+    judge = ScriptedLLM(default="5,5,5,5,5,5,5,5,5,5")
+    refs = {"p1": b"r1", "p2": b"r2", "p3": b"r3", "p4": b"r4"}
+    preds = {"p1": "<p>1</p>", "p2": "<p>2</p>", "p3": "BAD"}
+    out = tmp_path / "judge.jsonl"
+    rep = wcgb.run_wcgb(FakeRenderer(), preds, refs, judge, out_jsonl=out)
+    assert (rep.scored, rep.total, judge.calls) == (2, 4, 2)
+    assert rep.render_failures == {"p3": "x", "p4": "no prediction"}
+    rep2 = wcgb.run_wcgb(FakeRenderer(), {k: v for k, v in preds.items() if k != "p3"}, refs, judge, out_jsonl=out)
+    assert judge.calls == 2 and rep2.scored == 2  # resumed from the file: nothing asked again
+
+
 SHARMA = [(50, 2.6772, -79.7751, 50, 0, -82.7485, 2.0425), (50, 3.1571, -77.2803, 50, 0, -82.7485, 2.8615),
           (50, 2.8361, -74.0200, 50, 0, -82.7485, 3.4412), (50, -1.3802, -84.2814, 50, 0, -82.7485, 1.0),
           (50, -1.1848, -84.8006, 50, 0, -82.7485, 1.0), (50, -0.9009, -85.5211, 50, 0, -82.7485, 1.0),

@@ -22,7 +22,7 @@ from typing import Sequence
 from jaxlm.errors import DataError
 
 __all__ = ["CRITERIA", "GROUPS", "SYSTEM_PROMPT", "RUBRIC", "judge_messages", "parse_scores", "WCGBReport",
-           "aggregate", "judge_wcgb", "ORIGINAL_JUDGE_MODEL", "ORIGINAL_MAX_TOKENS"]
+           "aggregate", "judge_wcgb", "aggregate_jsonl", "run_wcgb", "ORIGINAL_JUDGE_MODEL", "ORIGINAL_MAX_TOKENS"]
 
 ORIGINAL_JUDGE_MODEL = "gpt-4-turbo"
 ORIGINAL_MAX_TOKENS = 300
@@ -168,4 +168,81 @@ def judge_wcgb(judge, items: Sequence[tuple], *, max_tokens: int = ORIGINAL_MAX_
             parse_fail[img] = f"{why}: {c.text[:80]!r}"
         else:
             per[img] = s
-    return aggregate(per, len(seen), parse_fail, render_fail)
+    rep = aggregate(per, len(seen), parse_fail, render_fail)
+    rep._raw = {img: c.text for img, c in zip(ids, outs)}  # the judge's answers (run_wcgb records them)
+    return rep
+
+
+def aggregate_jsonl(path) -> WCGBReport:
+    """Aggregate a judge-output JSONL in the original's format (one {"image_id", "output"} per line), reporting
+    the rows the original would drop."""
+    import json
+    import os
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    per, fails = {}, {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not JSON ({e.msg})") from None
+            img = row.get("image_id", f"line{n}")
+            s, why = parse_scores(row.get("output"))
+            if s is None:
+                fails[img] = why
+            else:
+                per[img] = s
+    return aggregate(per, len(per) + len(fails), fails)
+
+
+def run_wcgb(renderer, predictions: dict, references: dict, judge, *, options=None, out_jsonl=None,
+             **judge_kw) -> WCGBReport:
+    """Render predicted HTML (image id -> html) and judge it against reference screenshots (image id -> PNG bytes).
+    With `out_jsonl`, the judge's raw answers are appended as {"image_id", "output"} (the original's file) and ids
+    already in the file are not asked again (resume); the report covers every id. A prediction missing for a
+    reference is a render failure ("no prediction"), never a silent drop."""
+    import json
+    import os
+
+    done: dict = {}
+    if out_jsonl is not None and os.path.exists(out_jsonl):
+        with open(out_jsonl, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    done[row["image_id"]] = row["output"]
+    items, render_fail = [], {}
+    for img, ref in references.items():
+        if img in done:
+            continue
+        if img not in predictions:
+            render_fail[img] = "no prediction"
+            continue
+        res = renderer.render(predictions[img], options)
+        items.append((img, ref, res))
+    extra = set(predictions) - set(references)
+    if extra:
+        raise DataError(f"run_wcgb: predictions for ids with no reference: {sorted(extra)[:5]}")
+    new = judge_wcgb(judge, items, **judge_kw) if items else aggregate({}, 0)
+    answers = dict(getattr(new, "_raw", {}))
+    if out_jsonl is not None and answers:
+        d = os.path.dirname(os.fspath(out_jsonl))
+        if d:
+            os.makedirs(d, exist_ok=True)
+        with open(out_jsonl, "a", encoding="utf-8") as f:
+            for img, text in answers.items():
+                f.write(json.dumps({"image_id": img, "output": text}) + "\n")
+    per, pf = dict(new.per_image), dict(new.parse_failures)
+    for img, text in done.items():
+        s, why = parse_scores(text)
+        if s is None:
+            pf[img] = why
+        else:
+            per[img] = s
+    rf = {**new.render_failures, **render_fail}
+    return aggregate(per, len(references), pf, rf)
