@@ -110,6 +110,7 @@ class WCGBReport:
     parse_failures: dict = field(default_factory=dict)  # image id -> reason
     render_failures: dict = field(default_factory=dict)  # image id -> reason
     per_image: dict = field(default_factory=dict)  # image id -> 10 scores
+    answers: dict = field(default_factory=dict, repr=False)  # image id -> the judge's raw answer (judge_wcgb)
 
     @property
     def coverage(self) -> float:
@@ -169,7 +170,7 @@ def judge_wcgb(judge, items: Sequence[tuple], *, max_tokens: int = ORIGINAL_MAX_
         else:
             per[img] = s
     rep = aggregate(per, len(seen), parse_fail, render_fail)
-    rep._raw = {img: c.text for img, c in zip(ids, outs)}  # the judge's answers (run_wcgb records them)
+    rep.answers = {img: c.text for img, c in zip(ids, outs)}
     return rep
 
 
@@ -229,7 +230,7 @@ def run_wcgb(renderer, predictions: dict, references: dict, judge, *, options=No
     if extra:
         raise DataError(f"run_wcgb: predictions for ids with no reference: {sorted(extra)[:5]}")
     new = judge_wcgb(judge, items, **judge_kw) if items else aggregate({}, 0)
-    answers = dict(getattr(new, "_raw", {}))
+    answers = new.answers
     if out_jsonl is not None and answers:
         d = os.path.dirname(os.fspath(out_jsonl))
         if d:
