@@ -14,6 +14,7 @@ Options of the objective (see docs/diled.md): --ddpm-weight (0 = the autoencoder
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from jaxlm.errors import ConfigError, JaxlmError
 
 MODULE = "recipes.diled"
 MODALITIES = ("text", "image", "protein")
-DEFAULT_STEPS = {"image": 600, "text": 400, "protein": 400}
+DEFAULT_STEPS = {"image": 1500, "text": 1000, "protein": 2000}
 DEFAULT_LR = {"image": 2e-3, "text": 1e-3, "protein": 1e-3}
 
 
@@ -124,6 +125,8 @@ def run(args) -> int:
         return 0
     model = load_diled(out, cfg)
     report = evaluate_run(model, mod, te, args.samples, args.seed, api)
+    if mod == "protein":
+        report.update(protein_metrics(model, tr, te, report.pop("_generated"), api))
     report["train_summary"] = {k: res.summary.get(k) for k in ("steps", "wall_seconds", "final_eval")}
     if mod == "image":
         save_grid(report.pop("_images"), out / "samples.png")
@@ -172,8 +175,46 @@ def evaluate_run(model, mod, te, n_samples, seed, api) -> dict:
         out["examples"] = [{"input": t, "reconstruction": r} for t, r in
                            zip(D.decode_protein(x[:5]), D.decode_protein(rec[:5]))]
         out["samples"] = D.decode_protein(gen)
+        out["_generated"] = gen
         out["interpolation"] = D.decode_protein(np.concatenate([a["tokens"]] + [np.asarray(i) for i in inter] +
                                                                [b["tokens"]]))
+    return out
+
+
+def _rank(x):
+    import numpy as np
+
+    r = np.empty(len(x))
+    r[np.argsort(x, kind="stable")] = np.arange(len(x))
+    return r
+
+
+def protein_metrics(model, tr, te, generated, api) -> dict:
+    """Fitness prediction from μ on the held-out split (Spearman, Pearson, MSE), validity (symbols only, 'J' pads
+    only at the ends) and novelty (not a training sequence) of generated sequences."""
+    import jax
+    import numpy as np
+
+    from jaxlm.models.diled import data as D
+
+    out = {}
+    if model.cfg.ae.fitness_head:
+        from flax import nnx
+
+        g, s = nnx.split(model)
+        pred_fn = jax.jit(lambda s, b: (lambda m: m.ae.fitness(m.encode(b)))(nnx.merge(g, s)))
+        x, y = te["tokens"], te["fitness"]
+        pred = np.concatenate([np.asarray(pred_fn(s, {"tokens": x[i:i + 256]})) for i in range(0, len(x) - 255, 256)])
+        y = y[:len(pred)]
+        out["fitness_heldout_n"] = int(len(pred))
+        out["fitness_spearman"] = float(np.corrcoef(_rank(pred), _rank(y))[0, 1])
+        out["fitness_pearson"] = float(np.corrcoef(pred, y)[0, 1])
+        out["fitness_mse"] = float(np.mean((pred - y) ** 2))
+    seqs = D.decode_protein(generated)
+    valid = [bool(re.fullmatch(r"J*[^J]+J*", q)) and "X" not in q for q in seqs]
+    train_set = set(D.decode_protein(tr["tokens"]))
+    out["generated_validity"] = float(np.mean(valid))
+    out["generated_novelty"] = float(np.mean([q not in train_set for q in seqs]))
     return out
 
 
