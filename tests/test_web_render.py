@@ -138,3 +138,26 @@ def test_renders_share_no_page_state_and_javascript_can_be_off(r):
          "<script>document.getElementById('d').style.background = 'rgb(255,0,0)'</script></body>"
     assert _px(r.render(js, SMALL), 5, 5) == (255, 0, 0)
     assert _px(r.render(js, SMALL.replace(javascript=False)), 5, 5) == (0, 0, 255)
+
+
+def test_a_crashed_page_is_a_counted_failure_and_the_next_renders(r):
+    import time
+
+    stop = threading.Event()
+
+    def killer():  # once the page exists (render sets _current), kill its renderer while it settles for 3 s
+        while not stop.is_set():
+            if r._current is not None:
+                r._kill_renderers()
+                return
+            time.sleep(0.01)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        res = r.render("<p>doomed</p>", SMALL.replace(settle_s=3.0))
+    finally:
+        stop.set()
+        t.join()
+    assert not res.ok and res.error.startswith("crash: the page crashed"), res.error
+    assert r.render("<p>fine</p>", SMALL).ok
