@@ -214,15 +214,24 @@ def _merge_by_list(blocks: list[Block], merges: list) -> list[Block]:
 
 
 def _merge_side(X: list[Block], other: list[Block], current: list[float], x_first: bool) -> tuple[list, bool]:
+    """Try merging each adjacent pair of X; keep the merges whose matching improves (difference of means > 0.05).
+    Only the merged row changes, so each candidate's cost matrix is the current one with one row replaced and
+    one deleted (the same matrix the original rebuilds from scratch, in the same orientation: prediction rows)."""
+    from scipy.optimize import linear_sum_assignment
+
     if len(X) < 2:
         return X, False
+    base = _cost(X, other) if x_first else _cost(other, X).T  # rows: X
     merges = []
     for i in range(len(X) - 1):
-        nx = deepcopy(X)
-        nx[i] = _merge2(nx[i], nx[i + 1])
-        nx.pop(i + 1)
-        _, cost = _hungarian(nx, other, 0.0, 1) if x_first else _hungarian(other, nx, 0.0, 1)
-        d = _diff_of_means(current, cost)
+        t = X[i].text + " " + X[i + 1].text
+        row = [-_sim(t, o.text) for o in other] if x_first else [-_sim(o.text, t) for o in other]
+        c = np.delete(base, i + 1, axis=0)
+        c[i] = row
+        if not x_first:
+            c = c.T
+        r, k = linear_sum_assignment(c)
+        d = _diff_of_means(current, c[r, k].tolist())
         if d > 0.05:
             merges.append([i, i + 1, d])
     if not merges:
