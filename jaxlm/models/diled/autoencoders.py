@@ -166,15 +166,19 @@ class ImageAE(nnx.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != (c.size, c.size, c.channels):
             raise ShapeError(f"images have shape {tuple(x.shape)}; expected [B, {c.size}, {c.size}, {c.channels}]")
 
-    def encode(self, batch):
+    def encode_stats(self, batch):
+        """(μ, log-variance) [B, d] each: DiLED fixes the variance; the VAE baseline learns it."""
         x = batch["image"]
         self.check_images(x)
         h = jax.nn.silu(self.e_in(x))
         h = jax.nn.silu(self.e_down1(h))
         h = jax.nn.silu(self.e_norm(self.e_conv(h)))
         h = self.e_down2(h).reshape(x.shape[0], -1)
-        mu, _logvar = jnp.split(self.e_out(h), 2, axis=-1)
-        return mu
+        mu, logvar = jnp.split(self.e_out(h), 2, axis=-1)
+        return mu, logvar
+
+    def encode(self, batch):
+        return self.encode_stats(batch)[0]
 
     def decode(self, z):
         c, s4 = self.cfg, self.cfg.size // 4

@@ -45,6 +45,8 @@ class DiLEDConfig:
     denoiser: MLPSkipNetConfig = field(default_factory=lambda: MLPSkipNetConfig(16, **MLPSKIPNET_TINY))
     loss: DiLEDLossConfig = field(default_factory=DiLEDLossConfig)
     joint_regressor: bool = False     # proteins: + MSE(fitness(z), y) (the original's --joint_regressor)
+    objective: str = "diled"          # "diled" | "vae" (baseline: learned variance, kl_weight * KL, prior samples)
+    kl_weight: float = 1.0
 
     def __post_init__(self):
         check_modality(self.modality)
@@ -55,6 +57,11 @@ class DiLEDConfig:
         if self.denoiser.latent_dim != self.ae.latent_dim:
             raise ConfigError(f"DiLEDConfig: denoiser.latent_dim={self.denoiser.latent_dim} != "
                               f"ae.latent_dim={self.ae.latent_dim}")
+        if self.objective not in ("diled", "vae"):
+            raise ConfigError(f"objective={self.objective!r}: expected 'diled' or 'vae'")
+        if self.objective == "vae" and self.modality != "image":
+            raise ConfigError(f"objective='vae' is the image baseline; modality={self.modality!r} has no "
+                              f"learned-variance encoder")
         if self.joint_regressor and not (self.modality == "protein" and self.ae.fitness_head):
             raise ConfigError("DiLEDConfig.joint_regressor needs modality='protein' with ae.fitness_head=True")
 
@@ -129,6 +136,8 @@ def diled_loss(model: DiLED, batch: dict, rng, *, t=None, noise=None, latent_noi
     cfg = model.cfg
     lc = cfg.loss
     k_enc, k_diff = jax.random.split(rng)
+    if cfg.objective == "vae":
+        return _vae_loss(model, batch, k_enc)
     mu = model.encode(batch)
     z = mu + jnp.exp(0.5 * lc.encoder_logvar) * latent_noise if latent_noise is not None else \
         encoder_sample(mu, k_enc, lc)
@@ -141,6 +150,15 @@ def diled_loss(model: DiLED, batch: dict, rng, *, t=None, noise=None, latent_noi
         total = total + reg
         metrics["fitness_mse"] = reg
     return total, metrics
+
+
+def _vae_loss(model, batch, rng):
+    """The VAE baseline: rec(z) + kl_weight · KL(q(z|x) || N(0, I)) (summed over latent dims, batch mean)."""
+    mu, logvar = model.ae.encode_stats(batch)
+    z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mu.shape, mu.dtype)
+    rec = model.ae.rec_loss(z, batch)
+    kl = 0.5 * jnp.sum(mu * mu + jnp.exp(logvar) - logvar - 1.0, axis=-1)
+    return jnp.mean(rec) + model.cfg.kl_weight * jnp.mean(kl), {"rec": rec.mean(), "kl": kl.mean()}
 
 
 def _loss_pure(graphdef, state, batch, rng):

@@ -32,9 +32,13 @@ class DiLEDTask(Task):
 
     name = "diled"
 
-    def __init__(self, cfg: DiLEDConfig):
+    def __init__(self, cfg: DiLEDConfig, init=None):
         self.cfg = cfg
         self.batch_spec = batch_spec_of(cfg)
+        self._init = init  # a DiLED module to start from (e.g. the two-stage baseline's trained autoencoder)
+
+    def pretrained(self):
+        return self._init
 
     @property
     def step_key(self):
@@ -57,7 +61,7 @@ class DiLEDTask(Task):
         return {k: v / jnp.maximum(weight, 1.0) for k, v in sums.items()}
 
     def log_metrics(self, m):
-        return {k: float(m[k]) for k in ("rec", "ddpm", "fitness_mse") if k in m}
+        return {k: float(m[k]) for k in ("rec", "ddpm", "fitness_mse", "kl") if k in m}
 
     def compat(self, run_cfg):
         from jaxlm.train.config import to_dict
@@ -133,7 +137,8 @@ def config_from_dict(d: dict) -> DiLEDConfig:
     else:
         raise ConfigError(f"modality={mod!r} in the checkpoint's config: expected text, image or protein")
     return DiLEDConfig(mod, ae, MLPSkipNetConfig(**d["denoiser"]), DiLEDLossConfig(**d["loss"]),
-                       joint_regressor=d.get("joint_regressor", False))
+                       joint_regressor=d.get("joint_regressor", False), objective=d.get("objective", "diled"),
+                       kl_weight=d.get("kl_weight", 1.0))
 
 
 def save_config(cfg: DiLEDConfig, path) -> None:
