@@ -62,6 +62,11 @@ def test_garbage_predictions_are_scored_or_counted_never_crash():
     looped = "<html><body><ul>" + "<li>item</li>" * 60 + "</ul></body></html>"  # a degenerate generation
     s = design2code(r, looped, None, o, ref=ref_x)
     assert s.n_pred_blocks == 50  # elements repeated more than 50 times are removed (Design2Code)
+    assert s.repetition_cut is False  # 60 x "item" is 240 characters: fewer than 5 chunks of 100
+    intro = "<p>Quartz zebras vex jumpy fowl; big wolves hunt quickly, a lazy ox dozes by the misty fjord at dawn.</p>"
+    s = design2code(r, "<html><body><p>Some text here.</p>" + intro * 2 + "<p>again and again and again</p>" * 40,
+                    None, o, ref=ref_x)
+    assert s.repetition_cut and s.text == 1.0
     s = design2code(r, "<script>while (true) {}</script>", None, o, ref=ref_x)  # never loads: scored 0 with the reason
     assert (s.block_match, s.text, s.position, s.color) == (0, 0, 0, 0) and s.note.startswith("render failed: timeout")
     with pytest.raises(RenderError, match="expected str or bytes"):

@@ -273,6 +273,7 @@ class D2CScores:
     n_ref_blocks: int = 0
     n_matched: int = 0
     note: str | None = None  # "no blocks in the prediction", "render failed: ...", ...
+    repetition_cut: bool = False  # the prediction was cut at degenerate repetition before rendering
 
     @property
     def final(self) -> float | None:
@@ -283,7 +284,7 @@ class D2CScores:
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("block_match", "text", "position", "color", "clip", "n_pred_blocks",
-                                           "n_ref_blocks", "n_matched", "note")}
+                                           "n_ref_blocks", "n_matched", "note", "repetition_cut")}
         d["final"] = self.final
         return d
 
@@ -361,19 +362,20 @@ _TRUNCATE_JS = """(maxCount) => {
 }"""
 
 
-def preprocess_prediction(html: str | bytes) -> str:
+def preprocess_prediction(html: str | bytes, *, report: bool = False):
     """Design2Code's pre-processing of a prediction before rendering: cut degenerate repetition
     (cut_repetition), and wrap text that has no <html> tag in <html><body><p>...</p></body></html> (unescaped, as
-    the original). The removal of elements repeated more than 50 times happens in the page (design2code)."""
+    the original). The removal of elements repeated more than 50 times happens in the page (design2code).
+    With report=True returns (text, whether the repetition cut applied)."""
     import re
 
     text = html.decode("utf-8", errors="replace") if isinstance(html, (bytes, bytearray)) else html
     if not isinstance(text, str):
         raise DataError(f"prediction: expected str or bytes, got {type(html).__name__}")
-    text, _ = cut_repetition(text)
+    text, cut = cut_repetition(text)
     if not re.search(r"<html[^>]*>", text, re.IGNORECASE):
         text = f"<html><body><p>{text}</p></body></html>"
-    return text
+    return (text, cut) if report else text
 
 
 def design2code(renderer, pred_html: str | bytes, ref_html: str | bytes | None, options=None, *,
@@ -388,12 +390,14 @@ def design2code(renderer, pred_html: str | bytes, ref_html: str | bytes | None, 
     ref_blocks, ref_res = ref if ref is not None else extract_blocks(renderer, ref_html, options)
     if not ref_res.ok:
         raise DataError(f"design2code: the reference page did not render ({ref_res.error})")
-    pred_blocks, pred_res = extract_blocks(renderer, preprocess_prediction(pred_html), options,
+    pred_text, cut = preprocess_prediction(pred_html, report=True)
+    pred_blocks, pred_res = extract_blocks(renderer, pred_text, options,
                                            prepare=f"({_TRUNCATE_JS})({int(max_repeats)})")
     if not pred_res.ok:
         return D2CScores(0.0, 0.0, 0.0, 0.0, 0.0 if clip_fn else None, 0, len(ref_blocks), 0,
-                         f"render failed: {pred_res.error}")
+                         f"render failed: {pred_res.error}", cut)
     s = score_blocks(pred_blocks, ref_blocks)
+    s.repetition_cut = cut
     if clip_fn is not None:
         s.clip = float(clip_fn(pred_res.image(), ref_res.image(), [b.bbox for b in pred_blocks],
                                [b.bbox for b in ref_blocks]))
@@ -410,4 +414,5 @@ def mean_scores(scores: Sequence[D2CScores]) -> dict:
     out["final"] = float(np.mean(finals)) if all(f is not None for f in finals) else None
     out["n"] = len(scores)
     out["notes"] = sum(s.note is not None for s in scores)
+    out["repetition_cut"] = sum(s.repetition_cut for s in scores)
     return out
