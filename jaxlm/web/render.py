@@ -223,6 +223,7 @@ class Renderer:
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--no-first-run", "--disable-extensions", "--disable-default-apps", "--mute-audio",
                 "--disable-domain-reliability", "--metrics-recording-only", "--no-pings",
+                "--disable-smooth-scrolling",  # PAGE_DOWN scrolls at once: the screenshot does not depend on timing
                 # a dead proxy for everything, loopback included: what escapes the route handler cannot connect
                 "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
                 "--host-resolver-rules=MAP * ~NOTFOUND", self._marker]
