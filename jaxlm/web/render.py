@@ -196,7 +196,10 @@ def _proc_table() -> dict[int, tuple[int, str]]:
 
 
 class Renderer:
-    """One headless Chromium reused across renders; each render gets a fresh browser context (no shared state)."""
+    """One headless Chromium reused across renders. Each render navigates a page to a new about:blank document
+    (no globals, title or popups carry over); the page and its browser context are reused per viewport / JS
+    setting while renders succeed and dropped after a failure (RenderOptions.fresh_context: a new context every
+    time)."""
 
     def __init__(self, options: RenderOptions | None = None, *, executable: str | None = None,
                  hang_grace_s: float = 1.0):
@@ -386,9 +389,9 @@ class Renderer:
         self._crashed = False
         ok_page = False
         try:
+            timer.start()  # also covers a browser that no longer answers new_context / new_page
             page = self._page(browser, o)
             self._current = res
-            timer.start()
             page.goto("about:blank", timeout=o.timeout_s * 1000)  # a fresh document (and window) per render
             page.set_content(text, wait_until="load", timeout=o.timeout_s * 1000)
             if o.settle_s:
