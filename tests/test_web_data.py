@@ -91,3 +91,27 @@ def test_pydoc_held_out_pages_are_real_html():
     assert "rgb_to_hsv" in pages[1][1]
     with pytest.raises(DataError, match="no_such_module_xyz"):
         D.pydoc_pages(("no_such_module_xyz",))
+
+
+def test_cli_scores_files_and_renders(tmp_path, capsys):
+    from jaxlm.web.__main__ import main
+
+    res = tmp_path / "results.jsonl"
+    res.write_text(json.dumps({"q_id": 1, "pred": "Yes</s>", "actual": "Yes"}) + "\n"
+                   + json.dumps({"q_id": 2, "pred": "No", "actual": "Yes"}) + "\n")
+    assert main(["wub", str(res)]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 50.0
+    assert main(["wub", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl" in json.loads(capsys.readouterr().out)["error"]
+    if not (shutil.which("chromium") or shutil.which("google-chrome")):
+        return
+    pytest.importorskip("playwright")
+    from jaxlm.web.render import shared_renderer
+
+    page = tmp_path / "p.html"
+    page.write_text("<p style='margin:0'>hi</p>")
+    assert main(["render", str(page), "-o", str(tmp_path / "p.png"), "--width", "120", "--height", "80"],
+                renderer=shared_renderer()) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and (out["width"], out["height"]) == (120, 80)
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
