@@ -235,8 +235,8 @@ class Renderer:
         except Exception as e:
             raise BrowserNotFoundError(f"could not start Chromium at {self.executable!r}: {str(e)[:300]}") from e
 
-    def _ensure(self):
-        if self._browser is None or not self._browser.is_connected():
+    def _ensure(self, force: bool = False):
+        if force or self._browser is None or not self._browser.is_connected():
             self._pages.clear()
             if self._browser is not None:
                 self.stats["relaunches"] += 1
@@ -365,9 +365,11 @@ class Renderer:
         text, dec_err, truncated = decode_html(html, o.max_html_bytes)
         self.stats["renders"] += 1
         res = self._render_once(text, dec_err, truncated, o, passes, prepare)
-        if not res.ok and (self._browser is None or not self._browser.is_connected()):
+        dead = self._browser is None or not self._browser.is_connected() or \
+            any(m in (res.error or "") for m in ("has been closed", "Target closed", "Connection closed"))
+        if not res.ok and dead and not res.error.startswith(("crash", "hung", "timeout")):  # not the page's fault
             # the browser died (killed, out of memory): start a new one and give the page one more try
-            self._ensure()
+            self._ensure(force=True)
             res = self._render_once(text, dec_err, truncated, o, passes, prepare)
         return res
 
