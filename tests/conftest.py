@@ -116,3 +116,23 @@ def tiny_byte_lm():
     from jaxlm.models.decoder import DecoderLM
 
     return DecoderLM(preset("smollm2-tiny", init_std=0.3), rngs=nnx.Rngs(7))
+
+
+@pytest.fixture(scope="session")
+def real_browser():
+    """The web tests run the real Chromium that scripts/setup.sh installs: missing, they FAIL (a broken setup must
+    not pass as skipped tests). JAXLM_ALLOW_NO_BROWSER=1 skips them instead, on a machine where you cannot install it."""
+    from jaxlm.web.render import find_chromium
+
+    try:
+        path = find_chromium()
+    except Exception as e:  # noqa: BLE001  (find_chromium's own error names what to install)
+        path, why = None, str(e)
+    else:
+        why = "no Chromium found"
+    if not path:
+        msg = f"{why}: run scripts/setup.sh as root (apt-get install chromium fonts-dejavu-core)"
+        if os.environ.get("JAXLM_ALLOW_NO_BROWSER") == "1":
+            pytest.skip(msg)
+        pytest.fail(msg)
+    return path

@@ -3,7 +3,6 @@ Design2Code metric validity on real pages rendered in the real browser."""
 
 import random
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -132,13 +131,12 @@ def test_ciede2000_matches_sharma_2005_test_data():
     assert color_similarity((0, 0, 0), (255, 255, 255)) == 0.0  # dE00 = 100 -> max(0, 1 - 1)
 
 
-needs_browser = pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("google-chrome")),
-                                   reason="no Chromium: run scripts/setup.sh as root")
+needs_browser = pytest.mark.usefixtures("real_browser")
 
 
 @pytest.fixture(scope="module")
 def pages():
-    pytest.importorskip("playwright")
+    import playwright  # noqa: F401  (installed by scripts/setup.sh: the web extra)
     from jaxlm.web import data as D
     from jaxlm.web.design2code import extract_blocks
     from jaxlm.web.render import RenderOptions, shared_renderer

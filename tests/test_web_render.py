@@ -2,23 +2,20 @@
 
 import http.server
 import io
-import shutil
 import threading
 
 import pytest
 
 from jaxlm.web.render import RenderOptions, decode_html, find_chromium
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")),
-    reason="no Chromium: run scripts/setup.sh as root (apt-get install chromium)")
+pytestmark = pytest.mark.usefixtures("real_browser")
 
 SMALL = RenderOptions(width=200, height=100, timeout_s=10.0)
 
 
 @pytest.fixture(scope="module")
 def r():
-    pytest.importorskip("playwright")
+    import playwright  # noqa: F401  (installed by scripts/setup.sh: the web extra)
     from jaxlm.web.render import shared_renderer
 
     return shared_renderer()
