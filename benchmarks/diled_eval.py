@@ -28,6 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+MODELS = {  # name -> (kind, overrides of the image preset)
+    "DiLED (joint)": ("joint", {}),
+    "autoencoder alone": ("ae", {"loss": {"ddpm_weight": 0.0}}),
+    "two-stage": ("two-stage", {}),
+    "VAE": ("vae", {"objective": "vae"}),
+    "DiLED (joint, exact t=1, per-example weighting)": ("joint_exact", {"loss": {"t1_form": "exact",
+                                                                                  "rec_weighting": "per_example"}}),
+}
 TITLE = "DiLED on sklearn digits: joint vs autoencoder, two-stage, VAE (benchmarks/diled_eval.py)"
 
 
@@ -101,6 +109,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kl-weight", type=float, default=0.01)
     ap.add_argument("--out", default="runs/diled-bench")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--models", nargs="*", default=None, help=f"a subset of {list(MODELS)} (default: the first 4)")
     args = ap.parse_args(argv)
 
     import jax
@@ -119,26 +128,35 @@ def main(argv=None) -> int:
     f = lambda x: pca.transform(x.reshape(len(x), -1))
     pca_acc = float(LogisticRegression(max_iter=3000).fit(f(tr["image"]), tr["label"]).score(f(held["image"]),
                                                                                                 held["label"]))
-    rows: dict[str, list[dict]] = {k: [] for k in ("DiLED (joint)", "autoencoder alone", "two-stage", "VAE")}
+    names = [n for n in MODELS if n in args.models] if args.models else list(MODELS)[:4]
+    rows: dict[str, list[dict]] = {k: [] for k in names}
     t0 = time.time()
     for seed in args.seeds:
         root = Path(args.out) / f"seed{seed}"
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
-        joint = train_one(base, tr, args.steps, seed, root / "joint", args.lr)
-        rows["DiLED (joint)"].append(evaluate(joint, held, feats, tr, "ddpm", seed))
-        ae = train_one(base.replace(loss=base.loss.replace(ddpm_weight=0.0)), tr, args.steps, seed, root / "ae",
-                       args.lr)
-        rows["autoencoder alone"].append(evaluate(ae, held, feats, tr, "none", seed))
-        ae_as_stage1 = ae
-        ae_as_stage1.cfg = base  # same parameters, the joint objective's config: only the denoiser trains next
-        two = train_one(base, tr, args.steps, seed, root / "two_stage", args.lr, init=ae_as_stage1,
-                        trainable=("^denoiser/",))
-        rows["two-stage"].append(evaluate(two, held, feats, tr, "ddpm", seed))
-        vae = train_one(base.replace(objective="vae", kl_weight=args.kl_weight), tr, args.steps, seed, root / "vae",
-                        args.lr)
-        rows["VAE"].append(evaluate(vae, held, feats, tr, "prior", seed))
+        ae = None
+        for name in names:
+            kind, over = MODELS[name]
+            if kind == "two-stage":
+                if ae is None:
+                    ae = train_one(base.replace(loss=base.loss.replace(ddpm_weight=0.0)), tr, args.steps, seed,
+                                   root / "ae", args.lr)
+                ae.cfg = base  # same parameters under the joint objective's config: only the denoiser trains
+                m = train_one(base, tr, args.steps, seed, root / "two_stage", args.lr, init=ae,
+                              trainable=("^denoiser/",))
+                gen = "ddpm"
+            else:
+                cfg = base.replace(loss=base.loss.replace(**over.get("loss", {})),
+                                   **{k: v for k, v in over.items() if k != "loss"})
+                if cfg.objective == "vae":
+                    cfg = cfg.replace(kl_weight=args.kl_weight)
+                m = train_one(cfg, tr, args.steps, seed, root / kind, args.lr)
+                if kind == "ae":
+                    ae = m
+                gen = {"ae": "none", "vae": "prior"}.get(kind, "ddpm")
+            rows[name].append(evaluate(m, held, feats, tr, gen, seed))
         print(f"seed {seed} done ({time.time() - t0:.0f} s): " + json.dumps({k: v[-1] for k, v in rows.items()}))
 
     def ms(vals):
