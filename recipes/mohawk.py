@@ -229,8 +229,9 @@ def run(cfg, out: Path, resume: bool, log=print, *, teacher_tok=None, stop_at: i
         d = out / f"stage{stage}"
         started = (d / "checkpoints").exists() and any((d / "checkpoints").iterdir())
         t0 = time.time()
-        res = train(rcfg, pipe, mesh, d, task=task, resume=resume and started, stop_at=stop_at - start if stop_at is not None and stop_at < end else None,
-                    progress=False, print_fn=log)
+        stop = stop_at - start if stop_at is not None and stop_at < end else None
+        res = train(rcfg, pipe, mesh, d, task=task, resume=resume and started, stop_at=stop, progress=False,
+                    print_fn=log)
         nnx.update(task.pretrained(), nnx.State(res.state.params))  # the student carries this stage's weights on
         wall = d / "wall_s.json"  # seconds spent in this stage, summed over invocations
         spent = (json.loads(wall.read_text()) if wall.exists() and resume else 0.0) + time.time() - t0

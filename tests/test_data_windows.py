@@ -1,6 +1,8 @@
 """jaxlm.data.windows: seeded random windows per step (pure function of (seed, offset + step), resumable), the
 consecutive held-out windows, the pydoc topics split and tokenize_texts."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -54,15 +56,8 @@ def test_eval_windows_are_consecutive_and_disjoint():
     assert [len(b["inputs"]) for b in window_eval_batches(TOKENS[:30], 4, 10)] == [3]  # fewer than a batch
 
 
-class _ByteTok:
-    eos_id = 0
-    vocab_size = 256
-
-    def encode(self, text, add_bos=False):
-        return [1 + b % 255 for b in text.encode("utf-8")]
-
-    def decode(self, ids):
-        return bytes(i - 1 for i in ids if i).decode("utf-8", "replace")
+# anything with encode / decode / eos_id / vocab_size is a tokenizer (bytes + 1; 0 is EOS)
+BYTES = SimpleNamespace(eos_id=0, vocab_size=257, encode=lambda t: [1 + b for b in t.encode()], decode=None)
 
 
 def test_topics_split_and_tokenize_texts():
@@ -72,9 +67,9 @@ def test_topics_split_and_tokenize_texts():
     keys = sorted(topics)
     assert held[0] == topics[keys[0]] and held[1] == topics[keys[10]] and train[0] == topics[keys[1]]
     assert len(train) + len(held) == len(keys) and len(held) == (len(keys) + 9) // 10
-    ids = tokenize_texts(["ab", "c"], _ByteTok())
+    ids = tokenize_texts(["ab", "c"], BYTES)
     np.testing.assert_array_equal(ids, [98, 99, 0, 100, 0])
     assert ids.dtype == np.int32
-    np.testing.assert_array_equal(tokenize_texts(["ab"], _ByteTok(), eos=False), [98, 99])
+    np.testing.assert_array_equal(tokenize_texts(["ab"], BYTES, eos=False), [98, 99])
     with pytest.raises(ConfigError, match="holdout_every"):
         topics_split(1)
