@@ -138,3 +138,19 @@ def test_bad_input_names_the_thing(image_model):
         api.encode(image_model, {"image": np.zeros((2, 9, 9, 1), np.float32)})
     with pytest.raises(ConfigError, match="denoiser.latent_dim=8"):
         DiLEDConfig("image", diled_config("image").ae, MLPSkipNetConfig(8, hidden=8, num_layers=2))
+
+
+def test_presets_construct_and_round_trip_through_the_checkpoint_record():
+    from jaxlm.models.diled.task import config_from_dict
+    from jaxlm.train.config import to_dict
+
+    for mod in ("text", "image", "protein"):
+        for size in ("tiny", "paper"):
+            c = diled_config(mod, size)
+            assert config_from_dict(to_dict(c)) == c, (mod, size)
+    paper = diled_config("text", "paper")
+    assert (paper.latent_dim, paper.loss.num_steps, paper.loss.ddpm_weight, paper.ae.max_len) == (128, 1000, 8.0, 32)
+    assert (paper.denoiser.hidden, paper.denoiser.num_layers) == (2048, 20)
+    assert diled_config("protein", "paper").latent_dim == 30 and diled_config("protein").joint_regressor
+    with pytest.raises(ConfigError, match="objective='vae' is the image baseline"):
+        diled_config("text").replace(objective="vae")

@@ -97,6 +97,7 @@ def diled_config(modality: str, size: str = "tiny", **loss_overrides) -> DiLEDCo
     else:
         enc = _tiny_decoder(True, vocab_size=22, hidden_size=100 if paper else 64, num_layers=6 if paper else 2,
                             num_heads=4, num_kv_heads=4, head_dim=25 if paper else 16,
+                            rotary_dim=24 if paper else None,   # ReLSO: 100 wide / 4 heads = 25 (RoPE needs even)
                             intermediate_size=200 if paper else 128, bos_token_id=None, eos_token_id=None)
         ae = ProteinAEConfig(encoder=enc, latent_dim=30 if paper else 16, hidden=200 if paper else 64)
         loss = DiLEDLossConfig(num_steps=1000 if paper else 200, ddpm_weight=EDDPM_PROTEIN_DDPM_WEIGHT)
