@@ -62,7 +62,7 @@ def features_fn(train):
 def train_one(cfg, data, steps, seed, out, lr, init=None, trainable=()):
     import jax
 
-    from jaxlm.models.diled.task import DiLEDTask, load_diled
+    from jaxlm.diled.task import DiLEDTask, load_diled
     from jaxlm.sharding import make_mesh
     from jaxlm.train import ArrayPipeline, LRSchedule, OptimConfig, PhaseConfig, RunConfig, TrainConfig, train
 

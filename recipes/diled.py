@@ -88,7 +88,7 @@ def run(args) -> int:
 
     from jaxlm.models.diled import api
     from jaxlm.models.diled.model import check_modality, diled_config
-    from jaxlm.models.diled.task import DiLEDTask, load_diled
+    from jaxlm.diled.task import DiLEDTask, load_diled
     from jaxlm.sharding import make_mesh
     from jaxlm.train import ArrayPipeline, LRSchedule, OptimConfig, PhaseConfig, RunConfig, TrainConfig, train
 

@@ -128,3 +128,14 @@ def test_diffusion_loss():
     np.testing.assert_allclose(np.asarray(l1), np.mean(np.abs(np.asarray(aux["target"])), axis=(1, 2, 3)), rtol=1e-6)
     strat = np.sort(np.asarray(out["strat"]))
     assert (np.diff(strat // 10) <= 1).all() and len(set((strat // 10).tolist())) >= 9  # one t per stratum (±1)
+
+
+def test_conv_modules_are_static_jit_arguments():
+    """A Conv/Downsample graphdef must be hashable (padding held as tuples) to be a static argument of jax.jit."""
+    from flax import nnx
+
+    from jaxlm.nn.conv import Conv, Downsample
+
+    for mod in (Conv(2, 3, (3, 3), padding=1, rngs=nnx.Rngs(0)), Downsample(2, rngs=nnx.Rngs(0))):
+        gdef, _ = nnx.split(mod)
+        hash(gdef)

@@ -141,7 +141,7 @@ def test_bad_input_names_the_thing(image_model):
 
 
 def test_presets_construct_and_round_trip_through_the_checkpoint_record():
-    from jaxlm.models.diled.task import config_from_dict
+    from jaxlm.diled.task import config_from_dict
     from jaxlm.train.config import to_dict
 
     for mod in ("text", "image", "protein"):

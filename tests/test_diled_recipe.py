@@ -25,7 +25,7 @@ def test_image_recipe_trains_stops_resumes_and_loads(tmp_path, capsys):
     assert rep["recon_mse"] > 0 and rep["train_summary"]["steps"] == [2, 4]
     assert (out / "samples.png").stat().st_size > 1000
     from jaxlm.models.diled.model import diled_config
-    from jaxlm.models.diled.task import load_diled
+    from jaxlm.diled.task import load_diled
 
     cfg = diled_config("image", num_steps=8)
     assert load_diled(out, cfg).cfg == cfg

@@ -48,7 +48,9 @@ class Conv(nnx.Module):
             raise ConfigError(f"Conv: bad kernel_size={k} / in_ch={in_ch} / out_ch={out_ch}")
         self.strides = _tuple(strides, len(k), "strides")
         if isinstance(padding, int):
-            padding = [(padding, padding)] * len(k)
+            padding = ((padding, padding),) * len(k)
+        elif not isinstance(padding, str):  # a tuple of pairs: hashable, so the module's graphdef is a static jit arg
+            padding = tuple((int(a), int(b)) for a, b in padding)
         self.padding = padding
         std = 1.0 / math.sqrt(in_ch * math.prod(k)) if std is None else std
         self.kernel = _kernel(rngs, (*k, in_ch, out_ch), (None,) * len(k) + tuple(axes), std, param_dtype, init)
@@ -102,7 +104,7 @@ class Downsample(nnx.Module):
         if not use_conv and out_ch != channels:
             raise ConfigError(f"Downsample: out_ch={out_ch} != channels={channels} needs use_conv=True")
         k = tuple(3 if f > 1 else 1 for f in self.factors)
-        self.conv = (Conv(channels, out_ch, k, strides=self.factors, padding=[(d // 2, d // 2) for d in k],
+        self.conv = (Conv(channels, out_ch, k, strides=self.factors, padding=tuple((d // 2, d // 2) for d in k),
                           dtype=dtype, param_dtype=param_dtype, rngs=rngs) if use_conv else None)
 
     def __call__(self, x):
