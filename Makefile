@@ -11,7 +11,7 @@ run: setup
 	$(PY) -m recipes.crystal --mesh 8x1
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30
 
 test-all: setup
-	$(PY) -m pytest -m ''
+	$(PY) -m pytest -m '' -n 2 --dist loadfile --durations=30

