@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxlm.data.stepped import SteppedPipeline
 from jaxlm.errors import ConfigError, DataError
 
 
@@ -61,7 +62,7 @@ def _check_sizes(where: str, n_tokens: int, batch, seq_len, need: int):
         raise DataError(f"{where}: {n_tokens} tokens, need at least {need} (seq_len={seq_len})")
 
 
-class RandomWindowPipeline:
+class RandomWindowPipeline(SteppedPipeline):
     """Seeded random windows of `tokens` per step (the engine's pipeline contract: next(), get_state(),
     set_state(); `batch_at(step)` without history). Step s's windows start at
     `np.random.default_rng([seed, step_offset + s]).integers(0, len(tokens) - seq_len, size=batch)`;
@@ -90,25 +91,9 @@ class RandomWindowPipeline:
         w = np.stack([self.tokens[s:s + self.window] for s in self.starts_at(step)[self.rows]])
         return {**_windows(w, self.full_targets), "step": np.int64(step)}
 
-    def next(self) -> dict:
-        b = self.batch_at(self.step)
-        self.step += 1
-        return b
-
-    def _ident(self) -> dict:
+    def identity(self) -> dict:
         return {"seed": self.seed, "step_offset": self.step_offset, "batch": self.batch, "seq_len": self.seq_len,
                 "full_targets": self.full_targets, "n_tokens": len(self.tokens)}
-
-    def get_state(self) -> dict:
-        return {"step": self.step, **self._ident()}
-
-    def set_state(self, state: dict) -> None:
-        if not isinstance(state, dict) or "step" not in state:
-            raise ConfigError(f"RandomWindowPipeline: iterator state must be a dict with a 'step', got {state!r}")
-        diff = {k: (state[k], v) for k, v in self._ident().items() if k in state and state[k] != v}
-        if diff:
-            raise ConfigError(f"RandomWindowPipeline: iterator state comes from different data (saved, now): {diff}")
-        self.step = int(state["step"])
 
 
 def window_eval_batches(tokens, batch: int, seq_len: int, max_batches: int | None = None, *,

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxlm.errors import CheckpointError, ConfigError
+from jaxlm.data.stepped import SteppedPipeline
+from jaxlm.errors import ConfigError
 
 
-class SyntheticPipeline:
+class SyntheticPipeline(SteppedPipeline):
     def __init__(self, vocab_size: int, seq_len: int, global_batch: int, sources=("code", "language"),
                  weights_by_phase=None, phase_steps=None, seed: int = 0, noise: float = 0.1,
                  process_index: int = 0, process_count: int = 1):
@@ -53,18 +54,8 @@ class SyntheticPipeline:
         return {"inputs": toks[r, :-1], "targets": toks[r, 1:], "source_id": src[r],
                 "step": np.int64(step)}
 
-    def next(self) -> dict:
-        b = self.batch_at(self.step)
-        self.step += 1
-        return b
-
-    def get_state(self) -> dict:
-        return {"step": self.step, "seed": self.seed}
-
-    def set_state(self, state: dict) -> None:
-        if int(state.get("seed", self.seed)) != self.seed:
-            raise CheckpointError(f"iterator state has seed {state.get('seed')}, this pipeline {self.seed}")
-        self.step = int(state["step"])
+    def identity(self) -> dict:
+        return {"seed": self.seed}
 
     def eval_batches(self, n: int, seed_offset: int = 10_000) -> dict:
         """Held-out batches per source (different seeds from training)."""

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlm.data.stepped import SteppedPipeline
 from jaxlm.errors import ConfigError, MeshError, ShapeError
 
 
@@ -181,7 +182,7 @@ def flops_per_token(cfg, seq_len: int) -> float:
 # ---------------------------------------------------------------------------------------------- array data
 
 
-class ArrayPipeline:
+class ArrayPipeline(SteppedPipeline):
     """Deterministic, resumable batches of in-memory arrays (images, latents, regression pairs, ...).
 
     `arrays` maps batch keys to arrays sharing their first (example) axis. Step s's batch is a pure function of
@@ -219,18 +220,8 @@ class ArrayPipeline:
         idx = self.indices_at(step)[self.rows]
         return {**{k: v[idx] for k, v in self.arrays.items()}, "step": np.int64(step)}
 
-    def next(self) -> dict:
-        b = self.batch_at(self.step)
-        self.step += 1
-        return b
-
-    def get_state(self) -> dict:
-        return {"step": self.step, "seed": self.seed}
-
-    def set_state(self, state: dict) -> None:
-        if int(state.get("seed", self.seed)) != self.seed:
-            raise ConfigError(f"ArrayPipeline: iterator state has seed {state.get('seed')}, this pipeline {self.seed}")
-        self.step = int(state["step"])
+    def identity(self) -> dict:
+        return {"seed": self.seed}
 
 
 __all__ = ["Task", "LMTask", "ArrayPipeline", "token_nll", "flops_per_token"]
