@@ -21,6 +21,7 @@ import re
 import threading
 from typing import Sequence
 
+from jaxlm.data.jsonl import parse_jsonl
 from jaxlm.errors import DataError, DataFileNotFoundError  # noqa: F401  (importable from here)
 
 FORMATS = ("jsonl", "txt", "parquet", "array_record", "tfds", "docs", "embedded")
@@ -201,13 +202,7 @@ def _read_jsonl(path: str, text_key: str) -> list[str]:
     data = _read_bytes(path)
     text = _decode(data, path)
     out = []
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}, line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    for lineno, obj in parse_jsonl(text.split("\n"), path):
         if not isinstance(obj, dict) or text_key not in obj:
             raise DataError(f"{path}, line {lineno}: expected a JSON object with key {text_key!r}"
                             + (f" (keys: {sorted(obj)[:8]})" if isinstance(obj, dict) else ""))

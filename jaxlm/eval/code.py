@@ -15,7 +15,6 @@ it is not a security boundary against hostile code, which needs a container or V
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import signal
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxlm.data.jsonl import parse_jsonl
 from jaxlm.errors import ConfigError, DataError, DataFileNotFoundError
 
 HUMANEVAL_KEYS = ("task_id", "prompt", "test", "entry_point")
@@ -40,13 +40,7 @@ def read_humaneval(path) -> list[dict]:
     opener = gzip.open if p.suffix == ".gz" else open
     out = []
     with opener(p, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{n}: not valid JSON ({e})") from None
+        for n, rec in parse_jsonl(f, p):
             missing = [k for k in HUMANEVAL_KEYS if not isinstance(rec.get(k), str)]
             if missing:
                 raise DataError(f"{p}:{n}: missing string field(s) {missing} (HumanEval format: "

@@ -177,21 +177,16 @@ def judge_wcgb(judge, items: Sequence[tuple], *, max_tokens: int = ORIGINAL_MAX_
 def aggregate_jsonl(path) -> WCGBReport:
     """Aggregate a judge-output JSONL in the original's format (one {"image_id", "output"} per line), reporting
     the rows the original would drop."""
-    import json
     import os
+
+    from jaxlm.data.jsonl import parse_jsonl
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
     per, fails = {}, {}
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not JSON ({e.msg})") from None
+        for n, row in parse_jsonl(f, path):
             img = row.get("image_id", f"line{n}")
             s, why = parse_scores(row.get("output"))
             if s is None:
