@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from jaxlm.align.state import Example
+from jaxlm.models.embedder import BucketedEmbedder
 
 
 TRAIN_K = 2  # examples retrieved per training query (the original's k)
@@ -30,16 +31,16 @@ def sentence_encoder(path=None, **kw):
     return SentenceEncoder(path, **kw)
 
 
-class JaxlmEmbedder:
+class JaxlmEmbedder(BucketedEmbedder):
     """texts -> [N, D] float32. `encode` maps a string to token ids (e.g. a tokenizer's .encode)."""
 
     def __init__(self, model, encode: Callable[[str], list[int]], *, max_len: int = 256, batch_size: int = 8):
         import jax
         from flax import nnx
 
-        self.encode, self.max_len, self.batch_size = encode, max_len, batch_size
+        super().__init__(max_len, batch_size)
+        self.encode = encode
         self._gdef, self._state = nnx.split(model)
-        self._cache: dict[str, np.ndarray] = {}
 
         def pooled(state, ids, mask):
             m = nnx.merge(self._gdef, state)
@@ -49,27 +50,8 @@ class JaxlmEmbedder:
 
         self._fn = jax.jit(pooled)
 
-    def _bucket(self, n: int) -> int:
-        b = 16
-        while b < n:
-            b *= 2
-        return min(b, self.max_len)
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        for i in range(0, len(todo), self.batch_size):
-            chunk = todo[i:i + self.batch_size]
-            ids = [list(self.encode(t))[: self.max_len] or [0] for t in chunk]
-            T = self._bucket(max(len(x) for x in ids))
-            arr = np.zeros((self.batch_size, T), np.int32)  # fixed batch: one compile per length bucket
-            mask = np.zeros((self.batch_size, T), np.float32)
-            for r, x in enumerate(ids):
-                arr[r, : len(x)] = x
-                mask[r, : len(x)] = 1.0
-            out = np.asarray(self._fn(self._state, arr, mask), np.float32)
-            for r, t in enumerate(chunk):
-                self._cache[t] = out[r]
-        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
+    def token_ids(self, text: str) -> list[int]:
+        return list(self.encode(text))[: self.max_len] or [0]
 
 
 class Retriever:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from jaxlm.errors import CheckpointError, CheckpointNotFoundError
 from jaxlm.io.mamba_hf import _abstract, _open_store, _read_config, import_tensors
+from jaxlm.models.embedder import BucketedEmbedder
 
 _BLOCK_KEYS = (  # (HF suffix under encoder.layer.{i}., our attribute path, layout)
     ("attention.self.query.weight", "q.kernel", "linear"), ("attention.self.query.bias", "q.bias", "copy"),
@@ -94,10 +94,12 @@ def minilm_path() -> Path:
     return Path(pkg.get_model_path())
 
 
-class SentenceEncoder:
+class SentenceEncoder(BucketedEmbedder):
     """Sentence embeddings as sentence-transformers computes them: [CLS] text [SEP], truncated to `max_len` tokens
     (256 for all-MiniLM-L6-v2), mean pooling over real tokens, L2 normalisation. Batches are padded to a length
     bucket (powers of two from 16) and a fixed batch size, so few shapes are compiled. Embeddings are memoised."""
+
+    mask_dtype = np.int32
 
     def __init__(self, path: str | os.PathLike | None = None, *, max_len: int = 256, batch_size: int = 16):
         import jax
@@ -111,33 +113,10 @@ class SentenceEncoder:
         self.cls, self.sep = self.tok.token_to_id("[CLS]"), self.tok.token_to_id("[SEP]")
         if self.cls is None or self.sep is None:
             raise CheckpointError(f"{self.path}: the tokenizer has no [CLS]/[SEP] token")
-        self.max_len, self.batch_size = min(max_len, self.cfg.max_positions), batch_size
+        super().__init__(min(max_len, self.cfg.max_positions), batch_size)
+        self.dim = self.cfg.hidden_size
         gdef, self._state = nnx.split(self.model)
         self._fn = jax.jit(lambda st, ids, mask: sentence_embedding(nnx.merge(gdef, st), ids, mask))
-        self._memo: dict[str, np.ndarray] = {}
 
     def token_ids(self, text: str) -> list[int]:
         return [self.cls] + list(self.tok.encode(text))[: self.max_len - 2] + [self.sep]
-
-    def _bucket(self, n: int) -> int:
-        b = 16
-        while b < n:
-            b *= 2
-        return min(b, self.max_len)
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        todo = [t for t in dict.fromkeys(texts) if t not in self._memo]
-        for i in range(0, len(todo), self.batch_size):
-            chunk = todo[i:i + self.batch_size]
-            ids = [self.token_ids(t) for t in chunk]
-            T = self._bucket(max(len(x) for x in ids))
-            arr = np.zeros((self.batch_size, T), np.int32)
-            mask = np.zeros((self.batch_size, T), np.int32)
-            for r, x in enumerate(ids):
-                arr[r, :len(x)], mask[r, :len(x)] = x, 1
-            out = np.asarray(self._fn(self._state, arr, mask), np.float32)
-            for r, t in enumerate(chunk):
-                self._memo[t] = out[r]
-        if not texts:
-            return np.zeros((0, self.cfg.hidden_size), np.float32)
-        return np.stack([self._memo[t] for t in texts])
