@@ -178,6 +178,16 @@ def build_data(cfg: RunConfig, args, tok, process_index: int, process_count: int
     return pipe, names, eval_bs, cfg
 
 
+def save_run_tokenizer(tok, out: Path) -> None:
+    """The run's tokenizer in <out>/tokenizer, so `jaxlm.load_model(out)` (serve, generate, eval) gets it back."""
+    from jaxlm.errors import ConfigError
+
+    try:
+        tok.save(out / "tokenizer")
+    except ConfigError:  # a tokenizer type without a file form: load_model then returns no tokenizer for the run
+        pass
+
+
 def load_tok(args):
     from jaxlm import data as D
 
@@ -238,6 +248,8 @@ def _run(recipe: Recipe, args) -> int:
                          f"{tok.vocab_size} ({args.tokenizer or 'default tokenizer'})")
     out = Path(args.out) if args.out else default_out(recipe, args.preset, args.resume)
     pipe, sources, eval_bs, cfg = build_data(cfg, args, tok, info["process_index"], info["process_count"])
+    if info["process_index"] == 0:
+        save_run_tokenizer(tok, out)
     main_proc = info["process_index"] == 0
     if main_proc:
         where = ", ".join(args.data) if args.data else "the embedded corpus (Python's docs and standard library)"

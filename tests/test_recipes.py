@@ -48,6 +48,12 @@ def test_crystal_tiny_three_phases(tmp_path, capsys):
     assert cfg["model"]["family"] == "crystalcoder" and cfg["phases"][1]["fim_rate"] == 0.9
     from jaxlm.data import default_tokenizer
     assert cfg["model"]["vocab_size"] == default_tokenizer().vocab_size
+    # the run keeps its tokenizer: load_model(run) (serve, generate, eval) gets the same encoding back
+    from jaxlm.io import load_model
+    model, mcfg, tok = load_model(out)
+    text = "def f(x):\n    return x + 1  # the embedded corpus"
+    assert tok is not None and tok.encode(text) == default_tokenizer().encode(text)
+    assert mcfg.family == "crystalcoder"
 
 
 def test_amber_tiny(tmp_path, capsys):

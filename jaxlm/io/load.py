@@ -98,6 +98,8 @@ def load_model(path: str | os.PathLike | None = None, *, tokenizer: bool = True,
         from jaxlm.io.run import restore_run
 
         model, cfg, _ = restore_run(p, **_only(opts, ("step", "shardings"), "an orbax training run"))
+        # the recipes save the run's tokenizer in <run>/tokenizer (p may also be the run's checkpoints folder)
+        tok_dir = next((d for d in (p / "tokenizer", p.parent / "tokenizer") if d.is_dir()), None)
     else:
         kind = _hf_kind(p)
         tok_dir = p if p.is_dir() else p.parent
@@ -118,7 +120,7 @@ def load_model(path: str | os.PathLike | None = None, *, tokenizer: bool = True,
 
             allowed = ("family", "shared_mlp", "dtype", "param_dtype", "expect", "shardings")
             model, cfg = load_pretrained(p, **_only(opts, allowed, "a decoder HF checkpoint"))
-    tok = load_tokenizer(tok_dir, missing_ok=True) if tokenizer else None
+    tok = load_tokenizer(tok_dir, missing_ok=True) if tokenizer and tok_dir is not None else None
     return model, cfg, tok
 
 
