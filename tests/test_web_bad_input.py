@@ -50,7 +50,7 @@ def test_garbage_predictions_are_scored_or_counted_never_crash():
     from jaxlm.web.render import RenderError, RenderOptions, shared_renderer
 
     r = shared_renderer()
-    o = RenderOptions(width=400, height=300, timeout_s=0.5, shot_timeout_s=2.0)
+    o = RenderOptions(width=400, height=300, timeout_s=5.0, shot_timeout_s=5.0)  # ordinary pages: no race
     ref = "<html><body><h1>Title</h1><p>Some text here.</p></body></html>"
     ref_x = extract_blocks(r, ref, o)
     for pred in [b"\xff\xfe\x00garbage\x80<div><p>unclosed <b>tags"]:
