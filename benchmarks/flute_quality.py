@@ -36,6 +36,26 @@ def int_table(bits: int) -> np.ndarray:
     return np.arange(-h, h, dtype=np.float64) / (h - 1)
 
 
+def quantized_rows(configs, load, score, calib, nfl_steps: int, show) -> list[tuple]:
+    """One row per (name, bits, G, method, table): fresh weights from `load()`, quantized, scored by `score(model)`,
+    with the format's bits per weight (bf16 scales) and the wall time; `show(score)` formats the progress line."""
+    from jaxlm.quant import quantize
+    from jaxlm.quant.formats import QuantFormat
+
+    rows = []
+    for name, bits, g, method, table in configs:
+        t = time.time()
+        m = load()
+        quantize(m, bits=bits, group_size=g, method=method, table=table,
+                 calib_ids=calib if method == "nfl" else None, nfl_steps=nfl_steps)
+        q = score(m)
+        bpw = QuantFormat.make(bits, g, table).bytes_per_weight(scale_bytes=2) * 8
+        rows.append((name, bits, g, q, bpw, time.time() - t))
+        print(f"{name:20s} W{bits}G{g:<4d} {show(q)}  {time.time() - t:.0f}s", flush=True)
+        del m
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="skip the NFL rows")
@@ -54,8 +74,6 @@ def main(argv=None):
     import jax
 
     from jaxlm.io.gguf import load_gguf, smollm2_gguf_path
-    from jaxlm.quant import quantize
-    from jaxlm.quant.formats import QuantFormat
     from recipes.flute import perplexity, token_blocks
 
     model, cfg, tok = load_gguf(smollm2_gguf_path())
@@ -73,16 +91,8 @@ def main(argv=None):
                ("INT (uniform RTN)", 3, 128, "nf", int_table(3))]
     if not args.quick:
         configs += [("NFL", 4, 128, "nfl", None), ("NFL", 3, 128, "nfl", None)]
-    for name, bits, g, method, table in configs:
-        t = time.time()
-        m, _, _ = load_gguf(smollm2_gguf_path())
-        quantize(m, bits=bits, group_size=g, method=method, table=table,
-                 calib_ids=calib if method == "nfl" else None, nfl_steps=args.nfl_steps)
-        ppl = perplexity(m, heldout)
-        bpw = QuantFormat.make(bits, g, table).bytes_per_weight(scale_bytes=2) * 8
-        rows.append((name, bits, g, ppl, bpw, time.time() - t))
-        print(f"{name:20s} W{bits}G{g:<4d} ppl {ppl:.3f} (x{ppl / base:.3f})  {time.time() - t:.0f}s", flush=True)
-        del m
+    rows += quantized_rows(configs, lambda: load_gguf(smollm2_gguf_path())[0], lambda m: perplexity(m, heldout),
+                           calib, args.nfl_steps, lambda ppl: f"ppl {ppl:.3f} (x{ppl / base:.3f})")
 
     header = ("| method | bits | G | held-out ppl | ppl / fp32 | bits per weight (bf16 scales) | time s |\n"
               "|---|---|---|---|---|---|---|\n")
@@ -140,8 +150,6 @@ def own_model_rows(args):
 
     from jaxlm.eval.harness import run_tokenizer
     from jaxlm.io.run import restore_run
-    from jaxlm.quant import quantize
-    from jaxlm.quant.formats import QuantFormat
     from recipes.flute import token_blocks
 
     tok = run_tokenizer(args.own)
@@ -152,15 +160,8 @@ def own_model_rows(args):
     base = harness_quality(model, tok)
     rows.append(("unquantized (fp32 master weights)", "-", "-", base, 32.0, time.time() - t))
     print(rows[-1], flush=True)
-    for name, bits, g, method, table in OWN_CONFIGS:
-        t = time.time()
-        m, _, _ = restore_run(args.own, step)
-        quantize(m, bits=bits, group_size=g, method=method, table=table,
-                 calib_ids=calib if method == "nfl" else None, nfl_steps=args.nfl_steps)
-        q = harness_quality(m, tok)
-        bpw = QuantFormat.make(bits, g, table).bytes_per_weight(scale_bytes=2) * 8
-        rows.append((name, bits, g, q, bpw, time.time() - t))
-        print(f"{name:20s} W{bits}G{g:<4d} {q}  {time.time() - t:.0f}s", flush=True)
+    rows += quantized_rows(OWN_CONFIGS, lambda: restore_run(args.own, step)[0], lambda m: harness_quality(m, tok),
+                           calib, args.nfl_steps, str)
     header = ("| method | bits | G | prose bits/byte | code bits/byte | cloze acc | bits per weight (bf16 scales) | "
               "time s |\n|---|---|---|---|---|---|---|---|\n")
     body = "".join(f"| {n} | {b} | {g} | {q['bpb_language']:.4f} | {q['bpb_code']:.4f} | {q['cloze']:.3f} | "
