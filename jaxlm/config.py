@@ -295,6 +295,92 @@ PHI_MAMBA_PRESETS = {
 }
 
 
+# ----------------------------------------------------------------------------- ViT image encoder (Web2Code, Pandora)
+@dataclass(frozen=True)
+class ViTConfig:
+    """jaxlm.models.vit.ViT: patches -> pre-LN transformer -> patch features [B, N, D]. `vit_preset(name)`; kept out
+    of `preset()` (not a language model)."""
+
+    image_size: int = 32
+    patch_size: int = 8
+    channels: int = 3
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 256
+    norm_eps: float = 1e-5
+    act: Literal["gelu", "gelu_tanh", "quick_gelu"] = "gelu"
+    positions: Literal["learned", "sincos"] = "learned"
+    cls_token: bool = False  # CLIP: a class token before the patches (dropped from the output)
+    pre_norm: bool = False  # CLIP's pre_layrnorm on the embeddings
+    final_norm: bool = True  # a LayerNorm on the returned features (off for CLIP: LLaVA takes a hidden state)
+    select_layer: int = -1  # output of this layer (-1 the last; LLaVA-1.5 uses -2)
+    pixel_mean: tuple = (0.5, 0.5, 0.5)  # images in [-1, 1] are mapped to [0, 1], then (x - mean) / std
+    pixel_std: tuple = (0.5, 0.5, 0.5)
+    init_std: float = 0.02
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("image_size", "patch_size", "channels", "hidden_size", "num_layers", "num_heads",
+                     "intermediate_size"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"ViTConfig.{name}={getattr(self, name)} must be positive")
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"ViTConfig: image_size={self.image_size} is not a multiple of "
+                              f"patch_size={self.patch_size}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"ViTConfig: hidden_size={self.hidden_size} is not a multiple of "
+                              f"num_heads={self.num_heads}")
+        if not -self.num_layers <= self.select_layer < 0:
+            raise ConfigError(f"ViTConfig.select_layer={self.select_layer}: expected -1 .. -{self.num_layers}")
+        if self.act not in ("gelu", "gelu_tanh", "quick_gelu"):
+            raise ConfigError(f"ViTConfig.act={self.act!r}: expected 'gelu', 'gelu_tanh' or 'quick_gelu'")
+        if self.positions not in ("learned", "sincos"):
+            raise ConfigError(f"ViTConfig.positions={self.positions!r}: expected 'learned' or 'sincos'")
+        if len(self.pixel_mean) != self.channels or len(self.pixel_std) != self.channels:
+            raise ConfigError(f"ViTConfig: pixel_mean/pixel_std need {self.channels} values (channels)")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid ** 2
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch_size ** 2 * self.channels
+
+    def replace(self, **kw) -> "ViTConfig":
+        return _replace(self, kw)
+
+
+_CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+VIT_PRESETS: dict[str, ViTConfig] = {
+    "vit-tiny": ViTConfig(),
+    # openai/clip-vit-large-patch14-336 as LLaVA-1.5 uses it: penultimate layer, patch tokens only (576 x 1024)
+    "clip-vit-l-336": ViTConfig(image_size=336, patch_size=14, hidden_size=1024, num_layers=24, num_heads=16,
+                                intermediate_size=4096, act="quick_gelu", cls_token=True, pre_norm=True,
+                                final_norm=False, select_layer=-2, pixel_mean=_CLIP_MEAN, pixel_std=_CLIP_STD),
+    "clip-vit-tiny": ViTConfig(image_size=28, patch_size=14, hidden_size=32, num_layers=3, num_heads=4,
+                               intermediate_size=64, act="quick_gelu", cls_token=True, pre_norm=True,
+                               final_norm=False, select_layer=-2, pixel_mean=_CLIP_MEAN, pixel_std=_CLIP_STD),
+}
+
+
+def vit_preset(name: str, **overrides) -> ViTConfig:
+    if name not in VIT_PRESETS:
+        raise ConfigError(f"unknown ViT preset {name!r}; known: {sorted(VIT_PRESETS)}")
+    cfg = VIT_PRESETS[name]
+    return cfg.replace(**overrides) if overrides else cfg
+
+
 # ----------------------------------------------------------------------------- the one lookup
 def _replace(cfg, kw):
     unknown = set(kw) - {f.name for f in dataclasses.fields(cfg)}
@@ -346,5 +432,6 @@ def phi_mamba_preset(name: str, **overrides) -> PhiMambaConfig:
     return _kind_preset("phi_mamba", "Phi-Mamba", name, overrides)
 
 
-__all__ = ["DecoderConfig", "Mamba2Config", "PhiMambaConfig", "PRESETS", "MAMBA2_PRESETS", "PHI_MAMBA_PRESETS",
-           "preset", "preset_names", "mamba2_preset", "phi_mamba_preset", "field"]
+__all__ = ["DecoderConfig", "Mamba2Config", "PhiMambaConfig", "ViTConfig", "PRESETS", "MAMBA2_PRESETS",
+           "PHI_MAMBA_PRESETS", "VIT_PRESETS", "preset", "vit_preset", "preset_names", "mamba2_preset",
+           "phi_mamba_preset", "field"]
