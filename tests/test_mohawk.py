@@ -1,6 +1,7 @@
-"""MOHAWK on a tiny teacher/student, trained by the shared engine: weight transfer, the three stage losses decrease,
-stages 1-2 are ONE jitted step over all layers with independent per-layer updates, the stage schedule, and the recipe
-end to end with exact resume."""
+"""MOHAWK on a tiny teacher/student, trained by the shared engine: weight transfer and the original's mixer init, the
+three stage losses decrease, the original's per-stage trainable sets (and the earlier mixer-only variants), stages 1-2
+are ONE jitted step over all layers with independent per-layer updates, the original's optimizer/schedule and KD form,
+the hybrid decode path, and the recipe end to end (gradient accumulation, presets) with exact resume."""
 
 import dataclasses
 
@@ -12,10 +13,10 @@ from flax import nnx
 
 from jaxlm.config import preset
 from jaxlm.distill.mohawk import (StageTask, kd_loss, stage_config, student_config, teacher_targets,
-                                  transfer_weights, truncate_teacher)
+                                  trainable_filter, transfer_weights, truncate_teacher)
 from jaxlm.errors import ConfigError
 from jaxlm.models.decoder import DecoderLM
-from jaxlm.models.phi_mamba import PhiMambaLM
+from jaxlm.models.phi_mamba import Z_BIAS, PhiMambaLM
 from jaxlm.sharding import make_mesh
 from jaxlm.train.config import LRSchedule
 from jaxlm.train.optim import make_optimizer
@@ -53,14 +54,106 @@ def test_weight_transfer_and_targets(pair):
         truncate_teacher(teacher, 7)
 
 
+def test_original_mixer_init(pair):
+    """transfer_weights' default init is goombalab/mohawk's DiscreteMamba2 init (configs' z: identity, convolution:
+    identity, out/in: default): the gate is silu(0 . u + 1.278464542761) = 1 for every input, in_proj is torch's
+    U(+-1/sqrt(d_model)), out_proj U(+-1/sqrt(d_inner)) / sqrt(24), D = 1; init="identity-conv" is the earlier one."""
+    teacher, student, ids = pair
+    mx = student.layers[1].mixer
+    d = teacher.cfg.hidden_size
+    assert Z_BIAS == 1.278464542761 and abs(float(jax.nn.silu(jnp.float32(Z_BIAS))) - 1.0) < 1e-6
+    np.testing.assert_array_equal(mx.z_bias[...], np.full(mx.d_inner, Z_BIAS, np.float32))
+    w = np.asarray(mx.in_proj.kernel[...])
+    z = w[:, mx.conv_dim:mx.conv_dim + mx.d_inner]
+    assert np.abs(z).max() == 0.0  # z rows of the original's in_proj.weight are zero
+    rest = np.concatenate([w[:, :mx.conv_dim], w[:, mx.conv_dim + mx.d_inner:]], axis=1)
+    bound = 1 / np.sqrt(d)  # kaiming_uniform(a=sqrt(5)): U(-b, b), std b / sqrt(3)
+    assert np.abs(rest).max() <= bound and np.abs(rest).max() > 0.95 * bound
+    assert rest.std() == pytest.approx(bound / np.sqrt(3), rel=0.05)
+    o = np.asarray(mx.out_proj.kernel[...])
+    ob = 1 / np.sqrt(mx.d_inner) / np.sqrt(24)  # rescale_prenorm_residual with the original's n_layer = 24
+    assert np.abs(o).max() <= ob * (1 + 1e-6) and o.std() == pytest.approx(ob / np.sqrt(3), rel=0.05)
+    np.testing.assert_array_equal(mx.D[...], 1.0)
+    assert not np.array_equal(w, np.asarray(student.layers[0].mixer.in_proj.kernel[...]))  # one key per layer
+    # the gate is open: the mixer's output is out_proj(y) exactly, whatever the input
+    u = jax.random.normal(jax.random.key(3), (2, 5, d))
+    g = mx._output(jnp.ones((2, 5, mx.num_heads, mx.head_dim)), mx._project(u)[1][0])
+    np.testing.assert_allclose(g, mx.out_proj(jnp.ones((2, 5, mx.d_inner))), rtol=1e-6, atol=1e-7)
+    old = PhiMambaLM(student.cfg, rngs=nnx.Rngs(1))
+    transfer_weights(teacher, old, init="identity-conv")
+    assert float(jnp.abs(old.layers[1].mixer.z_bias[...]).max()) == 0.0
+    assert float(old.layers[1].mixer.conv_weight[...][-1].min()) == 1.0
+    with pytest.raises(ConfigError, match="init"):
+        transfer_weights(teacher, old, init="xavier")
+
+
+def _trained_paths(task):
+    from jaxlm.train.state import abstract_params
+
+    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(abstract_params(task)[1])]
+
+
+def test_trainable_sets_per_stage(pair):
+    """The original's trainable sets (a parameter trains iff its stage's loss reaches it): stage 1 the SSM layers'
+    mixer + input norm; stage 2 their whole block (mixer, norms, MLP); stage 3 everything, a hybrid's attention too.
+    The earlier variants stay options: stage1_norm=False / stage2="mixer" (mixers only), freeze_attention."""
+    teacher, student, _ = pair
+    hyb = PhiMambaLM(student_config(teacher.cfg, chunk_size=8, attn_layers=(1,)), rngs=nnx.Rngs(1))
+    transfer_weights(teacher, hyb)
+
+    def layers_parts(paths):
+        return {(int(p.split("['layers'][")[1].split("]")[0]), p.split("]['")[2].split("'")[0])
+                for p in paths if "['layers'][" in p}
+
+    p1 = _trained_paths(StageTask(1, hyb, teacher))
+    assert layers_parts(p1) == {(i, k) for i in (0, 2) for k in ("mixer", "attn_norm")}
+    assert all("student" in p for p in p1) and not any("embed" in p or "final_norm" in p for p in p1)
+    p2 = _trained_paths(StageTask(2, hyb, teacher))
+    parts = {k for _, k in layers_parts(p2)}
+    assert {i for i, _ in layers_parts(p2)} == {0, 2} and {"mixer", "attn_norm", "mlp"} <= parts
+    assert not any("embed" in p or "lm_head" in p or "teacher" in p for p in p2)
+    p3 = _trained_paths(StageTask(3, hyb, teacher))
+    assert any("['attn']" in p for p in p3) and any("embed" in p for p in p3)  # attention trains by default
+    for task in (StageTask(1, hyb, teacher, stage1_norm=False), StageTask(2, hyb, teacher, stage2="mixer")):
+        paths = _trained_paths(task)
+        assert paths and all("mixer" in p for p in paths) and not any("mlp" in p or "norm" in p for p in paths)
+    p3f = _trained_paths(StageTask(3, hyb, teacher, freeze_attention=True, freeze_mlp=True))
+    assert not any("['attn']" in p or "['mlp']" in p for p in p3f) and any("attn_norm" in p for p in p3f)
+    with pytest.raises(ConfigError, match="stage2"):
+        StageTask(2, hyb, teacher, stage2="attention")
+    with pytest.raises(ConfigError, match="ssm_layers"):
+        trainable_filter(2)
+
+
+def test_hybrid_decode_matches_full_forward(pair):
+    """A hybrid student decodes token by token (SSM state for the Mamba layers, a KV cache for the attention layer)
+    with the logits of the full forward; without max_len a hybrid still refuses init_state."""
+    teacher, _, ids = pair
+    hyb = PhiMambaLM(student_config(teacher.cfg, chunk_size=8, attn_layers=(1,)), rngs=nnx.Rngs(2))
+    transfer_weights(teacher, hyb)
+    ids = ids[:2, :9]
+    full = jax.jit(lambda i: hyb(i))(ids)
+    states = hyb.init_state(2, max_len=9)
+    step = jax.jit(lambda t, s: hyb.step(t, s))
+    got = []
+    for i in range(ids.shape[1]):
+        lg, states = step(ids[:, i], states)
+        got.append(lg)
+    np.testing.assert_allclose(np.stack(got, 1), full, atol=2e-4, rtol=1e-4)
+    assert np.asarray(states["lengths"]).tolist() == [9, 9]
+    with pytest.raises(ConfigError, match="hybrid"):
+        hyb.init_state(2)
+
+
 MESH = None
 
 
 def _engine(task, stage, steps=12, lr=3e-3):
-    """The shared engine's pieces for one stage: (state, rest, jitted step) on one device, constant lr."""
+    """The shared engine's pieces for one stage: (state, rest, jitted step) on one device, constant lr, no weight
+    decay (the tests isolate the loss; the original's optimizer is pinned by the schedule test)."""
     global MESH
     MESH = MESH or make_mesh("1x1", devices=jax.devices()[:1])
-    cfg = stage_config(stage, steps, lr, seq_len=11, batch=4)
+    cfg = stage_config(stage, steps, lr, seq_len=11, batch=4, optim="jaxlm")
     cfg = dataclasses.replace(cfg, phases=(dataclasses.replace(cfg.phases[0], lr=LRSchedule("constant", lr, lr)),))
     setup = setup_state(task, lambda p: make_optimizer(cfg, p), MESH, 0)
     state, rest = setup.initial()
@@ -72,15 +165,17 @@ def _batch(ids):
     return {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
 
 
-@pytest.mark.parametrize("stage", [1, 2])
-def test_layerwise_stage_is_one_jitted_step_and_decreases(pair, stage):
+@pytest.mark.parametrize("stage,opts", [(1, {}), (2, {}), (2, {"stage2": "mixer"})])
+def test_layerwise_stage_is_one_jitted_step_and_decreases(pair, stage, opts):
     teacher, student, ids = pair
-    task = StageTask(stage, student, teacher)
+    task = StageTask(stage, student, teacher, **opts)
     state, rest, step = _engine(task, stage)
     params = state.params["student"]
-    # only mixer parameters train in stages 1-2 (the rest, teacher included, is frozen input of the step)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-    assert paths and all("mixer" in p for p in paths) and not any("mlp" in p or "norm" in p for p in paths)
+    if opts:  # the mixer-only variant: only mixer parameters train (the rest, teacher included, is frozen input)
+        assert paths and all("mixer" in p for p in paths) and not any("mlp" in p or "norm" in p for p in paths)
+    else:  # the original's sets (test_trainable_sets_per_stage); never the embeddings, head or teacher
+        assert paths and not any("embed" in p or "lm_head" in p for p in paths)
     before = jax.tree.map(lambda v: np.array(v), params)
     losses = []
     for i in range(12):
@@ -134,17 +229,76 @@ def test_stage3_kd_decreases_and_freeze_mlp(pair):
     assert kds[-1] < kds[0], kds
     nnx.update(task.pretrained(), nnx.State(state.params))  # the trained weights go back into the student
     np.testing.assert_array_equal(student.embed[...], state.params["student"]["embed"])
-    # KD loss is minimised (= teacher entropy * T^2) when the student equals the teacher
+    # Hinton's KD loss is minimised (= teacher entropy * T^2) when the student equals the teacher
     tl = jax.random.normal(jax.random.key(0), (2, 3, 16)) * 3
-    assert float(kd_loss(tl, tl, 2.0)) < float(kd_loss(tl * 0.5, tl, 2.0))
+    assert float(kd_loss(tl, tl, 2.0, "hinton")) < float(kd_loss(tl * 0.5, tl, 2.0, "hinton"))
+
+
+def test_kd_loss_forms():
+    """form="original" is goombalab/mohawk's supervised.py: torch cross_entropy(input=student / T,
+    target=softmax(teacher)) -- teacher untempered, no T^2 -- so at T=2 it is minimised by student = 2 * teacher;
+    form="hinton" is T^2 CE(softmax(teacher / T), log_softmax(student / T)); both agree at T = 1."""
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(2, 3, 16)) * 2, rng.normal(size=(2, 3, 16)) * 2
+
+    def lsm(x):
+        return x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(-1, keepdims=True)
+
+    p = np.exp(lsm(t))
+    want = -(p * lsm(s / 2.0)).sum(-1).mean()  # torch's soft-target cross_entropy, mean over tokens
+    assert float(kd_loss(jnp.asarray(s), jnp.asarray(t), 2.0)) == pytest.approx(want, rel=1e-5)
+    want_h = -(np.exp(lsm(t / 2)) * lsm(s / 2)).sum(-1).mean() * 4
+    assert float(kd_loss(jnp.asarray(s), jnp.asarray(t), 2.0, "hinton")) == pytest.approx(want_h, rel=1e-5)
+    assert float(kd_loss(jnp.asarray(s), jnp.asarray(t), 1.0)) == pytest.approx(
+        float(kd_loss(jnp.asarray(s), jnp.asarray(t), 1.0, "hinton")), rel=1e-6)
+    tj = jnp.asarray(t)
+    assert float(kd_loss(2 * tj, tj, 2.0)) < min(float(kd_loss(tj, tj, 2.0)), float(kd_loss(2.2 * tj, tj, 2.0)))
+    with pytest.raises(ConfigError, match="kd"):
+        kd_loss(tj, tj, 1.0, "kl")
+
+
+def test_stage_optimizer_is_the_originals():
+    """stage_config's default (optim="original") is goombalab/mohawk's configs/Phi/1.5B/base/optimizer.yaml through
+    distill/utils.py: AdamW (0.9, 0.95, eps 1e-8), weight decay 0.1 on every trained parameter (one torch parameter
+    group: norms and biases too), no clipping, WSD with int(5%) warmup from 0 and linear decay over the last int(10%)
+    steps to min_lr 1e-8 -- checked against a port of utils/wsd_scheduler.py's lr_wsd_lambda (LambdaLR: step t's
+    lr is lr * lambda(t))."""
+    from jaxlm.train.optim import decay_mask, make_schedule
+
+    cfg = stage_config(2, 60, 2e-4, seq_len=64, batch=16, grad_accum=2)
+    o = cfg.optim
+    assert (o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm) == (0.9, 0.95, 1e-8, 0.1, None)
+    assert cfg.train.grad_accum == 2 and cfg.train.global_batch == 16
+    mask = decay_mask({"layers": {"0": {"attn_norm": {"scale": jnp.ones(3)}, "mlp": {"up": {"bias": jnp.ones(3)}}}}},
+                      o)
+    assert all(jax.tree.leaves(mask))  # norms and biases decay too
+
+    def lr_wsd_lambda(step, max_lr, min_lr, warmup_start_lr, warmup_end, standard_end, decay_end):
+        if step < warmup_end:
+            return (step / warmup_end * (max_lr - warmup_start_lr) + warmup_start_lr) / max_lr
+        if step < standard_end:
+            return 1
+        if step < decay_end:
+            return ((decay_end - standard_end - (step - standard_end)) / (decay_end - standard_end)
+                    * (max_lr - min_lr) + min_lr) / max_lr
+        return min_lr / max_lr
+
+    s = make_schedule(cfg)
+    for t in range(60):
+        want = 2e-4 * lr_wsd_lambda(t, 2e-4, 1e-8, 0.0, int(0.05 * 60), 60 - int(0.1 * 60), 60)
+        assert s(t) == pytest.approx(want, rel=1e-9, abs=1e-15), t
+        assert float(jax.jit(s)(jnp.int32(t))) == pytest.approx(want, rel=1e-5, abs=1e-12), t
+    assert s(0) == 0.0
+    with pytest.raises(ConfigError, match="optim"):
+        stage_config(1, 60, 1e-4, seq_len=64, batch=4, optim="sgd")
 
 
 def test_stage_schedule_is_warmup_stable_decay_without_clipping():
-    """stage_config: AdamW without global-norm clipping (it would couple the layers) on MOHAWK's WSD schedule:
-    10% warmup from lr/100, stable, 10% linear decay to lr/100 (the formula of the original optax schedule)."""
+    """stage_config(optim="jaxlm") (the earlier choice): AdamW without global-norm clipping (it would couple the
+    layers) on a WSD schedule: 10% warmup from lr/100, stable, 10% linear decay to lr/100, no weight decay."""
     from jaxlm.train.optim import make_schedule
 
-    cfg = stage_config(1, 60, 3e-3, seq_len=64, batch=4)
+    cfg = stage_config(1, 60, 3e-3, seq_len=64, batch=4, optim="jaxlm")
     assert cfg.optim.clip_norm is None and cfg.optim.weight_decay == 0.0
     s = make_schedule(cfg)
     lr, w, d = 3e-3, 6, 6

@@ -7,10 +7,18 @@ the MOHAWK recipe's SmolLM2 student (sequential RMSNorm/SwiGLU blocks). Layers l
 `jaxlm.nn.Attention` mixer (Hybrid Phi-Mamba); all others use `DiscreteMamba2Mixer`.
 
 Layers are held in a Python list (the layer kinds differ in the hybrid), so a forward unrolls over layers.
+
+`original_mixer_init` re-initialises a mixer as goombalab/mohawk's `DiscreteMamba2` with the Phi-1.5 configs'
+initializer `{z: identity, convolution: identity, out: default, rest: default}` (components/cores/discrete_mamba2.py,
+utils/init_weights.py). Decoding: `init_state(batch, max_len)` / `step` carry the SSM state of every Mamba layer and a
+KV cache of `max_len` slots for every attention layer of a hybrid.
 """
 
 from __future__ import annotations
 
+import math
+
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -27,6 +35,42 @@ def make_ssm_mixer(cfg: PhiMambaConfig, rngs: nnx.Rngs) -> DiscreteMamba2Mixer:
     return DiscreteMamba2Mixer(b.hidden_size, cfg.heads, cfg.d_state, cfg.expand, cfg.d_conv, cfg.conv_bias,
                                cfg.chunk_size, cfg.ssm_bias, cfg.conv_activation, b.init_std, jnp.dtype(b.dtype),
                                jnp.dtype(b.param_dtype), rngs=rngs)
+
+
+# silu(Z_BIAS) = 1: the original's "z: identity" gate bias (discrete_mamba2.py `init_z`), so the gate starts open
+Z_BIAS = 1.278464542761
+# the original Mixer calls `_init_weights(n_layer=24)` whatever the model's depth (hard-coded in Mixer.__init__)
+ORIGINAL_N_LAYER = 24
+
+
+def _torch_uniform(key, shape, fan_in: int, dtype):
+    """torch's default nn.Linear weight init, kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
+
+
+def original_mixer_init(mixer: DiscreteMamba2Mixer, key, n_layer: int = ORIGINAL_N_LAYER):
+    """Initialise `mixer` as goombalab/mohawk's DiscreteMamba2 with the Phi-1.5 configs' initializer:
+    in_proj with torch's default uniform init (its biases, if any, zero), then its z rows zero and z_bias =
+    1.278464542761 (the gate silu(z + z_bias) is exactly 1 for every input: "z: identity"); out_proj
+    kaiming_uniform(a=sqrt(5)) / sqrt(n_layer) (`_init_weights`' rescale_prenorm_residual with
+    n_residuals_per_layer=1, n_layer=24 as hard-coded by the original); conv the identity (last tap 1, bias 0:
+    "convolution: identity"); D ones."""
+    k_in, k_out = jax.random.split(key)
+    d_model, n_in = mixer.in_proj.kernel[...].shape
+    w = _torch_uniform(k_in, (d_model, n_in), d_model, mixer.in_proj.kernel[...].dtype)
+    z0 = mixer.conv_dim
+    mixer.in_proj.kernel[...] = w.at[:, z0:z0 + mixer.d_inner].set(0)
+    if mixer.in_proj.bias is not None:
+        mixer.in_proj.bias[...] = jnp.zeros_like(mixer.in_proj.bias[...])
+    mixer.z_bias[...] = jnp.full_like(mixer.z_bias[...], Z_BIAS)
+    shape = mixer.out_proj.kernel[...].shape
+    mixer.out_proj.kernel[...] = (_torch_uniform(k_out, shape, shape[0], jnp.float32)
+                                  / math.sqrt(n_layer)).astype(mixer.out_proj.kernel[...].dtype)
+    if mixer.out_proj.bias is not None:
+        mixer.out_proj.bias[...] = jnp.zeros_like(mixer.out_proj.bias[...])
+    mixer.D[...] = jnp.ones_like(mixer.D[...])
+    mixer.set_identity_conv()
 
 
 class HybridBlock(nnx.Module):
@@ -110,27 +154,47 @@ class PhiMambaLM(LMShell):
             outs.append(m)
         return self.head(h), jnp.stack(outs), jnp.stack(mats)
 
-    def init_state(self, batch: int):
-        """Per-layer recurrent states for an SSM-only model (attention layers have no constant-size state)."""
-        if self.cfg.attn_layers:
-            raise ConfigError("recurrent decoding of a hybrid model needs a KV cache for its attention layers "
-                              f"(attn_layers={self.cfg.attn_layers}); only SSM-only models support init_state")
-        return [blk.mixer.init_state(batch) for blk in self.layers]
+    def init_state(self, batch: int, max_len: int | None = None):
+        """Per-layer decode states: (conv_state, ssm_state) for a Mamba layer (constant size); for an attention layer
+        of a hybrid a KV cache (k, v) of `max_len` slots [B, max_len, KV, D] (max_len is then required). Every row
+        starts at position 0 (prompts of equal length: an SSM state has no per-row padding mask)."""
+        if self.cfg.attn_layers and max_len is None:
+            raise ConfigError("decoding a hybrid model needs a KV cache for its attention layers "
+                              f"(attn_layers={self.cfg.attn_layers}): pass init_state(batch, max_len=...)")
+        b = self.cfg.base
+        states = []
+        for blk in self.layers:
+            if blk.is_attention:
+                kv = jnp.zeros((batch, int(max_len), b.num_kv_heads, b.head_dim), jnp.dtype(b.dtype))
+                states.append((kv, kv))
+            else:
+                states.append(blk.mixer.init_state(batch))
+        return {"layers": states, "lengths": jnp.zeros((batch,), jnp.int32)} if self.cfg.attn_layers else states
 
     def step(self, token_ids, states):
-        """One token per row: token_ids [B] -> (logits [B, V], new states). Constant memory per token."""
+        """One token per row: token_ids [B] -> (logits [B, V], new states). Mamba layers update their recurrent
+        state (constant memory); attention layers of a hybrid write slot `lengths` of their KV cache and attend to
+        the slots before it."""
+        hybrid = isinstance(states, dict)
+        layer_states = states["layers"] if hybrid else states
+        lengths = states["lengths"] if hybrid else None
         h = self.embed_tokens(token_ids[:, None])[:, 0]
         new = []
-        for blk, st in zip(self.layers, states):
+        for blk, st in zip(self.layers, layer_states):
             hn = blk.attn_norm(h)
-            m, st = blk.mixer.step(hn, st)
+            if blk.is_attention:
+                m, st = blk.attn(hn[:, None], lengths[:, None], kv_cache=st, lengths=lengths)
+                m = m[:, 0]
+            else:
+                m, st = blk.mixer.step(hn, st)
             if blk.parallel:
                 h = h + m + blk.mlp(hn)
             else:
                 h = h + m
                 h = h + blk.mlp(blk.mlp_norm(h))
             new.append(st)
-        return self.head(h[:, None])[:, 0], new
+        logits = self.head(h[:, None])[:, 0]
+        return logits, ({"layers": new, "lengths": lengths + 1} if hybrid else new)
 
 
-__all__ = ["PhiMambaConfig", "PhiMambaLM", "HybridBlock", "phi_mamba_preset", "PHI_MAMBA_PRESETS"]
+__all__ = ["PhiMambaConfig", "PhiMambaLM", "HybridBlock", "original_mixer_init", "Z_BIAS", "phi_mamba_preset", "PHI_MAMBA_PRESETS"]
