@@ -62,6 +62,9 @@ class DecoderConfig:
     attn_scale_power: float = 0.5
     # MobiLlama's reference rounds q, k, v and the attention output to bfloat16 (flash-attn); off by default
     attn_bf16_round: bool = False
+    # attention path (kernels/attention): None/"auto" = by backend and shape, or "reference", "chunked", "pallas",
+    # "cudnn", "tpu", "interpret"; also JAXLM_ATTENTION_IMPL
+    attention_impl: str | None = None
 
     # muP multipliers
     embed_scale: float = 1.0

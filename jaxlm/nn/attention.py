@@ -20,6 +20,7 @@ from jaxlm.errors import ConfigError, ShapeError
 from jaxlm.nn.linear import Linear
 from jaxlm.nn.rope import apply_rope, rope_angles
 from jaxlm.sharding import shard
+import kernels.attention as kattn
 
 NEG = jnp.finfo(jnp.float32).min
 
@@ -30,29 +31,69 @@ def write_cache(cache, new, lengths):
     return jax.vmap(upd)(cache, new, lengths)
 
 
-def score_mask(q_pos=None, k_pos=None, causal: bool = True, kv_mask=None):
-    """[B, T, S] bool (True = attend), or None when nothing is masked."""
+def score_mask(q_pos=None, k_pos=None, causal: bool = True, kv_mask=None, segment_ids=None):
+    """[B, T, S] bool (True = attend), or None when nothing is masked. segment_ids = (q_seg [B,T], kv_seg [B,S]):
+    a query attends only the keys of its own segment (packed documents)."""
     mask = None
     if causal:
         mask = k_pos[:, None, :] <= q_pos[:, :, None]
     if kv_mask is not None:
         km = jnp.asarray(kv_mask, bool)[:, None, :]
         mask = km if mask is None else mask & km
+    if segment_ids is not None:
+        sm = segment_ids[0][:, :, None] == segment_ids[1][:, None, :]
+        mask = sm if mask is None else mask & sm
     return mask
 
 
+def _segment_pair(segment_ids, B: int, T: int, S: int):
+    """segment_ids [B,T] (self-attention, T == S) or (q_seg [B,T], kv_seg [B,S]) -> the pair, checked."""
+    if segment_ids is None:
+        return None
+    pair = (segment_ids, segment_ids) if not isinstance(segment_ids, (tuple, list)) else tuple(segment_ids)
+    shapes = tuple(tuple(jnp.shape(s)) for s in pair)
+    if len(pair) != 2 or shapes != ((B, T), (B, S)):
+        raise ShapeError(f"segment_ids have shapes {shapes}; expected [B, T] = {(B, T)} and [B, S] = {(B, S)} "
+                         "(one [B, T] array for self-attention, or a (query, key) pair)")
+    return tuple(jnp.asarray(s, jnp.int32) for s in pair)
+
+
+def resolve_attention_impl(impl, q, k, q_pos=None, k_pos=None, *, causal: bool = True, kv_mask=None,
+                           segment_ids=None) -> str:
+    """The path `attend` takes for these operands (kernels/attention: "reference", "chunked", "pallas",
+    "interpret", "cudnn", "tpu"). A forced kernel that cannot take them raises ShapeError naming the shape."""
+    try:
+        return kattn.resolve_impl(impl, q.shape, k.shape, q.dtype, causal=causal,
+                                  masked=segment_ids is not None or kv_mask is not None,
+                                  key_padding=kv_mask is not None, same_positions=q_pos is k_pos)
+    except kattn.Unsupported as e:
+        raise ShapeError(str(e)) from None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def attend(q, k, v, q_pos=None, k_pos=None, scale: float | None = None, bf16_round: bool = False, *,
-           causal: bool = True, kv_mask=None):
+           causal: bool = True, kv_mask=None, segment_ids=None, impl: str | None = None):
     """q [B,T,H,D], k/v [B,S,KV,D] (H a multiple of KV: grouped-query); q_pos [B,T], k_pos [B,S] slot positions
-    (needed when causal: mask k_pos <= q_pos); kv_mask [B,S] True = attend. scale defaults to D ** -0.5."""
+    (needed when causal: mask k_pos <= q_pos); kv_mask [B,S] True = attend; segment_ids [B,T] (self-attention) or
+    (q_seg [B,T], kv_seg [B,S]) ints >= 0: attend within a segment only. scale defaults to D ** -0.5.
+
+    impl picks the path (kernels/attention; None = JAXLM_ATTENTION_IMPL or "auto": by backend and shape, the
+    flash kernel on GPU/TPU, the chunked XLA path for long keys on CPU, else the reference below, which every
+    path matches). "auto" falls back when a kernel cannot take the shape; a forced one raises ShapeError."""
     B, T, H, D = q.shape
     KV = k.shape[2]
     scale = D ** -0.5 if scale is None else scale
+    segs = _segment_pair(segment_ids, B, T, k.shape[1])
+    which = resolve_attention_impl(impl, q, k, q_pos, k_pos, causal=causal, kv_mask=kv_mask, segment_ids=segs)
+    if which != "reference":
+        return kattn.attention(q, k, v, q_pos, k_pos, *(segs or (None, None)), causal=causal, scale=scale,
+                               kv_mask=kv_mask, impl=which, same_positions=q_pos is k_pos, bf16_round=bf16_round)
     if bf16_round:  # MobiLlama reference: flash-attn on bfloat16 inputs
         q, k, v = (t.astype(jnp.bfloat16).astype(jnp.float32) for t in (q, k, v))
     qg = q.reshape(B, T, KV, H // KV, D)
     s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
-    mask = score_mask(q_pos, k_pos, causal, kv_mask)
+    mask = score_mask(q_pos, k_pos, causal, kv_mask, segs)
     if mask is not None:
         s = jnp.where(mask[:, None, None], s, NEG)  # [B,1,1,T,S]
     p = jax.nn.softmax(s, axis=-1)
@@ -103,6 +144,7 @@ class Attention(_Heads):
                     init_std=cfg.init_std, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
         self.rotary_dim, self.rope_style, self.theta = cfg.rot_dim, cfg.rope_style, cfg.rope_theta
         self.bf16_round = cfg.attn_bf16_round
+        self.attention_impl = getattr(cfg, "attention_impl", None)  # kernels/attention path; None = auto
         self.causal = bool(getattr(cfg, "causal", True) if causal is None else causal)
 
     def qkv(self, x, positions):
@@ -134,7 +176,7 @@ class Attention(_Heads):
             # slot index == position: the caller passes positions = lengths[:, None] + arange(T)
             k_pos = jnp.broadcast_to(jnp.arange(k_all.shape[1], dtype=jnp.int32), (B, k_all.shape[1]))
         o = attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), positions, k_pos, self.scale, self.bf16_round,
-                   causal=self.causal, kv_mask=mask)
+                   causal=self.causal, kv_mask=mask, impl=self.attention_impl)
         return self._out(o), (None if kv_cache is None else (k_all, v_all))
 
     def probs(self, x, positions, mask=None):
@@ -192,4 +234,4 @@ class CrossAttention(_Heads):
         return self._out(o)
 
 
-__all__ = ["Attention", "CrossAttention", "attend", "score_mask", "write_cache"]
+__all__ = ["Attention", "CrossAttention", "attend", "resolve_attention_impl", "score_mask", "write_cache"]
