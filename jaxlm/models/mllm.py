@@ -1,0 +1,287 @@
+"""A LLaVA-1.5-style multimodal LM: a ViT image encoder, a 2-layer GELU projector (`mlp2x_gelu`) and any jaxlm
+decoder; the projected patch features go before the prompt as `prefix_embeds`.
+
+    model = MLLM(MLLMConfig(vit_preset("vit-tiny"), preset("smollm2-tiny")), rngs=nnx.Rngs(0))
+    logits = model(images, input_ids)          # images [B, H, W, C] in [-1, 1], ids [B, T] -> [B, N + T, V]
+    mllm = with_pretrained(cfg_vision, llm=load_model()[0])   # SmolLM2-135M-Instruct as the LLM (the default)
+
+Training on the shared engine (`jaxlm.train.train`) with `MLLMTask` and the two LLaVA stages as PhaseConfigs
+(`llava_phases`): stage 1 trains the projector only (`STAGE1_TRAINABLE`), stage 2 the projector and the LLM
+(`STAGE2_TRAINABLE`); the vision tower stays frozen in both, as in LLaVA-1.5. A vision tower trained from scratch
+(no CLIP weights) can be added to stage 1 with `vision_in_stage1=True`.
+
+Examples are LLaVA conversations: the prompt is the LLM tokenizer's chat rendering of the human turn (without the
+`<image>` tag: the image is the prefix), the answer the gpt turn plus EOS; `encode_example` masks everything but
+the answer tokens (targets -1). `MLLMGenerator` generates through `jaxlm.infer.Generator` with the image features as
+each request's prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxlm.config import DecoderConfig, ViTConfig
+from jaxlm.errors import ConfigError, DataError, ShapeError
+from jaxlm.models.decoder import DecoderLM
+from jaxlm.models.vit import ViT
+from jaxlm.nn import Linear
+from jaxlm.train.task import Task, token_nll
+
+# PhaseConfig.trainable patterns ('/'-joined parameter paths)
+STAGE1_TRAINABLE = ("^projector/",)
+STAGE2_TRAINABLE = ("^projector/", "^llm/")
+VISION_TRAINABLE = ("^vision/",)
+
+# LLaVA-1.5 (scripts/v1_5/pretrain.sh, finetune_crystal_chat.sh): AdamW, weight decay 0, cosine, warmup 3%
+LLAVA_STAGES = {"stage1": {"lr": 1e-3, "global_batch": 256, "warmup_ratio": 0.03},
+                "stage2": {"lr": 2e-5, "global_batch": 128, "warmup_ratio": 0.03}}
+
+
+@dataclass(frozen=True)
+class MLLMConfig:
+    vision: ViTConfig
+    llm: DecoderConfig
+    projector: str = "mlp2x_gelu"
+
+    def __post_init__(self):
+        if self.projector != "mlp2x_gelu":
+            raise ConfigError(f"MLLMConfig.projector={self.projector!r}: only 'mlp2x_gelu' (LLaVA-1.5) is built")
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision.num_patches
+
+    def replace(self, **kw) -> "MLLMConfig":
+        return dataclasses.replace(self, **kw)
+
+
+class Projector(nnx.Module):
+    """mlp2x_gelu: Linear(vision, llm) -> GELU (exact) -> Linear(llm, llm), with biases."""
+
+    def __init__(self, d_in: int, d_out: int, *, std: float = 0.02, dtype="float32", param_dtype="float32",
+                 rngs: nnx.Rngs):
+        kw = dict(bias=True, std=std, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype), rngs=rngs)
+        self.fc1 = Linear(d_in, d_out, (None, "mlp"), **kw)
+        self.fc2 = Linear(d_out, d_out, ("mlp", "embed"), **kw)
+
+    def __call__(self, x):
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class MLLM(nnx.Module):
+    """vision -> projector -> llm (prefix_embeds). `llm` / `vision` may be given (pretrained modules)."""
+
+    def __init__(self, cfg: MLLMConfig, *, rngs: nnx.Rngs, llm: DecoderLM | None = None, vision: ViT | None = None):
+        self.cfg = cfg
+        self.vision = vision if vision is not None else ViT(cfg.vision, rngs=rngs)
+        self.projector = Projector(cfg.vision.hidden_size, cfg.llm.hidden_size, std=cfg.llm.init_std,
+                                   dtype=cfg.llm.dtype, param_dtype=cfg.llm.param_dtype, rngs=rngs)
+        self.llm = llm if llm is not None else DecoderLM(cfg.llm, rngs=rngs)
+
+    def image_embeds(self, images):
+        """images [B, H, W, C] in [-1, 1] -> LLM input embeddings [B, N, D_llm]."""
+        return self.projector(self.vision(images))
+
+    def __call__(self, images, input_ids):
+        """-> logits [B, N + T, V] (N = image tokens; images=None: text only, [B, T, V])."""
+        pre = None if images is None else self.image_embeds(images)
+        return self.llm(input_ids, prefix_embeds=pre)
+
+
+def with_pretrained(vision_cfg: ViTConfig, llm: DecoderLM, *, vision: ViT | None = None, seed: int = 0) -> MLLM:
+    """An MLLM around a loaded LLM (e.g. `jaxlm.load_model()`'s SmolLM2-135M-Instruct) and optionally a loaded
+    vision tower (`jaxlm.models.vit.load_clip_vision`); the projector is freshly initialised."""
+    vcfg = vision.cfg if vision is not None else vision_cfg
+    return MLLM(MLLMConfig(vcfg, llm.cfg), rngs=nnx.Rngs(seed), llm=llm, vision=vision)
+
+
+# ----------------------------------------------------------------------------- data
+def prompt_text(tokenizer, instruction: str) -> str:
+    """The chat rendering of one user turn (the tokenizer's template, or jaxlm's plain fallback)."""
+    from jaxlm.infer.text import render_chat
+
+    return render_chat(tokenizer, [{"role": "user", "content": instruction}])
+
+
+def human_instruction(value: str) -> str:
+    """A LLaVA human turn without its `<image>` tag (the image goes first as the prefix)."""
+    return value.replace("<image>\n", "").replace("<image>", "").strip()
+
+
+def encode_example(tokenizer, instruction: str, answer: str, max_len: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(inputs [max_len], targets [max_len], cut): next-token pairs over prompt + answer + EOS; targets are -1 except
+    on answer tokens (and the EOS), and on padding. `cut` is True when the answer was cut to fit."""
+    eos = tokenizer.eos_id
+    if eos is None:
+        raise DataError("encode_example: the tokenizer has no EOS token (the answer's end must be learnt)")
+    p = list(tokenizer.encode(prompt_text(tokenizer, instruction)))
+    a = list(tokenizer.encode(answer)) + [int(eos)]
+    seq = p + a
+    cut = len(seq) - 1 > max_len
+    seq = seq[:max_len + 1]
+    if len(p) >= len(seq):
+        raise DataError(f"encode_example: the prompt alone has {len(p)} tokens; max_len={max_len} leaves no room "
+                        f"for the answer")
+    inputs = np.zeros(max_len, np.int32)
+    targets = np.full(max_len, -1, np.int32)
+    n = len(seq) - 1
+    inputs[:n] = seq[:-1]
+    targets[len(p) - 1:n] = seq[len(p):]
+    return inputs, targets, cut
+
+
+def encode_examples(tokenizer, records, images: np.ndarray, max_len: int) -> tuple[dict, int]:
+    """({"images", "inputs", "targets"} arrays, number of answers cut to max_len) for (instruction, answer, image
+    index) records."""
+    ins, tgs, idx, cut = [], [], [], 0
+    for instruction, answer, i in records:
+        x, y, c = encode_example(tokenizer, instruction, answer, max_len)
+        ins.append(x)
+        tgs.append(y)
+        idx.append(i)
+        cut += int(c)
+    return {"images": images[np.asarray(idx, np.int64)], "inputs": np.stack(ins), "targets": np.stack(tgs)}, cut
+
+
+# ----------------------------------------------------------------------------- the Task
+class MLLMTask(Task):
+    """Next-token loss of an MLLM on answer tokens only (targets < 0 ignored), over {"images", "inputs",
+    "targets"}. `start`: a callable returning the concrete starting MLLM (pretrained LLM / vision tower)."""
+
+    name = "mllm"
+    units = "tokens"
+    batch_spec = {"images": ("batch", None, None, None), "inputs": ("batch", "length"),
+                  "targets": ("batch", "length")}
+
+    def __init__(self, cfg: MLLMConfig, start=None):
+        self.cfg = cfg
+        self.start = start
+
+    @property
+    def step_key(self):
+        return ("mllm", self.cfg)
+
+    def build(self, rngs):
+        return MLLM(self.cfg, rngs=rngs)
+
+    def pretrained(self):
+        return None if self.start is None else self.start()
+
+    def loss(self, model, batch, rng):
+        logits = model(batch["images"], batch["inputs"])[:, self.cfg.num_image_tokens:]
+        nll, mask = token_nll(logits, batch["targets"])
+        cnt = mask.sum().astype(jnp.float32)
+        return nll.sum(), cnt, {"answer_tokens": cnt}
+
+    def step_metrics(self, sums, weight):
+        return {"tokens": weight}
+
+    def compat(self, run_cfg):
+        from jaxlm.train.config import to_dict
+
+        t = run_cfg.train
+        return {"model": to_dict(self.cfg), "data": {"global_batch": t.global_batch, "data_seed": t.data_seed}}
+
+    def units_per_example(self, run_cfg):
+        return run_cfg.train.seq_len
+
+
+def llava_phases(stage1_steps: int, stage2_steps: int, *, stage1_lr: float = LLAVA_STAGES["stage1"]["lr"],
+                 stage2_lr: float = LLAVA_STAGES["stage2"]["lr"], warmup_ratio: float = 0.03,
+                 vision_in_stage1: bool = False) -> tuple:
+    """The two LLaVA-1.5 stages as engine phases: cosine to 0 after a linear warmup of `warmup_ratio` of each stage;
+    stage 1 trains the projector (and the vision tower when `vision_in_stage1`), stage 2 the projector and the LLM."""
+    from jaxlm.train.config import LRSchedule, PhaseConfig
+
+    def lr(peak, steps):
+        return LRSchedule("cosine", peak, 0.0, warmup=max(1, int(round(warmup_ratio * steps))))
+
+    s1 = STAGE1_TRAINABLE + (VISION_TRAINABLE if vision_in_stage1 else ())
+    return (PhaseConfig("stage1", stage1_steps, lr=lr(stage1_lr, stage1_steps), trainable=s1),
+            PhaseConfig("stage2", stage2_steps, lr=lr(stage2_lr, stage2_steps), trainable=STAGE2_TRAINABLE))
+
+
+class StagedArrays:
+    """The engine's pipeline over one ArrayPipeline per phase: step s reads the phase that holds s (phase-local
+    step s - start), so stage 1 and stage 2 read different data; resumable by step like ArrayPipeline."""
+
+    def __init__(self, stages, global_batch: int, *, seed: int = 0):
+        from jaxlm.train.task import ArrayPipeline
+
+        self.bounds, self.pipes, s = [], [], 0
+        for steps, arrays in stages:
+            self.pipes.append(ArrayPipeline(arrays, global_batch, seed=seed))
+            self.bounds.append((s, s + int(steps)))
+            s += int(steps)
+        self.step = 0
+
+    def batch_at(self, step: int) -> dict:
+        for (a, b), p in zip(self.bounds, self.pipes):
+            if step < b or (a, b) == self.bounds[-1]:
+                return {**p.batch_at(step - a), "step": np.int64(step)}
+
+    def next(self) -> dict:
+        out = self.batch_at(self.step)
+        self.step += 1
+        return out
+
+    def get_state(self) -> dict:
+        return {"step": self.step}
+
+    def set_state(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+# ----------------------------------------------------------------------------- inference
+def _embed(graphdef, state, images):
+    return nnx.merge(graphdef, state).image_embeds(images)
+
+
+embed_images = jax.jit(_embed, static_argnums=0)
+
+
+class MLLMGenerator:
+    """Generation with images in the prompt: the image features [N, D] are each request's `prefix_embeds` in
+    `jaxlm.infer.Generator` (text-only requests: image None)."""
+
+    def __init__(self, model: MLLM, tokenizer, *, batch: int = 8, **gen_kw):
+        from jaxlm.infer.generate import Generator
+
+        self.model, self.tokenizer, self.batch = model, tokenizer, int(batch)
+        self.gen = Generator(model.llm, tokenizer, **gen_kw)
+        self._graph, self._state = nnx.split(model)
+
+    def features(self, images) -> np.ndarray:
+        """[B, H, W, C] in [-1, 1] -> [B, N, D] float32, in batches."""
+        images = np.asarray(images, np.float32)
+        if images.ndim != 4:
+            raise ShapeError(f"MLLMGenerator: images have shape {images.shape}; expected [B, H, W, C]")
+        out = [np.asarray(embed_images(self._graph, self._state, images[i:i + self.batch]), np.float32)
+               for i in range(0, len(images), self.batch)]
+        return np.concatenate(out) if out else np.zeros((0, self.model.cfg.num_image_tokens,
+                                                         self.model.cfg.llm.hidden_size), np.float32)
+
+    def generate(self, instructions, images=None, *, max_new_tokens: int = 256, **kw) -> list[str]:
+        """One completion per instruction (a chat rendering of it), with images[i] (or None: no image) first."""
+        instructions = list(instructions)
+        feats = None if images is None else self.features(images)
+        if feats is not None and len(feats) != len(instructions):
+            raise ShapeError(f"MLLMGenerator: {len(feats)} images for {len(instructions)} instructions")
+        prompts = [prompt_text(self.tokenizer, q) for q in instructions]
+        out = []
+        for i in range(0, len(prompts), self.batch):
+            pre = None if feats is None else list(feats[i:i + self.batch])
+            out += self.gen.generate(prompts[i:i + self.batch], max_new_tokens=max_new_tokens, prefix_embeds=pre,
+                                     **kw)
+        return out
+
+
+__all__ = ["MLLM", "MLLMConfig", "MLLMGenerator", "MLLMTask", "Projector", "StagedArrays", "STAGE1_TRAINABLE",
+           "STAGE2_TRAINABLE", "VISION_TRAINABLE", "LLAVA_STAGES", "embed_images", "encode_example",
+           "encode_examples", "human_instruction", "llava_phases", "prompt_text", "with_pretrained"]
