@@ -6,6 +6,9 @@ jaxlm runs its real train step (`jaxlm.train.step.make_train_step`) on a 1-devic
 threads use the cores like torch's do. Prints a table and appends a dated row to BENCHMARKS.md.
 
     python benchmarks/train_throughput.py [--steps 10] [--batch 8] [--seq 256] [--mesh 1x1]
+
+Four worker processes (jaxlm and torch, each at all cores and pinned to one core) run interleaved rounds
+(benchmarks/interleave.py); the ratio is the faster jaxlm setting over the faster torch setting.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def parse():
 
     add_mesh_argument(p, "1x1")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--worker", choices=("jaxlm", "torch"), help=argparse.SUPPRESS)  # child: one implementation
     return p.parse_args()
 
 
@@ -115,64 +119,79 @@ def setup_torch(a, data):
     return run, {"params": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads()}
 
 
-def measure(runs: dict, a) -> dict:
-    """Interleave rounds of steps of each implementation so load changes on a shared machine hit both alike."""
-    for r in runs.values():
-        for i in range(1, a.warmup):
-            r(i)
-    total = {k: 0.0 for k in runs}
-    loss = {}
-    per_round = max(1, a.steps // a.rounds)
-    for rnd in range(a.rounds):
-        for k, r in runs.items():
-            t0 = time.perf_counter()
-            for i in range(per_round):
-                loss[k] = r(a.warmup + rnd * per_round + i)
-            total[k] += time.perf_counter() - t0
-    n = per_round * a.rounds
-    return {k: {"tok_s": a.batch * a.seq * n / total[k], "step_s": total[k] / n, "loss": loss[k]} for k in runs}
+def worker(a):
+    """`--worker jaxlm|torch`: build one implementation and serve interleaved rounds (benchmarks/interleave.py)."""
+    from benchmarks.interleave import apply_threads, serve
+
+    threads = apply_threads()
+    if a.worker == "jaxlm":
+        from jaxlm.sharding import prepare_devices
+
+        prepare_devices(a.mesh)  # before jax is imported, as every command does
+    else:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+    data = batches(a, a.warmup + a.steps)
+    run, info = (setup_jaxlm if a.worker == "jaxlm" else setup_torch)(a, data)
+    if a.worker == "jaxlm":
+        import jax
+
+        info["version"] = f"jax {jax.__version__}"
+    else:
+        import torch
+        import transformers
+
+        info["threads"] = torch.get_num_threads()
+        info["version"] = f"torch {torch.__version__}, transformers {transformers.__version__}"
+    serve(run, info)
 
 
 def main():
     a = parse()
-    from jaxlm.sharding import prepare_devices
+    if a.worker:
+        return worker(a)
+    from benchmarks.interleave import Pool, load_average
 
-    prepare_devices(a.mesh)  # before jax is imported, as every command does
-    import jax
-    import torch
-
-    data = batches(a, a.warmup + a.steps)
-    jrun, jinfo = setup_jaxlm(a, data)
-    trun, tinfo = setup_torch(a, data)
-    res = measure({"jaxlm": jrun, "torch": trun}, a)
-    j = {**res["jaxlm"], **jinfo}
-    t = {**res["torch"], **tinfo}
-    ratio = j["tok_s"] / t["tok_s"]
-    print(f"model: Llama {a.layers}L d{a.hidden} h{a.heads} ffn{a.ffn} vocab{a.vocab} ({j['params'] / 1e6:.2f}M params, "
-          f"torch {t['params'] / 1e6:.2f}M), batch {a.batch}x{a.seq}, float32, AdamW + clip")
-    print(f"{'impl':<28}{'tokens/s':>12}{'s/step':>10}{'final loss':>12}")
-    print(f"{'jaxlm (mesh ' + a.mesh + ')':<28}{j['tok_s']:>12.0f}{j['step_s']:>10.3f}{j['loss']:>12.4f}"
-          f"   (compile+first step {j['compile_s']:.1f} s)")
-    print(f"{'torch ' + torch.__version__ + ' AdamW':<28}{t['tok_s']:>12.0f}{t['step_s']:>10.3f}{t['loss']:>12.4f}"
-          f"   ({t['threads']} threads)")
-    print(f"jaxlm / torch tokens/s: {ratio:.2f}x")
+    base = [sys.executable, __file__, "--steps", str(a.steps), "--warmup", str(a.warmup), "--batch", str(a.batch),
+            "--seq", str(a.seq), "--hidden", str(a.hidden), "--layers", str(a.layers), "--heads", str(a.heads),
+            "--ffn", str(a.ffn), "--vocab", str(a.vocab), "--mesh", a.mesh]
+    ncpu = os.cpu_count()
+    specs = {f"{impl} {t or ncpu}t": (base + ["--worker", impl], t) for t in (None, 1) for impl in ("jaxlm", "torch")}
+    load0 = load_average()
+    per_round = max(1, a.steps // a.rounds)
+    with Pool(specs) as pool:
+        res = pool.measure(a.rounds, per_round, warmup=max(0, a.warmup - 1))
+    load1 = load_average()
+    tok = {k: a.batch * a.seq * r["n"] / r["s"] for k, r in res.items()}
+    j = res[f"jaxlm {ncpu}t"]
+    print(f"model: Llama {a.layers}L d{a.hidden} h{a.heads} ffn{a.ffn} vocab{a.vocab} ({j['params'] / 1e6:.2f}M params), "
+          f"batch {a.batch}x{a.seq}, float32, AdamW + clip; {a.rounds} interleaved rounds of {per_round} steps; "
+          f"load average {load0:.2f} -> {load1:.2f}")
+    print(f"{'impl (threads)':<20}{'tokens/s':>12}{'s/step':>10}{'final loss':>12}")
+    for k, r in res.items():
+        extra = f"   (compile+first step {r['compile_s']:.1f} s)" if "compile_s" in r else ""
+        print(f"{k:<20}{tok[k]:>12.0f}{r['s'] / r['n']:>10.3f}{r['last']:>12.4f}{extra}")
+    bj = max(v for k, v in tok.items() if k.startswith("jaxlm"))
+    bt = max(v for k, v in tok.items() if k.startswith("torch"))
+    ratio = bj / bt
+    print(f"best jaxlm / best torch tokens/s: {ratio:.2f}x")
     if a.no_write:
         return
-    import transformers
-
     from benchmarks.record import record, utc_now
 
-    now = utc_now()
-    machine = (f"{platform.machine()} {os.cpu_count()} cpus ({platform.system()}), load avg "
-               f"{os.getloadavg()[0]:.1f}")
+    fmt = lambda impl: ", ".join(f"{tok[k]:.0f} ({k.split()[1]})" for k in tok if k.startswith(impl))  # noqa: E731
+    machine = f"{platform.machine()} {ncpu} cpus ({platform.system()}), load avg {load0:.1f} -> {load1:.1f}"
+    versions = f"{j['version']}, {res[f'torch {ncpu}t']['version']}"
     intro = ("Same Llama-architecture model and batch, float32, AdamW (0.9, 0.95, wd 0.1) + clip 1.0; "
-             "steady-state tokens/s after warm-up, measured in interleaved rounds; jaxlm = its jitted train step on a 1-device mesh, torch = "
+             "steady-state tokens/s after warm-up; jaxlm = its jitted train step on a 1-device mesh, torch = "
              "transformers LlamaForCausalLM (sdpa) + torch.optim.AdamW. Ratio > 1: jaxlm faster.\n\n"
              "| date | machine | versions | model | batch | jaxlm tok/s | torch tok/s | jaxlm/torch | jaxlm compile s |\n"
              "|---|---|---|---|---|---|---|---|---|")
-    row = (f"| {now} | {machine} | jax {jax.__version__}, torch {torch.__version__}, transformers "
-           f"{transformers.__version__} | {a.layers}L d{a.hidden} ffn{a.ffn} V{a.vocab} ({j['params'] / 1e6:.1f}M) | "
-           f"{a.batch}x{a.seq} | {j['tok_s']:.0f} | {t['tok_s']:.0f} | {ratio:.2f} | {j['compile_s']:.1f} |\n")
+    row = (f"| {utc_now()} | {machine} | {versions} | {a.layers}L d{a.hidden} ffn{a.ffn} V{a.vocab} "
+           f"({j['params'] / 1e6:.1f}M) | {a.batch}x{a.seq} | {fmt('jaxlm')} | {fmt('torch')} | {ratio:.2f} | "
+           f"{j['compile_s']:.1f} |\n")
     record("Training throughput on CPU: jaxlm vs PyTorch (benchmarks/train_throughput.py)", intro, row)
 
 
