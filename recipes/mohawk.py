@@ -18,9 +18,13 @@ the shared engine (`jaxlm.train.train` with a `jaxlm.distill.mohawk.StageTask`) 
 stage's loss curve and the held-out perplexity of the teacher, the student after weight transfer (untrained mixers),
 after stage 2 and after stage 3.
 
-Paper preset ("paper"): Phi-1.5 teacher -> Phi-Mamba student (24 layers, d_state 64, 32 heads), seq 2048, token
-budgets 80M / 160M / 2.76B (stage 1 / 2 / 3). It needs a Phi-1.5 HF checkpoint (`--teacher-path`) and a C4-scale
-corpus (`--text-file`); with the embedded corpus it would only over-fit Python's docs.
+Original preset ("original", alias "paper"): Phi-1.5 teacher -> Phi-Mamba student (24 layers, d_state 64, 32 heads),
+seq 2048, token budgets 80M / 160M / 2.76B (stage 1 / 2 / 3, the paper), batches of 2^15 / 2^15 / 2^19 tokens (16 /
+16 / 256 sequences, micro-batches of 8 by gradient accumulation), learning rates 2e-4 / 1e-4 / 1e-4 (goombalab/mohawk
+configs/Phi/1.5B: _matrices.yaml, optimizer.yaml), AdamW wd 0.1 on a WSD schedule from 0 (`--optim original`).
+"original-hybrid": the same with attention kept in layers 4, 10, 16, 22 (configs/Phi/1.5B/hybrid/hybrid_supervised.yaml)
+and a 5B-token budget (80M / 160M / 4.76B). They need a Phi-1.5 HF checkpoint (`--teacher-path`) and a C4-scale
+corpus (`--text-file`); with the embedded corpus they would only over-fit Python's docs.
 """
 
 from __future__ import annotations
@@ -35,15 +39,23 @@ from pathlib import Path
 from jaxlm.errors import JaxlmError
 
 DATA = ("pydoc-topics", "embedded-language")
+# batch1..3: sequences per optimizer step of each stage (0 = `batch`); micro_batch: sequences per micro-batch
+# (gradient accumulation; 0 = none). `batch` is also the held-out evaluation batch.
 PRESETS = {
-    "cpu": dict(teacher="smollm2", teacher_layers=0, distill_layers=4, seq_len=64, batch=4,
+    "cpu": dict(teacher="smollm2", teacher_layers=0, distill_layers=4, seq_len=64, batch=4, batch1=0, batch2=0,
+                batch3=0, micro_batch=0, attn_layers=[],
                 stage1_tokens=4 * 64 * 60, stage2_tokens=4 * 64 * 80, stage3_tokens=4 * 64 * 16,
                 lr1=3e-3, lr2=2e-3, lr3=3e-4, eval_batches=4, save_every=20, chunk_size=64, log_every=10),
-    "paper": dict(teacher="phi-1.5", teacher_layers=0, distill_layers=0, seq_len=2048, batch=64,
-                  stage1_tokens=80_000_000, stage2_tokens=160_000_000, stage3_tokens=2_760_000_000,
-                  lr1=1e-4, lr2=1e-4, lr3=5e-5,
-                  eval_batches=16, save_every=500, chunk_size=128, log_every=50),
+    # every number's source: docs/mohawk.md "original vs jaxlm"
+    "original": dict(teacher="phi-1.5", teacher_layers=0, distill_layers=0, seq_len=2048, batch=16,
+                     batch1=2 ** 15 // 2048, batch2=2 ** 15 // 2048, batch3=2 ** 19 // 2048, micro_batch=8,
+                     attn_layers=[],
+                     stage1_tokens=80_000_000, stage2_tokens=160_000_000, stage3_tokens=2_760_000_000,
+                     lr1=2e-4, lr2=1e-4, lr3=1e-4,
+                     eval_batches=16, save_every=500, chunk_size=128, log_every=50),
 }
+PRESETS["paper"] = PRESETS["original"]
+PRESETS["original-hybrid"] = dict(PRESETS["original"], attn_layers=[4, 10, 16, 22], stage3_tokens=4_760_000_000)
 
 
 def build_parser():
@@ -64,19 +76,35 @@ def build_parser():
     p.add_argument("--distill-layers", type=int, default=None,
                    help="replace attention by SSM mixers in the first N layers only; the others keep the teacher's "
                         "(frozen) attention (0 = every layer; cpu default 4)")
-    p.add_argument("--train-attention", action="store_true", help="stage 3: also train kept attention layers")
-    p.add_argument("--attn-layers", default="", help="comma-separated layer indices that keep attention (hybrid)")
+    p.add_argument("--freeze-attention", action="store_true",
+                   help="stage 3: keep the attention layers frozen (default: they train, as the original's hybrid)")
+    p.add_argument("--attn-layers", default=None,
+                   help="comma-separated layer indices that keep attention (hybrid; original-hybrid: 4,10,16,22)")
+    p.add_argument("--init", default="original", choices=("original", "identity-conv"),
+                   help="SSM mixer init: original (gate open, torch-uniform in_proj, out_proj/sqrt(24), identity "
+                        "conv) or identity-conv (jaxlm's earlier init: normal init, z_bias 0, identity conv)")
+    p.add_argument("--stage1-mixer-only", action="store_true",
+                   help="stage 1 trains the mixers only (default: mixer + input norm, as the original)")
+    p.add_argument("--stage2", default="block", choices=("block", "mixer"),
+                   help="stage 2 target: block (block output vs the teacher's next hidden state, block trains: the "
+                        "original) or mixer (mixer output vs attention output, mixers only)")
+    p.add_argument("--kd", default="original", choices=("original", "hinton"),
+                   help="stage-3 KD at T != 1: original CE(softmax(teacher), log_softmax(student/T)) or hinton "
+                        "T^2 CE(softmax(teacher/T), log_softmax(student/T))")
+    p.add_argument("--optim", default="original", choices=("original", "jaxlm"),
+                   help="original: AdamW wd 0.1, WSD 5%% warmup from 0, 10%% decay to 1e-8; jaxlm: wd 0, "
+                        "10%% warmup from lr/100, 10%% decay to lr/100")
     p.add_argument("--text-file", default=None,
                    help="train on random windows of this UTF-8 text (its last 5%% held out) instead of --data")
     p.add_argument("--data", default="pydoc-topics", choices=DATA,
                    help="pydoc-topics (default): random windows of Python's pydoc_data.topics, every 10th topic held "
                         "out; embedded-language: jaxlm.data's packed embedded 'language' source and its held-out split")
-    for k in ("seq_len", "batch", "stage1_tokens", "stage2_tokens", "stage3_tokens", "eval_batches", "save_every",
+    for k in ("seq_len", "batch", "batch1", "batch2", "batch3", "micro_batch", "stage1_tokens", "stage2_tokens", "stage3_tokens", "eval_batches", "save_every",
               "chunk_size", "log_every"):
         p.add_argument("--" + k.replace("_", "-"), type=int, default=None)
     for k in ("lr1", "lr2", "lr3"):
         p.add_argument("--" + k, type=float, default=None)
-    p.add_argument("--temperature", type=float, default=1.0, help="stage-3 KD temperature (loss scaled by T^2)")
+    p.add_argument("--temperature", type=float, default=1.0, help="stage-3 KD temperature (see --kd)")
     p.add_argument("--freeze-mlp", action="store_true", help="keep the MLPs frozen in stage 3")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mesh", default=None,
@@ -96,11 +124,20 @@ def resolve(args) -> dict:
     if args.distill_layers is not None:
         cfg["distill_layers"] = args.distill_layers
     cfg.update(preset=args.preset, teacher_path=args.teacher_path, temperature=args.temperature,
-               train_attention=args.train_attention,
-               freeze_mlp=args.freeze_mlp, seed=args.seed, text_file=args.text_file, data=args.data, mesh=args.mesh,
-               attn_layers=[int(i) for i in args.attn_layers.split(",") if i.strip()])
-    tok_per_step = cfg["batch"] * cfg["seq_len"]
-    cfg["steps"] = [max(1, math.ceil(cfg[f"stage{s}_tokens"] / tok_per_step)) for s in (1, 2, 3)]
+               freeze_attention=args.freeze_attention, init=args.init, stage1_norm=not args.stage1_mixer_only,
+               stage2=args.stage2, kd=args.kd, optim=args.optim,
+               freeze_mlp=args.freeze_mlp, seed=args.seed, text_file=args.text_file, data=args.data, mesh=args.mesh)
+    if args.attn_layers is not None:
+        cfg["attn_layers"] = [int(i) for i in args.attn_layers.split(",") if i.strip()]
+    cfg["batches"] = [cfg[f"batch{s}"] or cfg["batch"] for s in (1, 2, 3)]
+    cfg["grad_accum"] = []
+    for s, b in zip((1, 2, 3), cfg["batches"]):
+        mb = cfg["micro_batch"] or b
+        if b % mb:
+            raise SystemExit(f"--batch{s} {b} is not a multiple of --micro-batch {mb}")
+        cfg["grad_accum"].append(b // mb)
+    cfg["steps"] = [max(1, math.ceil(cfg[f"stage{s}_tokens"] / (b * cfg["seq_len"])))
+                    for s, b in zip((1, 2, 3), cfg["batches"])]
     return cfg
 
 
@@ -152,7 +189,7 @@ class Data:
     def pipeline(self, stage: int, steps: int, offset: int):
         from jaxlm import data as D
 
-        T, B = self.cfg["seq_len"], self.cfg["batch"]
+        T, B = self.cfg["seq_len"], self.cfg.get("batches", [self.cfg["batch"]] * 3)[stage - 1]
         if self.windows:
             return D.RandomWindowPipeline(self.train_tok, B, T, self.cfg["seed"], step_offset=offset)
         return D.build_pipeline(D.DataConfig(seq_len=T, global_batch=B, seed=self.data_seed(stage),
@@ -205,7 +242,7 @@ def run(cfg, out: Path, resume: bool, log=print, *, teacher_tok=None, stop_at: i
     teacher12 = mk.truncate_teacher(teacher, K) if K else teacher
     log(f"student: SSM mixers in layers {[i for i in range(L) if i not in attn]}, attention kept in {attn}")
     student = PhiMambaLM(scfg, rngs=nnx.Rngs(cfg["seed"]))
-    mk.transfer_weights(teacher, student)
+    mk.transfer_weights(teacher, student, init=cfg.get("init", "original"), seed=cfg["seed"])
     report = {"config": cfg, "curves": {"1": [], "2": [], "3": []}, "ppl": {}, "wall_s": {}}
     ppl = lambda model: evaluate_model(LMTask(model.cfg), model, evb, mesh)["eval/held/ppl"]
     report["ppl"]["teacher"] = ppl(teacher)
@@ -221,10 +258,12 @@ def run(cfg, out: Path, resume: bool, log=print, *, teacher_tok=None, stop_at: i
         if stop_at is not None and stop_at <= start:
             return report
         task = mk.StageTask(stage, student, teacher12 if stage < 3 else teacher, temperature=cfg["temperature"],
-                            freeze_mlp=cfg["freeze_mlp"], freeze_attention=not cfg["train_attention"])
-        rcfg = mk.stage_config(stage, n, cfg[f"lr{stage}"], seq_len=T, batch=B, seed=cfg["seed"],
-                               data_seed=data.data_seed(stage), save_every=cfg["save_every"],
-                               log_every=cfg["log_every"])
+                            freeze_mlp=cfg["freeze_mlp"], freeze_attention=cfg["freeze_attention"],
+                            stage1_norm=cfg["stage1_norm"], stage2=cfg["stage2"], kd=cfg["kd"])
+        rcfg = mk.stage_config(stage, n, cfg[f"lr{stage}"], seq_len=T, batch=cfg["batches"][stage - 1],
+                               seed=cfg["seed"], data_seed=data.data_seed(stage), save_every=cfg["save_every"],
+                               log_every=cfg["log_every"], optim=cfg["optim"],
+                               grad_accum=cfg["grad_accum"][stage - 1])
         pipe = data.pipeline(stage, n, start)
         d = out / f"stage{stage}"
         started = (d / "checkpoints").exists() and any((d / "checkpoints").iterdir())

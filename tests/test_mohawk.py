@@ -321,22 +321,32 @@ class _ByteTok:
 
 
 def test_recipe_runs_and_resumes_exactly(tmp_path):
-    """recipes.mohawk end to end on a tiny teacher; interrupted inside stage 2, the resumed
-    run reproduces the uninterrupted one (curves and perplexities)."""
+    """recipes.mohawk end to end on a tiny teacher (stage 1 with 2 micro-batches per step); interrupted inside
+    stage 2, the resumed run reproduces the uninterrupted one (curves and perplexities)."""
     from recipes import mohawk as rm
+
+    # the original presets: batches of 2^15 / 2^15 / 2^19 tokens by accumulation of 8-sequence micro-batches
+    orig = rm.resolve(rm.build_parser().parse_args(["--preset", "original"]))
+    assert orig["batches"] == [16, 16, 256] and orig["grad_accum"] == [2, 2, 32] and orig["seq_len"] == 2048
+    assert orig["steps"] == [2442, 4883, 5265] and [orig[f"lr{i}"] for i in (1, 2, 3)] == [2e-4, 1e-4, 1e-4]
+    assert (orig["optim"], orig["init"], orig["stage2"], orig["kd"], orig["freeze_attention"]) == \
+        ("original", "original", "block", "original", False)
+    hyb = rm.resolve(rm.build_parser().parse_args(["--preset", "original-hybrid"]))
+    assert hyb["attn_layers"] == [4, 10, 16, 22] and hyb["stage3_tokens"] == 4_760_000_000
 
     teacher = DecoderLM(preset("smollm2-tiny", init_std=0.1), rngs=nnx.Rngs(0))
     args = rm.build_parser().parse_args(
         ["--seq-len", "16", "--batch", "2", "--stage1-tokens", "96", "--stage2-tokens", "96", "--stage3-tokens", "96",
          "--eval-batches", "1", "--save-every", "100", "--distill-layers", "0", "--chunk-size", "8", "--log-every", "1",
-         "--lr3", "1e-3"])
+         "--lr3", "5e-5", "--batch1", "4", "--micro-batch", "2"])
     cfg = rm.resolve(args)
-    assert cfg["steps"] == [3, 3, 3] and cfg["data"] == "pydoc-topics"
+    assert cfg["steps"] == [2, 3, 3] and cfg["grad_accum"] == [2, 1, 1] and cfg["data"] == "pydoc-topics"
     # the default data: one global sequence of seeded random windows over the pydoc topics (stage s continues at
     # the global step where stage s-1 ended), perplexity on consecutive held-out windows
     data = rm.Data(cfg, _ByteTok())
     np.testing.assert_array_equal(data.pipeline(2, 3, 3).batch_at(1)["inputs"],
-                                  data.pipeline(1, 3, 0).batch_at(4)["inputs"])
+                                  data.pipeline(3, 3, 0).batch_at(4)["inputs"])
+    assert data.pipeline(1, 2, 0).batch_at(0)["inputs"].shape == (4, 16)
     assert data.eval[0]["inputs"].shape == (2, 16) and len(data.eval) == 1
     packed = rm.Data(dict(cfg, data="embedded-language"), _ByteTok())  # the jaxlm.data packed source, an option
     assert packed.eval[0]["inputs"].shape == (2, 16) and not packed.windows
@@ -344,8 +354,8 @@ def test_recipe_runs_and_resumes_exactly(tmp_path):
     full = rm.run(cfg, tmp_path / "a", False, quiet, teacher_tok=(teacher, _ByteTok()))
     p = full["ppl"]
     assert p["student_stage3"] < p["student_init"], p
-    assert all(len(full["curves"][s]) == 3 for s in "123")
-    rm.run(cfg, tmp_path / "b", False, quiet, teacher_tok=(teacher, _ByteTok()), stop_at=5)  # inside stage 2
+    assert [len(full["curves"][s]) for s in "123"] == [2, 3, 3]
+    rm.run(cfg, tmp_path / "b", False, quiet, teacher_tok=(teacher, _ByteTok()), stop_at=4)  # inside stage 2
     resumed = rm.run(cfg, tmp_path / "b", True, quiet, teacher_tok=(teacher, _ByteTok()))
     for k in ("student_stage2", "student_stage3"):
         np.testing.assert_allclose(resumed["ppl"][k], p[k], rtol=1e-5)
