@@ -62,11 +62,9 @@ def serve(run, info: dict) -> None:
             break
         start, count = map(int, line.split())
         t0 = time.perf_counter()
-        last = None
-        for i in range(start, start + count):
-            last = run(i)
+        values = [run(i) for i in range(start, start + count)]
         dt = time.perf_counter() - t0
-        out.write(DONE + json.dumps({"s": dt, "last": last}) + "\n")
+        out.write(DONE + json.dumps({"s": dt, "last": values[-1] if values else None, "values": values}) + "\n")
         out.flush()
 
 
@@ -111,18 +109,20 @@ class Pool:
             raise
 
     def measure(self, rounds: int, per_round: int, warmup: int = 1) -> dict:
-        """{name: {"s": total seconds over rounds*per_round units, "n": units, "last": last value, **info}}."""
+        """{name: {"s": total seconds over rounds*per_round units, "n": units, "last": last value, "values": every
+        measured unit's value in order, **info}}."""
         for w in self.workers.values():
             if warmup:
                 w.run(0, warmup)
         tot = {k: 0.0 for k in self.workers}
-        last = {}
+        last, values = {}, {k: [] for k in self.workers}
         for r in range(rounds):
             for k, w in self.workers.items():
                 res = w.run(warmup + r * per_round, per_round)
                 tot[k] += res["s"]
                 last[k] = res["last"]
-        return {k: {"s": tot[k], "n": rounds * per_round, "last": last[k], **w.info}
+                values[k] += res["values"]
+        return {k: {"s": tot[k], "n": rounds * per_round, "last": last[k], "values": values[k], **w.info}
                 for k, w in self.workers.items()}
 
     def close(self):

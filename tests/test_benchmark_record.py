@@ -46,6 +46,7 @@ def test_interleaved_workers_alternate_and_pin(tmp_path):
         ["a", "0"], ["b", "0"], ["a", "1"], ["a", "2"], ["b", "1"], ["b", "2"], ["a", "3"], ["a", "4"],
         ["b", "3"], ["b", "4"]]
     assert res["a"]["n"] == res["b"]["n"] == 4 and res["a"]["last"] == 40
+    assert res["b"]["values"] == [10, 20, 30, 40]
     assert res["b"]["threads"] == 1 and res["b"]["cpus"] == 1 and res["a"]["threads"] is None
     with pytest.raises(RuntimeError, match="'dead'"):
         Pool({"dead": ([sys.executable, "-c", "raise SystemExit(3)"], None)})
