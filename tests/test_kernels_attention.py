@@ -178,3 +178,22 @@ def test_decoder_attention_layer_uses_configured_impl(monkeypatch):
     monkeypatch.setattr(ka, "attention", lambda q, *a, **kw: seen.append(kw["impl"]) or jnp.zeros_like(q))
     layer(jnp.zeros((1, 8, cfg.hidden_size)), jnp.arange(8)[None])
     assert seen == ["chunked"]
+
+
+def test_kernel_path_runs_per_shard_under_a_mesh(monkeypatch):
+    """Under a mesh (fsdp 4 x tensor 2 over the 8 CPU devices) a kernel path runs per shard (shard_map: batch over
+    fsdp, query and KV heads over tensor), since the partitioner cannot split a Pallas call."""
+    from jaxlm.sharding import make_mesh, use_mesh
+
+    ks = jax.random.split(jax.random.key(5), 3)
+    q = jax.random.normal(ks[0], (4, 16, 4, 16))
+    k, v = (jax.random.normal(kk, (4, 16, 2, 16)) for kk in ks[1:])
+    pos = jnp.broadcast_to(jnp.arange(16, dtype=jnp.int32), (4, 16))
+    ref = attend(q, k, v, pos, pos, impl="reference")
+    seen = []
+    real = ka.attention
+    monkeypatch.setattr(ka, "attention", lambda q, k, *a, **kw: seen.append((q.shape, k.shape)) or real(q, k, *a, **kw))
+    with use_mesh(make_mesh("4x2")):
+        o = jax.jit(lambda q, k, v: attend(q, k, v, pos, pos, impl="interpret"))(q, k, v)
+    assert seen == [((1, 16, 2, 16), (1, 16, 1, 16))]  # the kernel saw one shard
+    np.testing.assert_allclose(np.asarray(o), np.asarray(ref), rtol=1e-5, atol=2e-5)

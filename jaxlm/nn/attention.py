@@ -58,6 +58,38 @@ def _segment_pair(segment_ids, B: int, T: int, S: int):
     return tuple(jnp.asarray(s, jnp.int32) for s in pair)
 
 
+def _per_shard(q, k, v, q_pos, k_pos, segs, kv_mask, kw):
+    """A kernel path under the active mesh: run it per shard (shard_map; batch over data/fsdp, heads over tensor),
+    since the SPMD partitioner cannot split a Pallas/cuDNN custom call (it would gather the whole batch)."""
+    from jaxlm.sharding import _current_mesh, logical_to_spec
+
+    names = ("q_pos", "k_pos", "q_seg", "k_seg", "kv_mask")
+    vals = (q_pos, k_pos) + (segs or (None, None)) + (kv_mask,)
+    present = [(n, x) for n, x in zip(names, vals) if x is not None]
+    if kw["same_positions"] and q_pos is not None:
+        present = [(n, x) for n, x in present if n != "k_pos"]
+
+    def run(q, k, v, *xs):
+        got = dict(zip([n for n, _ in present], xs))
+        if kw["same_positions"] and "q_pos" in got:
+            got["k_pos"] = got["q_pos"]
+        return kattn.attention(q, k, v, got.get("q_pos"), got.get("k_pos"), got.get("q_seg"), got.get("k_seg"),
+                               kv_mask=got.get("kv_mask"), **kw)
+
+    mesh = _current_mesh()
+    if mesh is None or mesh.size == 1:
+        return run(q, k, v, *[x for _, x in present])
+    from jax.sharding import PartitionSpec as P
+
+    qs = logical_to_spec(("batch", None, "heads", None), q.shape, mesh)
+    ks = logical_to_spec(("batch", None, "kv", None), k.shape, mesh)
+    if qs[2] != ks[2]:  # a grouped-query group must stay whole on each shard
+        qs, ks = P(qs[0], None, None, None), P(ks[0], None, None, None)
+    rows = P(qs[0], None)
+    return jax.shard_map(run, mesh=mesh, in_specs=(qs, ks, ks) + (rows,) * len(present), out_specs=qs,
+                         check_vma=False)(q, k, v, *[x for _, x in present])
+
+
 def resolve_attention_impl(impl, q, k, q_pos=None, k_pos=None, *, causal: bool = True, kv_mask=None,
                            segment_ids=None) -> str:
     """The path `attend` takes for these operands (kernels/attention: "reference", "chunked", "pallas",
@@ -87,8 +119,10 @@ def attend(q, k, v, q_pos=None, k_pos=None, scale: float | None = None, bf16_rou
     segs = _segment_pair(segment_ids, B, T, k.shape[1])
     which = resolve_attention_impl(impl, q, k, q_pos, k_pos, causal=causal, kv_mask=kv_mask, segment_ids=segs)
     if which != "reference":
-        return kattn.attention(q, k, v, q_pos, k_pos, *(segs or (None, None)), causal=causal, scale=scale,
-                               kv_mask=kv_mask, impl=which, same_positions=q_pos is k_pos, bf16_round=bf16_round)
+        kw = dict(causal=causal, scale=scale, impl=which, same_positions=q_pos is k_pos, bf16_round=bf16_round)
+        if which == "chunked":  # plain XLA: the partitioner shards it like the reference
+            return kattn.attention(q, k, v, q_pos, k_pos, *(segs or (None, None)), kv_mask=kv_mask, **kw)
+        return _per_shard(q, k, v, q_pos, k_pos, segs, kv_mask, kw)
     if bf16_round:  # MobiLlama reference: flash-attn on bfloat16 inputs
         q, k, v = (t.astype(jnp.bfloat16).astype(jnp.float32) for t in (q, k, v))
     qg = q.reshape(B, T, KV, H // KV, D)
