@@ -73,6 +73,7 @@ _VERBS = (  # (words that select it, primitive) in priority order
     ({"right"}, R),
 )
 TILE_HI = 16  # minigrid tiles are drawn at this size and area-averaged down
+_TILES: dict = {}  # (object encoding, agent direction, tile px) -> tile, shared by every BabyAIWorld
 
 
 def level_id(name: str) -> str:
@@ -124,7 +125,6 @@ class BabyAIWorld(World):
         self.env = None
         self.bot = None
         self._bot_next = None
-        self._tiles: dict = {}
 
     def settings(self) -> dict:
         return {**super().settings(), "levels": list(self.levels), "policy": self.policy, "bot_prob": self.bot_prob}
@@ -156,14 +156,14 @@ class BabyAIWorld(World):
 
     def _tile(self, obj, agent_dir):
         key = (obj.encode() if obj is not None else None, agent_dir, self.tile)
-        t = self._tiles.get(key)
+        t = _TILES.get(key)
         if t is None:
             from minigrid.core.grid import Grid
 
             k = -(-TILE_HI // self.tile)
             hi = Grid.render_tile(obj, agent_dir=agent_dir, highlight=False, tile_size=self.tile * k, subdivs=3)
             t = hi.reshape(self.tile, k, self.tile, k, 3).mean((1, 3)).round().astype(np.uint8)
-            self._tiles[key] = t
+            _TILES[key] = t
         return t
 
     def _render(self):
@@ -306,10 +306,11 @@ class BabyAIWorld(World):
         cls = None
         if self.policy == "bot" or (self.policy == "mixed" and rng.random() < self.bot_prob):
             cls = self._bot_class()
-        if cls is None:
-            ok = self._feasible()
-            cls = ok[int(rng.integers(len(ok)))]
-        return self._text(cls, rng)
+        return self._random_action(rng) if cls is None else self._text(cls, rng)
+
+    def _random_action(self, rng):
+        ok = self._feasible()
+        return self._text(ok[int(rng.integers(len(ok)))], rng)
 
 
 __all__ = ["BabyAIWorld", "ACTIONS", "PARAPHRASES", "DEFAULT_LEVELS", "level_id"]

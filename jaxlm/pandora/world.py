@@ -214,6 +214,18 @@ class World:
             out.append(Transition(before, text, self.last_action_id, after, int(seed), k))
         return out
 
+    def alternative_action(self, seed: int, action: str, rng: np.random.Generator, tries: int = 100) -> str:
+        """A generated action of another class than `action` from the initial state of episode `seed` (for
+        counterfactuals); leaves the world reset at `seed`."""
+        self.reset(seed)
+        cls = self.class_of(self._parse(action))
+        for _ in range(tries):
+            text = self._random_action(rng)
+            if self.class_of(self._parse(text)) != cls:
+                self.reset(seed)
+                return text
+        raise ConfigError(f"{self.name}: no action of another class than {action!r} found for seed {seed}")
+
     def transitions(self, seeds: Sequence[int], n_rounds: int = 1, offset: int = 0) -> list[Transition]:
         """Every round of the episodes of `seeds` (actions drawn from `default_rng([seed, 1 + offset])`)."""
         return [t for s in seeds for t in self.episode(int(s), n_rounds, np.random.default_rng([int(s), 1 + offset]))]
@@ -233,6 +245,10 @@ class World:
 
     def _sample_action(self, rng: np.random.Generator) -> str:
         raise NotImplementedError
+
+    def _random_action(self, rng: np.random.Generator) -> str:
+        """A random action from the current state (default: the generator's)."""
+        return self._sample_action(rng)
 
 
 WORLDS = ("sprites", "babyai")
