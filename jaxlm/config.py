@@ -289,8 +289,8 @@ def _phi_tiny_base(**kw):
 PHI_MAMBA_PRESETS = {
     # goombalab/Phi-Mamba: Phi-1.5 blocks, 24 discrete Mamba-2 mixers, d_state 64, 32 heads (vocab padded to x8)
     "phi-mamba-1.5b": lambda: PhiMambaConfig(base=preset("phi-1.5"), d_state=64),
-    # Hybrid-Phi-Mamba: 4 attention layers interleaved (the exact indices are in the HF config, not in our sources:
-    # these evenly spaced ones are a default, override with attn_layers=...)
+    # Hybrid-Phi-Mamba: attention kept in layers 4, 10, 16, 22 (goombalab/mohawk
+    # configs/Phi/1.5B/base/h_phi_mamba2.yaml and hybrid/hybrid_supervised.yaml)
     "hybrid-phi-mamba-1.5b": lambda: PhiMambaConfig(base=preset("phi-1.5"), d_state=64, attn_layers=(4, 10, 16, 22)),
     # the golden-fixture shapes (shared/fixtures/phi_mamba)
     "phi-mamba-tiny": lambda: PhiMambaConfig(base=_phi_tiny_base(), d_state=16),
