@@ -1,0 +1,179 @@
+"""Pandora's staged training on the shared engine: one `PandoraTask` per stage, each its own run (checkpoints,
+exact resume, metrics), the next stage starting from the previous one's final checkpoint.
+
+    (a) "dynamics":  the video model (and the bag-of-words action embedding) learns the world's dynamics: the next
+                     clip given the previous frames, conditioned on the bag-of-words action tokens, which are
+                     dropped to the null condition with probability p_uncond (so it learns with and without an
+                     action embedding; also the no-LLM baseline)
+    (b) "align":     queries + adapter (+ the image projector and ViT, which have no pretraining here) learn to
+                     turn the frozen LLM's reading of (state, action) into the video model's conditioning:
+                     the diffusion loss through the FROZEN video model plus align_weight x the MSE to the stage-(a)
+                     action tokens
+    (c) "instruct":  adapter + queries + projector + ViT + video model on (state, action, next state) rounds
+
+The LLM is never trained: `param_filter` keeps it out of the trained state (it is the engine's frozen `rest`, not
+checkpointed, rebuilt from SmolLM2's weights by `pretrained()`); inside the trained state each stage's
+`STAGE_TRAINABLE` patterns (the engine's PhaseConfig.trainable) leave the other parts bit-unchanged.
+Batches: before [B, Tb, H, W, 3] and after [B, Ta, H, W, 3] float32 in [-1, 1], action_ids / action_mask [B, L].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxlm.diffusion import cfg_dropout, diffusion_loss
+from jaxlm.errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from jaxlm.pandora.config import PandoraConfig
+from jaxlm.pandora.model import WorldModel, build_world_model, load_llm, schedule_of
+from jaxlm.train.task import Task
+
+STAGES = ("dynamics", "align", "instruct")
+_PARTS = (r"^vit/", r"^projector/", r"^queries", r"^adapter/")
+STAGE_TRAINABLE = {"dynamics": (r"^video/", r"^bow/"), "align": _PARTS, "instruct": _PARTS + (r"^video/",)}
+TRAINED = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("llm")))  # everything but the LLM
+
+
+def check_stage(stage: str) -> str:
+    if stage not in STAGES:
+        raise ConfigError(f"stage={stage!r}: expected one of {list(STAGES)}")
+    return stage
+
+
+def batch_spec_of(cfg: PandoraConfig) -> dict:
+    return {"before": ("batch", None, None, None, None), "after": ("batch", None, None, None, None),
+            "action_ids": ("batch", None), "action_mask": ("batch", None)}
+
+
+def stage_loss(model: WorldModel, batch: dict, rng, stage: str):
+    """(per-example total [B], {metric: per-example [B]}) of one stage's objective."""
+    cfg = model.cfg
+    before = batch["before"][:, -cfg.context_frames:]
+    ids, mask = batch["action_ids"], batch["action_mask"]
+    k_drop, k_diff = jax.random.split(rng)
+    ctx = model.bow_tokens(ids, mask) if stage == "dynamics" else model.action_tokens(before, ids, mask)
+    ctx_d = cfg_dropout({"ctx": ctx}, {"ctx": jnp.zeros((), ctx.dtype)}, k_drop, cfg.p_uncond)["ctx"]
+    per_ex = diffusion_loss(lambda x, t, c: model.video(x, t, c), batch["after"], k_diff, schedule_of(cfg), "v",
+                            cond={"frames": before, "ctx": ctx_d})
+    metrics = {"diffusion": per_ex}
+    total = per_ex
+    if stage == "align" and cfg.align_weight > 0:
+        target = jax.lax.stop_gradient(model.bow_tokens(ids, mask))
+        al = jnp.mean(jnp.square(ctx - target), axis=(1, 2))
+        metrics["align"] = al
+        total = total + cfg.align_weight * al
+    return total, metrics
+
+
+class PandoraTask(Task):
+    """One training stage of Pandora. `init`: the run directory of the previous stage (its final checkpoint is the
+    starting point), or a WorldModel; None starts from a fresh init (with the pretrained LLM). loss_sum = B · mean
+    objective, weight = B; metrics: per-example sums (diffusion, align)."""
+
+    param_filter = TRAINED
+
+    def __init__(self, cfg: PandoraConfig, stage: str, init=None):
+        self.cfg, self.stage = cfg, check_stage(stage)
+        self.name = f"pandora-{stage}"
+        self.batch_spec = batch_spec_of(cfg)
+        self._init = init
+        self._model = None
+
+    @property
+    def step_key(self):
+        return ("pandora", self.cfg, self.stage)
+
+    def build(self, rngs):
+        return WorldModel(self.cfg, rngs=rngs)
+
+    def pretrained(self):
+        if self._model is None:
+            if isinstance(self._init, WorldModel):
+                self._model = self._init
+            elif self._init is not None:
+                self._model = load_world_model(self._init, self.cfg)
+            elif self.cfg.llm_weights is not None:
+                self._model = build_world_model(self.cfg, 0)
+        return self._model
+
+    def loss(self, model, batch, rng):
+        total, m = stage_loss(model, batch, rng, self.stage)
+        B = jnp.float32(total.shape[0])
+        return total.sum(), B, {k: v.sum() for k, v in m.items()}
+
+    def eval_loss(self, model, batch):
+        total, _ = stage_loss(model, batch, jax.random.key(0), self.stage)
+        return total.sum(), jnp.float32(total.shape[0])
+
+    def step_metrics(self, sums, weight):
+        return {k: v / jnp.maximum(weight, 1.0) for k, v in sums.items()}
+
+    def log_metrics(self, m):
+        return {k: float(m[k]) for k in ("diffusion", "align") if k in m}
+
+    def compat(self, run_cfg):
+        from jaxlm.train.config import to_dict
+
+        t = run_cfg.train
+        return {"model": {"pandora": to_dict(self.cfg)}, "task": {"name": self.name, "stage": self.stage},
+                "data": {"global_batch": t.global_batch, "data_seed": t.data_seed}}
+
+
+def stage_phase(stage: str, steps: int, lr, **kw):
+    """The engine phase of one stage: its trainable patterns (everything else in the trained state frozen)."""
+    from jaxlm.train import PhaseConfig
+
+    return PhaseConfig(stage, steps, lr=lr, trainable=STAGE_TRAINABLE[check_stage(stage)], **kw)
+
+
+def load_world_model(run_dir, cfg: PandoraConfig, step: int | None = None, *, pretrained_llm: bool = True) -> WorldModel:
+    """The WorldModel of a stage run at its latest (or `step`) checkpoint, with the LLM's pretrained weights
+    (cfg.llm_weights; a random-LLM config rebuilds the same seed-0 LLM the run used). A checkpoint made with
+    another config raises CheckpointError naming the differing fields."""
+    from jaxlm.train.checkpoint import Checkpointer
+    from jaxlm.train.config import to_dict
+
+    cdir = Path(run_dir) / "checkpoints"
+    if not cdir.is_dir():
+        raise CheckpointNotFoundError(f"{cdir}: no checkpoints (is {run_dir} a Pandora stage run directory?)")
+    ck = Checkpointer(cdir, save_every=1, async_save=False)
+    try:
+        steps = ck.steps()
+        if not steps:
+            raise CheckpointNotFoundError(f"{cdir}: no checkpoints")
+        step = steps[-1] if step is None else int(step)
+        saved = ck.read_meta(step).get("compat", {}).get("model", {}).get("pandora")
+        if saved is None:
+            raise CheckpointError(f"{cdir} step {step}: not a Pandora checkpoint (no compat.model.pandora record)")
+        mine = to_dict(cfg)
+        if saved != mine:
+            diffs = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+            raise CheckpointError(f"{cdir} step {step} was trained with another PandoraConfig: fields {diffs} differ")
+        model = nnx.eval_shape(lambda: WorldModel(cfg, rngs=nnx.Rngs(0)))  # shapes only: nothing initialised
+        g, params, rest = nnx.split(model, TRAINED, ...)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(params))
+        restored = ck.restore_params(step, abstract)
+    finally:
+        ck.close()
+    nnx.replace_by_pure_dict(params, jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored))
+    nnx.replace_by_pure_dict(rest, random_llm(cfg))  # the seed-0 LLM (load_llm then puts pretrained weights in)
+    model = nnx.merge(g, params, rest)
+    return load_llm(model) if pretrained_llm else model
+
+
+def random_llm(cfg: PandoraConfig, seed: int = 0) -> dict:
+    """{"llm": ...} pure state of the LLM of WorldModel(cfg, rngs=Rngs(seed)) (built first, so its init alone)."""
+    from jaxlm.models.decoder import DecoderLM
+
+    if cfg.llm_weights is not None:  # overwritten by load_llm: zeros of the right shapes suffice
+        st = nnx.eval_shape(lambda: nnx.state(DecoderLM(cfg.llm, rngs=nnx.Rngs(seed))))
+        return {"llm": jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), nnx.to_pure_dict(st))}
+    return {"llm": jax.jit(lambda: nnx.to_pure_dict(nnx.state(DecoderLM(cfg.llm, rngs=nnx.Rngs(seed)))))()}
+
+
+__all__ = ["PandoraTask", "STAGES", "STAGE_TRAINABLE", "TRAINED", "stage_loss", "stage_phase", "load_world_model",
+           "batch_spec_of"]

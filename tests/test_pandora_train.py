@@ -1,0 +1,103 @@
+"""Pandora's staged training on the shared engine: which parts each stage trains (fast, shapes only), and the
+stage runs themselves — frozen parts bit-unchanged, the LLM outside the trained state, exact resume (slow)."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxlm.pandora.config import pandora_preset
+from jaxlm.pandora.model import WorldModel
+from jaxlm.pandora.task import STAGES, TRAINED, PandoraTask, stage_phase
+from jaxlm.train import ArrayPipeline, LRSchedule, OptimConfig, RunConfig, TrainConfig
+
+CFG = pandora_preset("pandora-test")
+LR = LRSchedule("constant", 1e-3, 1e-3)
+
+
+def run_config(stage, steps):
+    return RunConfig(name=stage, model=None, optim=OptimConfig(weight_decay=0.0),
+                     train=TrainConfig(global_batch=4, seed=0, data_seed=0, log_every=1, eval_batches=0,
+                                       ckpt_every=2, async_ckpt=False),
+                     phases=(stage_phase(stage, steps, LR),))
+
+
+def flat(tree) -> dict:
+    from jaxlm.train.optim import path_str
+
+    return {path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_each_stage_trains_only_its_parts():
+    from jaxlm.train.optim import phase_masks
+
+    abstract = nnx.eval_shape(lambda: WorldModel(CFG, rngs=nnx.Rngs(0)))
+    _, params, rest = nnx.split(abstract, TRAINED, ...)
+    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+    assert set(rest) == {"llm"} and "llm" not in params  # the LLM is never in the trained state
+    want = {"dynamics": {"video", "bow"}, "align": {"vit", "projector", "queries", "adapter"},
+            "instruct": {"vit", "projector", "queries", "adapter", "video"}}
+    for stage in STAGES:
+        mask = flat(phase_masks(run_config(stage, 1), params)[0])
+        trained = {p.split("/")[0] for p, on in mask.items() if on}
+        frozen = {p.split("/")[0] for p, on in mask.items() if not on}
+        assert trained == want[stage], stage
+        assert not trained & frozen, stage
+
+
+def data(n=8, seed=0):
+    rs = np.random.RandomState(seed)
+    return {"before": rs.uniform(-1, 1, (n, 2, 16, 16, 3)).astype(np.float32),
+            "after": rs.uniform(-1, 1, (n, 2, 16, 16, 3)).astype(np.float32),
+            "action_ids": rs.randint(1, 255, (n, 32)).astype(np.int32),
+            "action_mask": (np.arange(32)[None] < rs.randint(3, 20, (n, 1))).astype(np.int32)}
+
+
+def train_stage(stage, steps, out, init=None, stop_at=None, resume=False):
+    from jaxlm.sharding import make_mesh
+    from jaxlm.train import train
+
+    mesh = make_mesh("1x1", devices=jax.devices()[:1])
+    return train(run_config(stage, steps), ArrayPipeline(data(), 4, seed=0), mesh, out,
+                 task=PandoraTask(CFG, stage, init), resume=resume, stop_at=stop_at, progress=False, plot=False,
+                 print_fn=lambda *a: None)
+
+
+def same(a: dict, b: dict, prefixes) -> bool:
+    return all(np.array_equal(a[k], b[k]) for k in a if k.split("/")[0] in prefixes)
+
+
+def changed(a: dict, b: dict, prefix) -> bool:
+    return any(not np.array_equal(a[k], b[k]) for k in a if k.split("/")[0] == prefix)
+
+
+@pytest.mark.slow
+def test_stages_freeze_their_parts_and_resume_exactly(tmp_path):
+    from jaxlm.pandora.model import build_world_model
+
+    init = build_world_model(CFG, 0)  # the engine's fresh init (same seed, same jitted construction)
+    _, p0, r0 = nnx.split(init, TRAINED, ...)
+    p0, llm0 = flat(nnx.to_pure_dict(p0)), flat(nnx.to_pure_dict(r0))
+
+    a = train_stage("dynamics", 4, tmp_path / "a")
+    pa = flat(a.state.params)
+    assert same(pa, p0, {"vit", "projector", "queries", "adapter"}) and changed(pa, p0, "video")
+    assert same(flat(a.rest), llm0, {"llm"})
+    # exact resume: 2 steps, stop, resume to 4 == 4 uninterrupted steps (parameters and optimizer state)
+    train_stage("dynamics", 4, tmp_path / "a2", stop_at=2)
+    a2 = train_stage("dynamics", 4, tmp_path / "a2", resume=True)
+    assert same(flat(a2.state.params), pa, set(k.split("/")[0] for k in pa))
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a2.state.opt_state),
+                                                     jax.tree.leaves(a.state.opt_state)))
+
+    b = train_stage("align", 2, tmp_path / "b", init=tmp_path / "a")  # starts from stage (a)'s checkpoint
+    pb = flat(b.state.params)
+    assert same(pb, pa, {"video", "bow"}) and changed(pb, pa, "adapter") and changed(pb, pa, "queries")
+    assert same(flat(b.rest), llm0, {"llm"})
+
+    c = train_stage("instruct", 4, tmp_path / "c", init=tmp_path / "b")
+    pc = flat(c.state.params)
+    assert same(pc, pb, {"bow"}) and changed(pc, pb, "video") and changed(pc, pb, "adapter")
+    train_stage("instruct", 4, tmp_path / "c2", init=tmp_path / "b", stop_at=2)
+    c2 = train_stage("instruct", 4, tmp_path / "c2", init=tmp_path / "b", resume=True)
+    assert same(flat(c2.state.params), pc, set(k.split("/")[0] for k in pc))
