@@ -19,6 +19,7 @@ from jaxlm.config import DecoderConfig
 from jaxlm.errors import ConfigError
 from jaxlm.models.shell import LMShell, ShellConfig, sequence_positions
 from jaxlm.nn import MLP, Attention, Norm
+from jaxlm.nn.decode import LayerCache
 from jaxlm.nn.stack import stack_layers
 from jaxlm.sharding import shard
 
@@ -101,19 +102,21 @@ class DecoderLM(LMShell):
         shared = self.shared_mlp
 
         def body(carry, xs):
-            x = carry
-            st, kv = xs
+            # the stacked cache rides in the carry (a LayerCache) and each layer writes its slots in place
+            x, kv = carry
+            st, i = xs
             blk = nnx.merge(gdef, st)
             lengths = None if cache is None else cache.lengths
-            y, kv = blk(x, positions, kv, lengths, shared, mask)
-            return y, (kv, x if return_hidden else None)
+            y, kv = blk(x, positions, None if kv is None else kv.at_layer(i), lengths, shared, mask)
+            return (y, kv), (x if return_hidden else None)
 
         if self.cfg.remat:
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-        kvs = None if cache is None else (cache.k, cache.v)
-        h, (new_kv, hiddens) = jax.lax.scan(body, h, (lstate, kvs))
+        kv0 = None if cache is None else LayerCache(cache.k, cache.v, jnp.zeros((), jnp.int32))
+        layer_ids = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
+        (h, new_kv), hiddens = jax.lax.scan(body, (h, kv0), (lstate, layer_ids))
         logits = self.head(h)
-        new_cache = None if cache is None else KVCache(new_kv[0], new_kv[1], cache.lengths + T)
+        new_cache = None if cache is None else KVCache(new_kv.k, new_kv.v, cache.lengths + T)
         if return_hidden:
             return logits, new_cache, hiddens, h
         return (logits, new_cache) if cache is not None else logits

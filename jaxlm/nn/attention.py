@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.errors import ConfigError, ShapeError
+from jaxlm.nn.decode import LayerCache, decode_attend
 from jaxlm.nn.linear import Linear
 from jaxlm.nn.rope import apply_rope, rope_angles
 from jaxlm.sharding import shard
@@ -195,7 +196,8 @@ class Attention(_Heads):
 
     def __call__(self, x, positions, kv_cache=None, lengths=None, mask=None):
         """x [B,T,D]; positions [B,T]; mask [B,T] (True = attend to that key; no cache). With kv_cache=(k,v) and
-        lengths [B] (causal only), returns (out, (k,v))."""
+        lengths [B] (causal only), returns (out, (k,v)); with a `LayerCache` (the stacked cache and a layer index),
+        returns (out, the LayerCache with this layer's new slots written)."""
         B, T, _ = x.shape
         _check_mask(mask, B, T, "attention mask")
         q, k, v = self.qkv(x, positions)
@@ -205,13 +207,21 @@ class Attention(_Heads):
             if not self.causal or mask is not None:
                 raise ConfigError("a KV cache needs causal attention without a key mask (causal=False is an "
                                   "encoder: run it on whole sequences)")
-            k_all = write_cache(kv_cache[0], k, lengths)
-            v_all = write_cache(kv_cache[1], v, lengths)
+            if isinstance(kv_cache, LayerCache):  # the decoder's stacked cache, written in place (jaxlm/nn/decode.py)
+                kv_cache = kv_cache.write(k, v, lengths)
+                if T == 1:  # decode: read this layer's filled slots straight from the stack
+                    o = decode_attend(q, kv_cache, lengths + 1, self.scale, self.bf16_round)
+                    return self._out(o), kv_cache
+                k_all, v_all = kv_cache.layer_kv()
+            else:
+                k_all = write_cache(kv_cache[0], k, lengths)
+                v_all = write_cache(kv_cache[1], v, lengths)
+                kv_cache = (k_all, v_all)
             # slot index == position: the caller passes positions = lengths[:, None] + arange(T)
             k_pos = jnp.broadcast_to(jnp.arange(k_all.shape[1], dtype=jnp.int32), (B, k_all.shape[1]))
         o = attend(q, k_all.astype(q.dtype), v_all.astype(q.dtype), positions, k_pos, self.scale, self.bf16_round,
                    causal=self.causal, kv_mask=mask, impl=self.attention_impl)
-        return self._out(o), (None if kv_cache is None else (k_all, v_all))
+        return self._out(o), kv_cache
 
     def probs(self, x, positions, mask=None):
         """Attention probability matrices [B, H, T, T] (MOHAWK stage 1 targets)."""
