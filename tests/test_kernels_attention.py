@@ -20,13 +20,13 @@ from kernels.flute.pallas import lower_for_gpu
 B, T, H, KV, D = 2, 32, 4, 2, 16
 
 
-def _operands(S=T, seed=0, dtype=jnp.float32):
-    ks = jax.random.split(jax.random.key(seed), 4)
-    q = jax.random.normal(ks[0], (B, T, H, D), dtype)
-    k = jax.random.normal(ks[1], (B, S, KV, D), dtype)
-    v = jax.random.normal(ks[2], (B, S, KV, D), dtype)
-    w = jax.random.normal(ks[3], (B, T, H, D), jnp.float32)  # cotangent
-    return q, k, v, w
+def _normal(rng, *shape):
+    return jnp.asarray(rng.standard_normal(shape, dtype=np.float32))  # numpy draws: no compile per shape
+
+
+def _operands(S=T, seed=0):
+    rng = np.random.default_rng(seed)
+    return _normal(rng, B, T, H, D), _normal(rng, B, S, KV, D), _normal(rng, B, S, KV, D), _normal(rng, B, T, H, D)
 
 
 # packed documents: row 0 = docs of 12 + 20 tokens; row 1 = one doc, its last 8 keys padded (kv_mask False)
@@ -69,8 +69,10 @@ def _loss_and_grads(impl: str, config: str):
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))
 
 
-@pytest.mark.parametrize("impl", ["chunked", "interpret"])
-@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("impl,config", [
+    ("chunked", "causal-packed-padded"), ("interpret", "causal-packed-padded"), ("interpret", "cross-bidirectional"),
+    # the chunked path's non-causal, S != T case; its masking code is the causal case's (covered above)
+    pytest.param("chunked", "cross-bidirectional", marks=pytest.mark.slow)])
 def test_paths_match_reference_forward_and_gradients(impl, config):
     """GQA (4 query heads on 2 KV heads), packed segments, key padding with fully masked rows, both scales,
     cross-attention with S != T; the kernels never see a repeated KV head."""
@@ -176,24 +178,25 @@ def test_decoder_attention_layer_uses_configured_impl(monkeypatch):
     layer = Attention(cfg, rngs=nnx.Rngs(0))
     seen = []
     monkeypatch.setattr(ka, "attention", lambda q, *a, **kw: seen.append(kw["impl"]) or jnp.zeros_like(q))
-    layer(jnp.zeros((1, 8, cfg.hidden_size)), jnp.arange(8)[None])
+    jax.eval_shape(lambda x: layer(x, jnp.arange(8)[None])[0], jnp.zeros((1, 8, cfg.hidden_size)))  # trace only
     assert seen == ["chunked"]
 
 
 def test_kernel_path_runs_per_shard_under_a_mesh(monkeypatch):
-    """Under a mesh (fsdp 4 x tensor 2 over the 8 CPU devices) a kernel path runs per shard (shard_map: batch over
-    fsdp, query and KV heads over tensor), since the partitioner cannot split a Pallas call."""
+    """Under a mesh (fsdp 2 x tensor 2) a kernel path runs per shard (shard_map: batch over fsdp, query and KV heads
+    over tensor), since the partitioner cannot split a Pallas call. The kernel is stood in for by the reference
+    (its own correctness is tested above): this checks the per-shard wiring and the result."""
     from jaxlm.sharding import make_mesh, use_mesh
 
-    ks = jax.random.split(jax.random.key(5), 3)
-    q = jax.random.normal(ks[0], (4, 16, 4, 16))
-    k, v = (jax.random.normal(kk, (4, 16, 2, 16)) for kk in ks[1:])
-    pos = jnp.broadcast_to(jnp.arange(16, dtype=jnp.int32), (4, 16))
-    ref = attend(q, k, v, pos, pos, impl="reference")
+    rng = np.random.default_rng(5)
+    q, k, v = _normal(rng, 2, 16, 4, 16), _normal(rng, 2, 16, 2, 16), _normal(rng, 2, 16, 2, 16)
+    pos = jnp.broadcast_to(jnp.arange(16, dtype=jnp.int32), (2, 16))
     seen = []
     real = ka.attention
-    monkeypatch.setattr(ka, "attention", lambda q, k, *a, **kw: seen.append((q.shape, k.shape)) or real(q, k, *a, **kw))
-    with use_mesh(make_mesh("4x2")):
+    monkeypatch.setattr(ka, "attention", lambda q, k, *a, **kw: seen.append((q.shape, k.shape, kw["impl"])) or real(
+        q, k, *a, **{**kw, "impl": "reference"}))
+    with use_mesh(make_mesh("2x2", devices=jax.devices()[:4])):
         o = jax.jit(lambda q, k, v: attend(q, k, v, pos, pos, impl="interpret"))(q, k, v)
-    assert seen == [((1, 16, 2, 16), (1, 16, 1, 16))]  # the kernel saw one shard
+    ref = kr.attention(q, k, v, pos, pos)  # the reference, unsharded
+    assert seen == [((1, 16, 2, 16), (1, 16, 1, 16), "interpret")]  # the kernel saw one shard
     np.testing.assert_allclose(np.asarray(o), np.asarray(ref), rtol=1e-5, atol=2e-5)
