@@ -50,7 +50,7 @@ def build_parser():
 
 
 def make_config(args, world):
-    from jaxlm.pandora.config import pandora_preset
+    from jaxlm.config import pandora_preset
 
     over = dict(frame_size=world.frame_size, clip_len=world.clip_len, context_frames=world.context_frames)
     if args.size == "paper":

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from jaxlm.errors import ConfigError, PromptTooLongError, RequestError, ShapeError
-from jaxlm.pandora.config import pandora_preset
+from jaxlm.config import pandora_preset
 from jaxlm.pandora.model import WorldModel, check_config, encode_actions
 
 CFG = pandora_preset("pandora-test")

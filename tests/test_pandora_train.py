@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxlm.pandora.config import pandora_preset
+from jaxlm.config import pandora_preset
 from jaxlm.pandora.model import WorldModel
 from jaxlm.pandora.task import STAGES, TRAINED, PandoraTask, stage_phase
 from jaxlm.train import ArrayPipeline, LRSchedule, OptimConfig, RunConfig, TrainConfig

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxlm.pandora.config import PandoraConfig
+from jaxlm.config import PandoraConfig
 from jaxlm.diffusion import classifier_free_guidance, ddim_sample, make_schedule
 from jaxlm.errors import CheckpointError, ConfigError, PromptTooLongError, RequestError, ShapeError
 from jaxlm.models.decoder import DecoderLM

@@ -28,7 +28,7 @@ from flax import nnx
 
 from jaxlm.diffusion import cfg_dropout, diffusion_loss
 from jaxlm.errors import CheckpointError, CheckpointNotFoundError, ConfigError
-from jaxlm.pandora.config import PandoraConfig
+from jaxlm.config import PandoraConfig
 from jaxlm.pandora.model import WorldModel, build_world_model, load_llm, schedule_of
 from jaxlm.train.task import Task
 
