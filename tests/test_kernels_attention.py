@@ -200,3 +200,22 @@ def test_kernel_path_runs_per_shard_under_a_mesh(monkeypatch):
     ref = kr.attention(q, k, v, pos, pos)  # the reference, unsharded
     assert seen == [((1, 16, 2, 16), (1, 16, 1, 16), "interpret")]  # the kernel saw one shard
     np.testing.assert_allclose(np.asarray(o), np.asarray(ref), rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_tpu_path_numerics_in_tpu_interpret_mode():
+    """The TPU path (GQA heads repeated, segments, causal, scale) forward and gradients in Pallas' TPU interpret
+    mode on CPU (~40 s; the default suite lowers it for TPU instead)."""
+    from jax.experimental.pallas import tpu as pltpu
+
+    rng = np.random.default_rng(7)
+    q, k, v = _normal(rng, 1, 256, 4, 128), _normal(rng, 1, 256, 2, 128), _normal(rng, 1, 256, 2, 128)
+    seg = jnp.asarray((np.arange(256) >= 100).astype(np.int32))[None]
+    pos = jnp.arange(256)[None]
+    ref = lambda q, k, v: kr.attention(q, k, v, pos, pos, seg, seg, causal=True, scale=0.1)
+    with pltpu.force_tpu_interpret_mode():
+        ker = lambda q, k, v: ktpu.flash_attention(q, k, v, seg, seg, causal=True, scale=0.1)
+        o, g = ker(q, k, v), jax.grad(lambda *a: ker(*a).sum(), (0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(np.asarray(o), np.asarray(ref(q, k, v)), atol=2e-5)
+    for a, b in zip(g, jax.grad(lambda *a: ref(*a).sum(), (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-5)

@@ -180,7 +180,7 @@ def _bwd_call(cfg, res, do):
     S, KV = k.shape[1], k.shape[2]
     G = H // KV
     delta = jnp.einsum("bthd,bthd->bht", o.astype(jnp.float32), do.astype(jnp.float32))
-    params = _params(interpret, nw, ns)
+    params = _params(interpret, max(nw, 8) if D >= 128 else nw, ns)  # two [block, D] f32 accumulators in dk/dv
     # dq: one program per (query block, batch, head)
     q_spec = pl.BlockSpec((None, bq, None, D), lambda i, b, h: (b, i, h, 0))
     kv_spec = pl.BlockSpec((None, S, None, D), lambda i, b, h: (b, 0, h // G, 0))
@@ -259,6 +259,8 @@ def flash_attention(q, k, v, q_pos, k_pos, q_seg, k_seg, *, causal: bool, scale:
     why = unsupported(q.shape, k.shape, q.dtype, block_q, block_k)
     if why:
         raise ValueError(f"the Pallas flash-attention kernel cannot take this input: {why}")
+    if q.shape[-1] > 128:  # keep the [block, D] tiles and float32 accumulators within registers
+        block_q, block_k = min(block_q, 32), min(block_k, 32)
     bq, bk = pick_block(q.shape[1], block_q), pick_block(k.shape[1], block_k)
     k, v = k.astype(q.dtype), v.astype(q.dtype)
     ints = [jnp.asarray(a, jnp.int32) for a in (q_pos, k_pos, q_seg, k_seg)]
