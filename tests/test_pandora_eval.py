@@ -117,3 +117,40 @@ def test_evaluate_scores_an_oracle_perfectly_and_the_copy_baseline_as_ignoring_a
 
     with pytest.raises(ShapeError, match="predict_fn output"):
         evaluate(bad, world, seeds[:2], n_rounds=1)
+
+
+def test_idm_predicts_one_class_per_clip_and_checks_its_input():
+    import jax
+    from flax import nnx
+
+    from jaxlm.pandora.idm import IDM, IDMNet, chance_accuracy, stack
+
+    world = make_world("sprites", frame_size=16, grid=4, n_objects=2)
+    ts = world.episode(HELDOUT_SEEDS[0], 3)
+    # small random weights without compiling an initialiser (the trained path is the slow test below)
+    g, st = nnx.split(nnx.eval_shape(lambda: IDMNet(6, world.n_classes, width=4, rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(0)
+    st = jax.tree.map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype), st)
+    idm = IDM(nnx.merge(g, st), world.settings(), 16, world.n_classes)
+    d = stack(ts)
+    got = idm.predict(d["before"], d["after"], batch=2)
+    assert got.shape == (3,) and all(0 <= g < world.n_classes for g in got)
+    assert 0.0 <= idm.accuracy(ts) <= 1.0 and chance_accuracy([1, 1, 2, -1]) == 2 / 3
+    with pytest.raises(ShapeError, match="IDM.predict after"):
+        idm.predict(d["before"], d["after"][..., :1])
+
+
+@pytest.mark.slow
+def test_idm_learns_real_clips_and_a_shuffled_label_idm_stays_at_chance(tmp_path):
+    from jaxlm.pandora.idm import chance_accuracy, stack, train_idm, train_transitions
+    from jaxlm.pandora.pipeline import heldout_transitions
+
+    world = make_world("sprites", frame_size=16, grid=4, n_objects=2)
+    held = heldout_transitions(world, 256, n_rounds=4)
+    chance = chance_accuracy(stack(held)["action_class"])
+    data = stack(train_transitions(world, 1024))
+    kw = dict(data=data, steps=150, batch=32, width=8, lr=3e-3)
+    real = train_idm(world, tmp_path / "real", **kw).accuracy(held)
+    shuffled = train_idm(world, tmp_path / "shuffled", shuffle_labels=True, **kw).accuracy(held)
+    assert real > 0.6 and real > 4 * chance
+    assert shuffled < chance + 0.08
