@@ -221,13 +221,11 @@ class BabyAIWorld(World):
                 action = DONE
         elif action == D and desc is not None and not self._matches(env.carrying, desc):
             action = DONE
-        from minigrid.utils.baby_ai_bot import DisappearedBoxError
-
         env.step(action)
         if self.bot is not None:
             try:
                 self._bot_next = int(self.bot.replan(action))
-            except (DisappearedBoxError, Exception):  # noqa: BLE001 - the bot gave up: random from now on
+            except Exception:  # noqa: BLE001 - e.g. DisappearedBoxError: the bot gave up, random from now on
                 self.bot, self._bot_next = None, None
 
     def _run(self, steps):
