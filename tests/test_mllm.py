@@ -128,3 +128,21 @@ def test_stages_on_the_engine_and_generation(tok, tmp_path):
     assert out[0][0] == int(np.argmax(np.asarray(model(b["images"][:1], ids))[0, -1]))
     texts = gen.generate([q] * 3, b["images"][:3], max_new_tokens=4)
     assert len(texts) == 3 and texts == gen.generate([q] * 3, b["images"][:3], max_new_tokens=4)
+
+
+def test_multi_turn_targets_and_staged_batches(tok):
+    from jaxlm.models.mllm import encode_turns
+
+    turns = [("Does the webpage have a table?", "Yes"), ("Does the webpage have a form?", "No")]
+    x, y, cut = encode_turns(tok, turns, 96)
+    want = []
+    for q, a in turns:
+        want += list(tok.encode(a)) + [tok.eos_id]
+    assert not cut and list(y[y >= 0]) == want  # both answers (and their EOS) are learnt, nothing else
+    a = {"v": np.arange(8)}
+    b1, b2 = {"v": np.arange(100, 104)}, {"v": np.arange(200, 204)}
+    pipe = StagedArrays([(2, a), (4, [b1, b2])], 4, seed=0)
+    got = [pipe.next()["v"] for _ in range(6)]
+    assert all(g.max() < 8 for g in got[:2]) and [int(g.min()) // 100 for g in got[2:]] == [1, 2, 1, 2]
+    pipe.set_state({"step": 3})
+    np.testing.assert_array_equal(pipe.next()["v"], got[3])

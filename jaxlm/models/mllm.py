@@ -62,13 +62,14 @@ class MLLMConfig:
 
 
 class Projector(nnx.Module):
-    """mlp2x_gelu: Linear(vision, llm) -> GELU (exact) -> Linear(llm, llm), with biases."""
+    """mlp2x_gelu: Linear(vision, llm) -> GELU (exact) -> Linear(llm, llm), with biases. Weights start at std
+    fan_in ** -0.5 (torch Linear's scale), so the image tokens enter the LLM at an O(1) RMS: a prefix much smaller
+    than that makes the LLM's first RMSNorm amplify every update of the projector (loss spikes in stage 1)."""
 
-    def __init__(self, d_in: int, d_out: int, *, std: float = 0.02, dtype="float32", param_dtype="float32",
-                 rngs: nnx.Rngs):
-        kw = dict(bias=True, std=std, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype), rngs=rngs)
-        self.fc1 = Linear(d_in, d_out, (None, "mlp"), **kw)
-        self.fc2 = Linear(d_out, d_out, ("mlp", "embed"), **kw)
+    def __init__(self, d_in: int, d_out: int, *, dtype="float32", param_dtype="float32", rngs: nnx.Rngs):
+        kw = dict(bias=True, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype), rngs=rngs)
+        self.fc1 = Linear(d_in, d_out, (None, "mlp"), std=d_in ** -0.5, **kw)
+        self.fc2 = Linear(d_out, d_out, ("mlp", "embed"), std=d_out ** -0.5, **kw)
 
     def __call__(self, x):
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
@@ -80,8 +81,7 @@ class MLLM(nnx.Module):
     def __init__(self, cfg: MLLMConfig, *, rngs: nnx.Rngs, llm: DecoderLM | None = None, vision: ViT | None = None):
         self.cfg = cfg
         self.vision = vision if vision is not None else ViT(cfg.vision, rngs=rngs)
-        self.projector = Projector(cfg.vision.hidden_size, cfg.llm.hidden_size, std=cfg.llm.init_std,
-                                   dtype=cfg.llm.dtype, param_dtype=cfg.llm.param_dtype, rngs=rngs)
+        self.projector = Projector(cfg.vision.hidden_size, cfg.llm.hidden_size, dtype=cfg.llm.dtype, param_dtype=cfg.llm.param_dtype, rngs=rngs)
         self.llm = llm if llm is not None else DecoderLM(cfg.llm, rngs=rngs)
 
     def image_embeds(self, images):
@@ -114,34 +114,49 @@ def human_instruction(value: str) -> str:
     return value.replace("<image>\n", "").replace("<image>", "").strip()
 
 
-def encode_example(tokenizer, instruction: str, answer: str, max_len: int) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(inputs [max_len], targets [max_len], cut): next-token pairs over prompt + answer + EOS; targets are -1 except
-    on answer tokens (and the EOS), and on padding. `cut` is True when the answer was cut to fit."""
+def encode_turns(tokenizer, turns, max_len: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(inputs [max_len], targets [max_len], cut) of a conversation [(instruction, answer), ...]: each turn is the
+    chat rendering of its instruction, then the answer and EOS. Next-token pairs; targets are -1 except on answer
+    tokens (and their EOS), and on padding. `cut` is True when the conversation was cut to fit max_len."""
     eos = tokenizer.eos_id
     if eos is None:
-        raise DataError("encode_example: the tokenizer has no EOS token (the answer's end must be learnt)")
-    p = list(tokenizer.encode(prompt_text(tokenizer, instruction)))
-    a = list(tokenizer.encode(answer)) + [int(eos)]
-    seq = p + a
+        raise DataError("encode_turns: the tokenizer has no EOS token (the answer's end must be learnt)")
+    seq: list[int] = []
+    learn: list[bool] = []
+    for instruction, answer in turns:
+        p = list(tokenizer.encode(prompt_text(tokenizer, instruction)))
+        a = list(tokenizer.encode(answer)) + [int(eos)]
+        seq += p + a
+        learn += [False] * len(p) + [True] * len(a)
+    if not seq:
+        raise DataError("encode_turns: no turns")
     cut = len(seq) - 1 > max_len
-    seq = seq[:max_len + 1]
-    if len(p) >= len(seq):
-        raise DataError(f"encode_example: the prompt alone has {len(p)} tokens; max_len={max_len} leaves no room "
+    seq, learn = seq[:max_len + 1], learn[:max_len + 1]
+    if not any(learn[1:]):
+        first = learn.index(True) if True in learn else len(learn)
+        raise DataError(f"encode_turns: the first prompt alone has {first} tokens; max_len={max_len} leaves no room "
                         f"for the answer")
+    n = len(seq) - 1
     inputs = np.zeros(max_len, np.int32)
     targets = np.full(max_len, -1, np.int32)
-    n = len(seq) - 1
     inputs[:n] = seq[:-1]
-    targets[len(p) - 1:n] = seq[len(p):]
+    nxt = np.asarray(seq[1:], np.int32)
+    targets[:n] = np.where(np.asarray(learn[1:]), nxt, -1)
     return inputs, targets, cut
 
 
+def encode_example(tokenizer, instruction: str, answer: str, max_len: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One turn of `encode_turns`."""
+    return encode_turns(tokenizer, [(instruction, answer)], max_len)
+
+
 def encode_examples(tokenizer, records, images: np.ndarray, max_len: int) -> tuple[dict, int]:
-    """({"images", "inputs", "targets"} arrays, number of answers cut to max_len) for (instruction, answer, image
-    index) records."""
+    """({"images", "inputs", "targets"} arrays, number of examples cut to max_len) for records (instruction, answer,
+    image index) or (turns [(instruction, answer), ...], image index)."""
     ins, tgs, idx, cut = [], [], [], 0
-    for instruction, answer, i in records:
-        x, y, c = encode_example(tokenizer, instruction, answer, max_len)
+    for rec in records:
+        turns, i = ([(rec[0], rec[1])], rec[2]) if len(rec) == 3 else (rec[0], rec[1])
+        x, y, c = encode_turns(tokenizer, turns, max_len)
         ins.append(x)
         tgs.append(y)
         idx.append(i)
@@ -208,23 +223,26 @@ def llava_phases(stage1_steps: int, stage2_steps: int, *, stage1_lr: float = LLA
 
 
 class StagedArrays:
-    """The engine's pipeline over one ArrayPipeline per phase: step s reads the phase that holds s (phase-local
-    step s - start), so stage 1 and stage 2 read different data; resumable by step like ArrayPipeline."""
+    """The engine's pipeline over the stages' data: `stages` = [(steps, arrays or [arrays, ...]), ...]. Step s reads
+    the stage that holds it (stage-local step s - start); a stage with several array dicts (e.g. code generation and
+    QA, each padded to its own length) takes them in turn, one per step. Resumable by step like ArrayPipeline."""
 
     def __init__(self, stages, global_batch: int, *, seed: int = 0):
         from jaxlm.train.task import ArrayPipeline
 
         self.bounds, self.pipes, s = [], [], 0
         for steps, arrays in stages:
-            self.pipes.append(ArrayPipeline(arrays, global_batch, seed=seed))
+            group = [arrays] if isinstance(arrays, dict) else list(arrays)
+            self.pipes.append([ArrayPipeline(a, global_batch, seed=seed + j) for j, a in enumerate(group)])
             self.bounds.append((s, s + int(steps)))
             s += int(steps)
         self.step = 0
 
     def batch_at(self, step: int) -> dict:
-        for (a, b), p in zip(self.bounds, self.pipes):
+        for (a, b), group in zip(self.bounds, self.pipes):
             if step < b or (a, b) == self.bounds[-1]:
-                return {**p.batch_at(step - a), "step": np.int64(step)}
+                k = step - a
+                return {**group[k % len(group)].batch_at(k // len(group)), "step": np.int64(step)}
 
     def next(self) -> dict:
         out = self.batch_at(self.step)
@@ -284,4 +302,4 @@ class MLLMGenerator:
 
 __all__ = ["MLLM", "MLLMConfig", "MLLMGenerator", "MLLMTask", "Projector", "StagedArrays", "STAGE1_TRAINABLE",
            "STAGE2_TRAINABLE", "VISION_TRAINABLE", "LLAVA_STAGES", "embed_images", "encode_example",
-           "encode_examples", "human_instruction", "llava_phases", "prompt_text", "with_pretrained"]
+           "encode_examples", "encode_turns", "human_instruction", "llava_phases", "prompt_text", "with_pretrained"]

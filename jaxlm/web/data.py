@@ -294,6 +294,18 @@ def make_page(rng: random.Random, page_id: str, style: str | None = None) -> Pag
     return Page(page_id, "\n".join(parts), style, f)
 
 
+def page_caption(page: Page) -> str:
+    """A one-sentence description from the page's own structure (the LLaVA stage-1 caption analogue)."""
+    f = page.facts
+    parts = [f"{f['columns']} card{'s' if f['columns'] > 1 else ''}"]
+    parts += [what for key, what in (("nav", "a navigation bar"), ("table", "a table"), ("form", "a form"),
+                                     ("footer", "a footer")) if f.get(key)]
+    parts.append(f"a '{f['button']}' button")
+    art = "an" if f["scheme"][0] in "aeiou" else "a"
+    return (f"A {f['style']} webpage about {f['topic']} in {art} {f['scheme']} colour scheme, titled '{f['title']}', "
+            f"with {', '.join(parts[:-1])} and {parts[-1]}.")
+
+
 def qa_pairs(page: Page, rng: random.Random, n: int = 6) -> list[tuple[str, str]]:
     """Yes/no questions answered by the page's own structure, balanced: n//2 'Yes' and n//2 'No' (n even)."""
     f = page.facts
@@ -332,8 +344,8 @@ def qa_pairs(page: Page, rng: random.Random, n: int = 6) -> list[tuple[str, str]
 
 def build_corpus(out_dir, n: int, *, seed: int = 0, renderer=None, options=None, qa_per_page: int = 6,
                  styles: Sequence[str] = ("modern", "bootstrap")) -> dict:
-    """Generate n pages, render them (images/<id>.png), write web2code.json (code generation, LLaVA format) and
-    wub.jsonl (balanced yes/no QA). Pages that fail to render are counted and left out of both files, with their
+    """Generate n pages, render them (images/<id>.png), write web2code.json (code generation, LLaVA format; each
+    record also carries the page's `caption`, the stage-1 alignment text) and wub.jsonl (balanced yes/no QA). Pages that fail to render are counted and left out of both files, with their
     reasons in the returned summary (never dropped silently)."""
     from jaxlm.web.render import RenderOptions, shared_renderer
 
@@ -355,7 +367,7 @@ def build_corpus(out_dir, n: int, *, seed: int = 0, renderer=None, options=None,
         with open(os.path.join(out_dir, img), "wb") as fh:
             fh.write(res.png)
         instr = BOOTSTRAP_INSTRUCTION if page.style == "bootstrap" else rng.choice(CODEGEN_INSTRUCTIONS)
-        conv.append({"id": page.id, "image": img, "style": page.style,
+        conv.append({"id": page.id, "image": img, "style": page.style, "caption": page_caption(page),
                      "conversations": [{"from": "human", "value": "<image>\n" + instr},
                                        {"from": "gpt", "value": page.html}]})
         for j, (q, a) in enumerate(qa_pairs(page, rng, qa_per_page)):
