@@ -14,7 +14,8 @@ not the one there makes that step a no-op (as the simulator would). Unknown word
 The action classes (`ACTIONS`, the inverse-dynamics labels) are short primitive sequences. Generated episodes
 follow `policy`: "random" (a uniformly drawn class among those that change the state here), "bot" (the BabyAI
 bot's expert plan for the level's mission, cut into classes; random once the mission is done) or "mixed" (each
-round bot with probability `bot_prob`, else random).
+round bot with probability `bot_prob`, else random). `world.mission` is the episode's mission text and
+`world.mission_status` None until the level decides it ("success" / "failure").
 """
 
 from __future__ import annotations
@@ -126,6 +127,11 @@ class BabyAIWorld(World):
         self.bot = None
         self._bot_next = None
 
+    @property
+    def mission(self) -> str:
+        """The level's natural-language mission of the current episode ("pick up the yellow key")."""
+        return self.env.mission if self.env is not None else ""
+
     def settings(self) -> dict:
         return {**super().settings(), "levels": list(self.levels), "policy": self.policy, "bot_prob": self.bot_prob}
 
@@ -140,6 +146,7 @@ class BabyAIWorld(World):
             raise ConfigError(f"BabyAIWorld: frame_size={self.frame_size} is smaller than the room's "
                               f"{self.w}x{self.h} cells")
         self.tile = self.frame_size // max(self.w, self.h)
+        self.mission_status = None  # "success" / "failure" once the level's mission is decided
         self._start_bot()
 
     def _start_bot(self):
@@ -221,7 +228,9 @@ class BabyAIWorld(World):
                 action = DONE
         elif action == D and desc is not None and not self._matches(env.carrying, desc):
             action = DONE
-        env.step(action)
+        _, reward, terminated, _, _ = env.step(action)
+        if terminated and self.mission_status is None:
+            self.mission_status = "success" if reward > 0 else "failure"
         if self.bot is not None:
             try:
                 self._bot_next = int(self.bot.replan(action))
