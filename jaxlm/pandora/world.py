@@ -43,9 +43,10 @@ class ActionError(JaxlmError):
     """A free-text action the world cannot carry out: empty, too long, unknown words or objects (names the text)."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Transition:
-    """One round: the state before (Tb, H, W, 3) uint8, the action text and class, the clip after (Ta, H, W, 3)."""
+    """One round: the state before (Tb, H, W, 3) uint8, the action text and class, the clip after (Ta, H, W, 3).
+    (eq=False: compare the arrays yourself; == of numpy fields would be ambiguous.)"""
 
     before: np.ndarray
     action: str
