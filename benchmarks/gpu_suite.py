@@ -184,6 +184,11 @@ def check_ssd(s: Suite):
     y_r, st_r = ks.ssd(x, a, Bm, Cm, 64, impl="scan")
     s.check(f"ssd {impl} T={x.shape[1]} forward y", _rel(y, y_r), 1e-3)
     s.check(f"ssd {impl} final state", _rel(st, st_r), 1e-3)
+    import jax
+
+    grad = lambda im: jax.grad(lambda x, a: ks.ssd(x, a, Bm, Cm, 64, impl=im)[0].sum(), argnums=(0, 1))(x, a)
+    for nm, g, g_r in zip(("dx", "da"), grad(impl), grad("scan")):
+        s.check(f"ssd {impl} T={x.shape[1]} {nm}", _rel(g, g_r), 1e-3)
 
 
 # ---------------------------------------------------------------------------------------------------- 2. train
@@ -280,13 +285,14 @@ def bench_attention(s: Suite, reps: int):
         flops = 4 * T * T * H * D / 2  # causal forward: two matmuls over half the scores
         for impl in impls:
             fwd, bwd = _attn_fns(impl)
-            try:
-                t_f = _time(fwd, (q, k, v), reps)
-                t_b = _time(bwd, (q, k, v), reps)
-                cells = [f"{t_f * 1e3:.2f}", f"{flops / t_f / 1e12:.1f}", f"{t_b * 1e3:.2f}",
-                         f"{3.5 * flops / t_b / 1e12:.1f}"]  # fwd+bwd = 3.5x forward FLOPs (recomputed scores)
-            except Exception as e:  # out of memory (the reference at 32k) or a compile failure
-                cells = [f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}", "", "", ""]
+            cells = []
+            for fn, fl in ((fwd, flops), (bwd, 3.5 * flops)):  # fwd+bwd = 3.5x forward FLOPs (recomputed scores)
+                try:
+                    t = _time(fn, (q, k, v), reps)
+                    cells += [f"{t * 1e3:.2f}", f"{fl / t / 1e12:.1f}"]
+                except Exception as e:  # out of memory (the reference at 32k) or a compile failure
+                    msg = str(e).splitlines()[0][:80] if str(e) else ""
+                    cells += [f"failed: {type(e).__name__}: {msg}", ""]
             s.row("attention", header, [T, impl, f"{H}/{KV} x {D}"] + cells)
             del fwd, bwd
 
@@ -392,6 +398,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=0, help="timed repetitions (0: 20 on GPU, 2 in --interpret)")
     ap.add_argument("--decode-steps", type=int, default=0)
     ap.add_argument("--train-timeout", type=float, default=240.0)
+    ap.add_argument("--budget-s", type=float, default=420.0,
+                    help="start no new section after this many seconds (what was measured is still recorded)")
     ap.add_argument("--no-record", action="store_true")
     a = ap.parse_args(argv)
     only = [x for x in a.only.split(",") if x]
@@ -406,6 +414,10 @@ def main(argv=None):
 
     def section(name, fn, *args):
         if name not in only:
+            return
+        if time.perf_counter() - t_start > a.budget_s:
+            s.notes.append(f"section {name} skipped: the {a.budget_s:.0f} s budget was spent")
+            print(f"== {name}: skipped (budget of {a.budget_s:.0f} s spent)", flush=True)
             return
         print(f"== {name}", flush=True)
         t0 = time.perf_counter()
