@@ -181,7 +181,8 @@ def evaluate(predict_fn: Callable, world: World, seeds: Sequence[int], n_rounds:
         cf_t.append(mad(true_a, true_b))
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
     out = {"next_psnr": float(cat(nxt_p).mean()), "next_ssim": float(cat(nxt_s).mean()),
-           "rollout_psnr": [float(cat(r).mean()) for r in roll_p], "rollout_ssim": [float(cat(r).mean()) for r in roll_s],
+           "rollout_psnr": [float(cat(r).mean()) for r in roll_p],
+           "rollout_ssim": [float(cat(r).mean()) for r in roll_s],
            "cf_diff_actions": float(cat(cf_a).mean()), "cf_diff_seeds": float(cat(cf_s).mean()),
            "cf_diff_true": float(cat(cf_t).mean()), "n_seeds": len(seeds), "n_rounds": n_rounds}
     out["cf_ratio"] = out["cf_diff_actions"] / max(out["cf_diff_seeds"], 1e-6)

@@ -171,7 +171,8 @@ def train_idm(world: World, out_dir, *, n_train: int = 4096, n_rounds: int = 4, 
                 print_fn=(print if progress else (lambda *a: None)), plot=False)
     model = task.build(nnx.Rngs(0))
     g, params, rest = nnx.split(model, nnx.Param, ...)
-    nnx.replace_by_pure_dict(params, jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), jax.device_get(res.state.params)))
+    trained = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), jax.device_get(res.state.params))
+    nnx.replace_by_pure_dict(params, trained)
     return IDM(nnx.merge(g, params, rest), world.settings(), world.frame_size, world.n_classes)
 
 

@@ -30,7 +30,8 @@ FILLERS = {"move", "moves", "push", "slide", "shift", "go", "goes", "the", "a", 
            "object", "sprite", "shape", "please", "by", "cell", "cells", "step", "steps"}
 BACKGROUND = (24, 24, 32)
 _PARAPHRASES = ("move the {color} {{shape}} {dir}", "push the {color} {{shape}} {dir}",
-                "slide the {color} one {dir}", "the {color} {{shape}} goes {dir}", "shift the {color} {{shape}} to the {dir}")
+                "slide the {color} one {dir}", "the {color} {{shape}} goes {dir}",
+                "shift the {color} {{shape}} to the {dir}")
 _COUNT_TEXT = {1: ("", " once", " one step"), 2: (" twice", " two steps", " 2 times"), 3: (" three times", " 3 steps")}
 
 
@@ -156,7 +157,7 @@ class SpriteWorld(World):
             pos = [(o["cell"][0] * c, o["cell"][1] * c) for o in self.objects]
             for j in range(1, T + 1):  # smooth: T sub-steps per cell
                 f = j / T
-                pos[i] = (int(round((old[0] + f * (new[0] - old[0])) * c)), int(round((old[1] + f * (new[1] - old[1])) * c)))
+                pos[i] = tuple(int(round((old[a] + f * (new[a] - old[a])) * c)) for a in (0, 1))
                 frames.append(self._draw(pos))
             self.objects[i]["cell"] = new
         return frames

@@ -149,7 +149,8 @@ class World:
     action_paraphrases: list[list[str]] = []
 
     def __init__(self, frame_size: int = 32, clip_len: int = 4, context_frames: int = 2):
-        for k, v, lo in (("frame_size", frame_size, 8), ("clip_len", clip_len, 1), ("context_frames", context_frames, 1)):
+        for k, v, lo in (("frame_size", frame_size, 8), ("clip_len", clip_len, 1),
+                         ("context_frames", context_frames, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"{type(self).__name__}: {k} must be an integer >= {lo}, got {v!r}")
         self.frame_size, self.clip_len, self.context_frames = frame_size, clip_len, context_frames
