@@ -1,23 +1,63 @@
-"""SSD (Mamba-2 state-space dual) kernels.
+"""SSD (Mamba-2 state-space dual) kernels and their dispatcher.
 
 `ssd(x, a, B, C, chunk_size, initial_state, impl)` -> (y [B,T,H,P] float32, final_state [B,H,P,N]).
-impl: "chunked" (default; pure-JAX chunked algorithm) or "scan" (sequential reference, one step per token).
+impl:
+- "auto" (default): the Pallas kernel on GPU when it takes the shapes (else "chunked"); the sequential scan
+  elsewhere: on CPU it is ~10x faster than the chunked algorithm (BENCHMARKS.md, benchmarks/ssd.py);
+- "chunked": the pure-JAX chunked algorithm (kernels/ssd/chunked.py; O(T Q) work, parallel over chunks);
+- "scan": the sequential reference, one step per token (kernels/ssd/reference.py);
+- "pallas": the Pallas GPU kernel (kernels/ssd/pallas.py; ShapeError naming the shape when it cannot take it);
+- "interpret": that kernel in interpret mode (CPU testing; slow).
+Override per call with `impl=`, process-wide with `use_impl(...)`, or with the environment variable JAXLM_SSD_IMPL.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+
+import jax
+
+from jaxlm.errors import ConfigError
 from kernels.ssd.chunked import segsum, ssd_chunked
+from kernels.ssd.pallas import ssd_pallas, unsupported
 from kernels.ssd.reference import expand_groups, ssd_scan, ssd_step
 
-IMPLS = ("chunked", "scan")
+IMPLS = ("auto", "chunked", "scan", "pallas", "interpret")
+_IMPL: str | None = None
 
 
-def ssd(x, a, B, C, chunk_size: int = 256, initial_state=None, impl: str = "chunked"):
-    if impl == "chunked":
+@contextlib.contextmanager
+def use_impl(impl: str | None):
+    global _IMPL
+    if impl is not None and impl not in IMPLS:
+        raise ConfigError(f"SSD impl={impl!r}: expected one of {IMPLS}")
+    prev, _IMPL = _IMPL, impl
+    try:
+        yield
+    finally:
+        _IMPL = prev
+
+
+def resolve_impl(impl: str | None, x_shape, B_shape, chunk_size: int) -> str:
+    impl = impl or _IMPL or os.environ.get("JAXLM_SSD_IMPL") or "auto"
+    if impl not in IMPLS:
+        raise ConfigError(f"SSD impl={impl!r} (or JAXLM_SSD_IMPL): expected one of {IMPLS}")
+    if impl == "auto":
+        if jax.default_backend() == "gpu":
+            return "pallas" if unsupported(x_shape, B_shape, chunk_size) is None else "chunked"
+        return "scan"
+    return impl
+
+
+def ssd(x, a, B, C, chunk_size: int = 256, initial_state=None, impl: str | None = None):
+    which = resolve_impl(impl, x.shape, B.shape, chunk_size)
+    if which == "chunked":
         return ssd_chunked(x, a, B, C, chunk_size, initial_state)
-    if impl == "scan":
+    if which == "scan":
         return ssd_scan(x, a, B, C, initial_state)
-    raise ValueError(f"impl={impl!r}: expected one of {IMPLS}")
+    return ssd_pallas(x, a, B, C, chunk_size, initial_state, interpret=(which == "interpret"))
 
 
-__all__ = ["ssd", "ssd_chunked", "ssd_scan", "ssd_step", "segsum", "expand_groups", "IMPLS"]
+__all__ = ["ssd", "ssd_chunked", "ssd_scan", "ssd_pallas", "ssd_step", "segsum", "expand_groups", "IMPLS",
+           "use_impl", "resolve_impl"]
