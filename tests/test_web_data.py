@@ -79,6 +79,10 @@ def test_build_corpus_renders_and_writes_both_files(tmp_path):
     assert s["bootstrap_css"] == "django-bootstrap-static 5.3.3"
     recs = D.read_llava_json(tmp_path / "web2code.json")
     assert recs[1]["style"] == "bootstrap" and recs[1]["conversations"][0]["value"].startswith("<image>\n")
+    # the stage-1 caption is written from the page's own structure (its title is in the HTML)
+    title = recs[0]["caption"].split("titled '")[1].split("'")[0]
+    assert recs[0]["caption"].startswith("A modern webpage about ") and f"<h1>{title}</h1>" in recs[0][
+        "conversations"][1]["value"]
     assert (tmp_path / recs[0]["image"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(D.read_wub_jsonl(tmp_path / "wub.jsonl")) == 8
 
