@@ -59,20 +59,24 @@ def features_fn(train):
     return (lambda imgs: np.maximum(np.asarray(imgs).reshape(len(imgs), -1) @ W + b, 0.0)), clf
 
 
-def train_one(cfg, data, steps, seed, out, lr, init=None, trainable=()):
+def train_one(cfg, data, steps, seed, out, lr, init=None, trainable=(), batch=64):
+    """Train `cfg` for `steps` on the arrays `data` (the Task's batch keys) through the engine; the trained
+    DiLED back from the run's checkpoint. init: a DiLED to start from; trainable: regexes (engine phase)."""
     import jax
 
     from jaxlm.diled.task import DiLEDTask, load_diled
     from jaxlm.sharding import make_mesh
     from jaxlm.train import ArrayPipeline, LRSchedule, OptimConfig, PhaseConfig, RunConfig, TrainConfig, train
 
+    task = DiLEDTask(cfg, init=init)
     run = RunConfig(name="diled-bench", model=None, optim=OptimConfig(weight_decay=0.0, clip_norm=1.0, b2=0.999),
-                    train=TrainConfig(global_batch=64, seed=seed, data_seed=seed, log_every=100, eval_batches=0,
+                    train=TrainConfig(global_batch=batch, seed=seed, data_seed=seed, log_every=100, eval_batches=0,
                                       ckpt_every=steps, keep_latest=1, async_ckpt=False),
                     phases=(PhaseConfig("main", steps, lr=LRSchedule("cosine", lr, lr * 0.1, warmup=steps // 10),
                                         trainable=tuple(trainable)),))
-    train(run, ArrayPipeline({"image": data["image"]}, 64, seed=seed), make_mesh("1x1", devices=jax.devices()[:1]),
-          out, task=DiLEDTask(cfg, init=init), progress=False, print_fn=lambda *a: None, plot=False)
+    train(run, ArrayPipeline({k: data[k] for k in task.batch_spec}, batch, seed=seed),
+          make_mesh("1x1", devices=jax.devices()[:1]), out, task=task, progress=False, print_fn=lambda *a: None,
+          plot=False)
     return load_diled(out, cfg)
 
 

@@ -9,6 +9,12 @@ data, then reconstruct, generate and interpolate from it.
 
 Options of the objective (see docs/diled.md): --ddpm-weight (0 = the autoencoder alone), --criterion l1|mse,
 --t1-form code|exact, --rec-weighting code|per_example.
+
+--schedule warm (the text default) is the original text run's warm start: the autoencoder alone first
+(--steps, in --out/stage1-ae; the original loads a pretrained Optimus), then the latent DDPM on its frozen latents
+(--ddpm-steps, --out/stage2-ddpm; the original's --ddpm_pretrain), then the joint objective at the low --ft-lr for
+--ft-steps (in --out; the original fine-tunes at 5e-5). --schedule joint trains everything jointly from scratch.
+--stop-at counts the steps of all stages together.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from jaxlm.errors import ConfigError, JaxlmError
 MODULE = "recipes.diled"
 MODALITIES = ("text", "image", "protein")
 DEFAULT_STEPS = {"image": 1500, "text": 1000, "protein": 2000}
-DEFAULT_LR = {"image": 2e-3, "text": 1e-3, "protein": 1e-3}
+DEFAULT_LR = {"image": 2e-3, "text": 5e-3, "protein": 1e-3}
+DEFAULT_SCHEDULE = {"image": "joint", "text": "warm", "protein": "joint"}
+WARM = {"ddpm_steps": 300, "ft_steps": 300, "ft_lr_factor": 0.1}   # stage 2 steps, stage 3 steps, lr_3 = lr * f
 
 
 def build_parser():
@@ -35,9 +43,16 @@ def build_parser():
                        "for images samples.png")
     p.add_argument("--modality", required=True, help="text | image | protein")
     p.add_argument("--size", default="tiny", choices=["tiny", "paper"], help="model preset")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: 600 image, 400 text/protein)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: 1500 image, 1000 text, "
+                   "2000 protein); with --schedule warm the autoencoder stage's")
+    p.add_argument("--schedule", default=None, choices=["joint", "warm"], help="joint from scratch, or the "
+                   "original's warm start (AE, then DDPM on frozen latents, then joint); default warm for text")
+    p.add_argument("--ddpm-steps", type=int, default=WARM["ddpm_steps"], help="warm start: DDPM stage steps")
+    p.add_argument("--ft-steps", type=int, default=WARM["ft_steps"], help="warm start: joint stage steps")
+    p.add_argument("--ft-lr", type=float, default=None, help="warm start: joint stage lr (default lr / 10)")
     p.add_argument("--batch", type=int, default=64, help="global batch")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3 image, 1e-3 others)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3 image, 5e-3 text, 1e-3 "
+                   "protein)")
     p.add_argument("--ddpm-weight", type=float, default=None, help="weight of the diffusion term (default: the "
                    "original's, 8 text / 1 protein; 1 image); 0 trains the autoencoder alone")
     p.add_argument("--criterion", default="mse", choices=["mse", "l1"])
@@ -107,27 +122,54 @@ def run(args) -> int:
     eval_n = (min(len(next(iter(te.values()))), 256) // B) * B or B
     held = {k: v[:eval_n] for k, v in te.items() if k in spec_keys}
     eval_batches = {"heldout": [{k: v[i:i + B] for k, v in held.items()} for i in range(0, eval_n, B)]}
-    run_cfg = RunConfig(name=f"diled-{mod}", model=None,
-                        optim=OptimConfig(weight_decay=0.0, clip_norm=1.0, b2=0.999),
-                        train=TrainConfig(global_batch=B, seed=args.seed, data_seed=args.seed, log_every=25,
-                                          eval_batches=0, ckpt_every=args.ckpt_every, keep_latest=2,
-                                          async_ckpt=False),
-                        phases=(PhaseConfig("main", steps, lr=LRSchedule("cosine", lr, lr * 0.1,
-                                                                          warmup=min(50, steps // 10))),))
     out = Path(args.out or f"runs/diled-{mod}")
     mesh = make_mesh(args.mesh or "1x1", devices=None if args.mesh else jax.devices()[:1])
-    task = DiLEDTask(cfg)
-    res = train(run_cfg, ArrayPipeline({k: tr[k] for k in spec_keys}, B, seed=args.seed), mesh, out, task=task,
-                eval_batches=eval_batches, resume=args.resume, stop_at=args.stop_at,
-                progress=not args.no_progress)
-    if res.final_step < steps:
-        print(f"stopped at step {res.final_step} of {steps}; continue with --resume")
-        return 0
+
+    def stage(name, cfg_s, n, lr_s, out_s, init=None, trainable=(), stop_at=None):
+        run_cfg = RunConfig(name=f"diled-{mod}-{name}", model=None,
+                            optim=OptimConfig(weight_decay=0.0, clip_norm=1.0, b2=0.999),
+                            train=TrainConfig(global_batch=B, seed=args.seed, data_seed=args.seed, log_every=25,
+                                              eval_batches=0, ckpt_every=args.ckpt_every, keep_latest=2,
+                                              async_ckpt=False),
+                            phases=(PhaseConfig(name, n, lr=LRSchedule("cosine", lr_s, lr_s * 0.1,
+                                                                        warmup=min(50, n // 10)),
+                                                trainable=tuple(trainable)),))
+        return train(run_cfg, ArrayPipeline({k: tr[k] for k in spec_keys}, B, seed=args.seed), mesh, out_s,
+                     task=DiLEDTask(cfg_s, init=init), eval_batches=eval_batches, resume=args.resume, stop_at=stop_at,
+                     progress=not args.no_progress)
+
+    schedule = args.schedule or DEFAULT_SCHEDULE[mod]
+    if schedule == "joint":
+        plan = [("main", cfg, steps, lr, out, ())]
+    else:  # the original's warm start: AE alone, DDPM on its frozen latents, then joint at a low lr
+        ft_lr = args.ft_lr if args.ft_lr is not None else lr * WARM["ft_lr_factor"]
+        plan = [("ae", cfg.replace(loss=cfg.loss.replace(ddpm_weight=0.0)), steps, lr, out / "stage1-ae", ()),
+                ("ddpm", cfg, args.ddpm_steps, lr, out / "stage2-ddpm", ("^denoiser/",)),
+                ("joint", cfg, args.ft_steps, ft_lr, out, ())]
+    total, done, prev, summaries = sum(p[2] for p in plan), 0, None, []
+    for name, cfg_s, n, lr_s, out_s, trainable in plan:
+        stop = None if args.stop_at is None else args.stop_at - done
+        if stop is not None and stop <= 0:
+            print(f"stopped at step {done} of {total}; continue with --resume")
+            return 0
+        init = None
+        if prev is not None:
+            init = load_diled(prev[0], prev[1])
+            init.cfg = cfg_s   # the same parameters under this stage's objective
+        res = stage(name, cfg_s, n, lr_s, out_s, init, trainable, stop if stop is not None and stop < n else None)
+        summaries.append(res.summary)
+        if res.final_step < n:
+            print(f"stopped at step {done + res.final_step} of {total}; continue with --resume")
+            return 0
+        done, prev = done + n, (out_s, cfg_s)
+    res.summary["stages"] = [{k: s_.get(k) for k in ("steps", "wall_seconds", "final_eval")} for s_ in summaries]
     model = load_diled(out, cfg)
     report = evaluate_run(model, mod, te, args.samples, args.seed, api)
     if mod == "protein":
         report.update(protein_metrics(model, tr, te, report.pop("_generated"), api))
-    report["train_summary"] = {k: res.summary.get(k) for k in ("steps", "wall_seconds", "final_eval")}
+    report["train_summary"] = {k: res.summary.get(k) for k in ("steps", "wall_seconds", "final_eval", "stages")
+                               if k in res.summary}
+    report["schedule"] = schedule
     if mod == "image":
         save_grid(report.pop("_images"), out / "samples.png")
     (out / "samples.json").write_text(json.dumps(report, indent=2))

@@ -152,5 +152,5 @@ def test_presets_construct_and_round_trip_through_the_checkpoint_record():
     assert (paper.latent_dim, paper.loss.num_steps, paper.loss.ddpm_weight, paper.ae.max_len) == (128, 1000, 8.0, 32)
     assert (paper.denoiser.hidden, paper.denoiser.num_layers) == (2048, 20)
     assert diled_config("protein", "paper").latent_dim == 30 and diled_config("protein").joint_regressor
-    with pytest.raises(ConfigError, match="objective='vae' is the image baseline"):
-        diled_config("text").replace(objective="vae")
+    with pytest.raises(ConfigError, match="objective='vae' is the image / text baseline; modality='protein'"):
+        diled_config("protein").replace(objective="vae")

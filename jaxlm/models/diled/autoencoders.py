@@ -87,14 +87,19 @@ class TextAE(nnx.Module):
             raise ShapeError(f"text tokens have shape {tuple(ids.shape)}; expected [B, T] with T <= max_len="
                              f"{self.cfg.max_len}")
 
-    def encode(self, batch):
+    def encode_stats(self, batch):
+        """(μ, log-variance) [B, d] each (Optimus' `linear`): DiLED fixes the variance (log 0.008) and uses μ; the
+        VAE baseline learns it."""
         ids = batch["tokens"]
         self.check_tokens(ids)
         _, _, _, h = self.encoder(ids, mask=ids != self.cfg.pad_id, return_hidden=True)
         h = self.encoder.final_norm(h)
         pooled = jnp.tanh(self.pooler(h[:, 0]))
-        mu, _logvar = jnp.split(self.to_latent(pooled), 2, axis=-1)   # logvar is fixed (log 0.008) by the objective
-        return mu
+        mu, logvar = jnp.split(self.to_latent(pooled), 2, axis=-1)
+        return mu, logvar
+
+    def encode(self, batch):
+        return self.encode_stats(batch)[0]
 
     def memory_cache(self, z, max_len: int) -> KVCache:
         """A decoder KV cache of 1 + max_len slots whose slot 0 holds the latent memory (key = value)."""

@@ -45,7 +45,8 @@ class DiLEDConfig:
     denoiser: MLPSkipNetConfig = field(default_factory=lambda: MLPSkipNetConfig(16, **MLPSKIPNET_TINY))
     loss: DiLEDLossConfig = field(default_factory=DiLEDLossConfig)
     joint_regressor: bool = False     # proteins: + MSE(fitness(z), y) (the original's --joint_regressor)
-    objective: str = "diled"          # "diled" | "vae" (baseline: learned variance, kl_weight * KL, prior samples)
+    objective: str = "diled"          # "diled" | "vae" (image / text baseline: learned variance, kl_weight * KL,
+                                      # prior samples)
     kl_weight: float = 1.0
 
     def __post_init__(self):
@@ -59,8 +60,8 @@ class DiLEDConfig:
                               f"ae.latent_dim={self.ae.latent_dim}")
         if self.objective not in ("diled", "vae"):
             raise ConfigError(f"objective={self.objective!r}: expected 'diled' or 'vae'")
-        if self.objective == "vae" and self.modality != "image":
-            raise ConfigError(f"objective='vae' is the image baseline; modality={self.modality!r} has no "
+        if self.objective == "vae" and self.modality == "protein":
+            raise ConfigError(f"objective='vae' is the image / text baseline; modality={self.modality!r} has no "
                               f"learned-variance encoder")
         if self.joint_regressor and not (self.modality == "protein" and self.ae.fitness_head):
             raise ConfigError("DiLEDConfig.joint_regressor needs modality='protein' with ae.fitness_head=True")
