@@ -398,8 +398,9 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=0, help="timed repetitions (0: 20 on GPU, 2 in --interpret)")
     ap.add_argument("--decode-steps", type=int, default=0)
     ap.add_argument("--train-timeout", type=float, default=240.0)
-    ap.add_argument("--budget-s", type=float, default=420.0,
-                    help="start no new section after this many seconds (what was measured is still recorded)")
+    ap.add_argument("--budget-s", type=float, default=0.0,
+                    help="start no new section after this many seconds (0: 420 on GPU, none with --interpret); "
+                         "what was measured is still recorded")
     ap.add_argument("--no-record", action="store_true")
     a = ap.parse_args(argv)
     only = [x for x in a.only.split(",") if x]
@@ -407,6 +408,7 @@ def main(argv=None):
     if bad:
         ap.error(f"--only: unknown sections {bad}; expected {SECTIONS}")
     s = Suite(a.interpret)
+    a.budget_s = a.budget_s or (float("inf") if a.interpret else 420.0)
     s.no_record = a.no_record or a.interpret
     reps = a.reps or (2 if a.interpret else 20)
     t_start = time.perf_counter()
