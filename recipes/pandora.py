@@ -109,12 +109,22 @@ def write_gif(model, world, seed: int, rounds: int, path: Path, sample_seed: int
         big = np.kron(pair, np.ones((scale, scale, 1), np.uint8))
         r = -1 if i < Tb else (i - Tb) // Ta
         bar = np.full((14, big.shape[1], 3), 255 if r < 0 else 230 - 40 * (r % 2), np.uint8)
-        frames.append(np.concatenate([bar, big], axis=0))
+        frames.append(np.concatenate([_caption(bar, "state" if r < 0 else f"{r + 1}: {actions[r]}"), big], axis=0))
     imageio.mimsave(path, frames, duration=0.35, loop=0)
     per_round = [float(psnr(pred[Tb + k * Ta:Tb + (k + 1) * Ta], true[Tb + k * Ta:Tb + (k + 1) * Ta]).mean())
                  for k in range(rounds)]
     return {"gif": str(path), "seed": int(seed), "actions": actions, "rollout_psnr": per_round,
             "layout": "left: simulator, right: model; one bar shade per round"}
+
+
+def _caption(bar, text: str):
+    """The bar with `text` written on it (PIL's default bitmap font)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(bar)
+    ImageDraw.Draw(im).text((2, 1), text, fill=(0, 0, 0))
+    return np.asarray(im)
 
 
 def evaluate_models(models: dict, world, n_seeds: int, rounds: int, idm) -> dict:
@@ -136,6 +146,9 @@ def run(args) -> int:
     from jaxlm.pandora.task import load_world_model
     from jaxlm.sharding import make_mesh
 
+    from recipes.common import enable_compile_cache
+
+    enable_compile_cache()  # a rerun (e.g. --resume, or the evaluation after finished stages) skips most compiles
     steps = [int(s) for s in str(args.steps).split(",")]
     if len(steps) != 3 or min(steps) <= 0:
         raise ConfigError(f"--steps {args.steps!r}: expected three positive counts a,b,c")
