@@ -145,6 +145,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-gen", type=int, default=256)
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-lm", action="store_true", help="skip the SmolLM2 perplexities")
+    ap.add_argument("--reuse", action="store_true", help="load a model already trained in --out instead of "
+                    "training it again (and keep --out)")
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--from-results", default=None, help="only tabulate / record a finished run's results.json")
     args = ap.parse_args(argv)
@@ -182,41 +184,53 @@ def main(argv=None) -> int:
     rows: dict[str, list[dict]] = {k: [] for k in names}
     t0 = time.time()
     need_ae = any(n in names for n in MODELS[:3])
+    def fit(cfg, steps, seed, out, lr, **kw):
+        if args.reuse:
+            from jaxlm.diled.task import load_diled
+
+            try:
+                m = load_diled(out, cfg, step=steps)
+                print(f"reusing {out} (step {steps})")
+                return m
+            except Exception:
+                shutil.rmtree(out, ignore_errors=True)
+        return train_one(cfg, tr, steps, seed, out, lr, **kw)
+
     for seed in args.seeds:
         root = out_root / f"seed{seed}"
-        shutil.rmtree(root, ignore_errors=True)
+        if not args.reuse:
+            shutil.rmtree(root, ignore_errors=True)
         ae = two = None
         if need_ae:
-            ae = train_one(base.replace(loss=base.loss.replace(ddpm_weight=0.0)), tr, args.steps, seed, root / "ae",
-                           args.lr)
+            ae = fit(base.replace(loss=base.loss.replace(ddpm_weight=0.0)), args.steps, seed, root / "ae", args.lr)
         if any(n in names for n in MODELS[1:3]):
             ae.cfg = base  # the same parameters under the joint objective's config: only the denoiser trains
-            two = train_one(base, tr, args.ddpm_steps, seed, root / "two_stage", args.lr, init=ae,
-                            trainable=("^denoiser/",))
+            two = fit(base, args.ddpm_steps, seed, root / "two_stage", args.lr, init=ae, trainable=("^denoiser/",))
         for name in names:
             if name == MODELS[0]:
                 m, gen = ae, "none"
             elif name == MODELS[1]:
                 m, gen = two, "ddpm"
             elif name == MODELS[2]:
-                m, gen = train_one(base, tr, args.ft_steps, seed, root / "warm", args.ft_lr, init=two), "ddpm"
+                m, gen = fit(base, args.ft_steps, seed, root / "warm", args.ft_lr, init=two), "ddpm"
             elif name == MODELS[3]:
-                m, gen = train_one(base, tr, args.steps, seed, root / "joint", args.lr), "ddpm"
+                m, gen = fit(base, args.steps, seed, root / "joint", args.lr), "ddpm"
             else:
-                m, gen = train_one(base.replace(objective="vae", kl_weight=args.kl_weight), tr, args.steps, seed,
-                                   root / "vae", args.lr), "prior"
+                m, gen = fit(base.replace(objective="vae", kl_weight=args.kl_weight), args.steps, seed, root / "vae",
+                             args.lr), "prior"
             r = (text_eval(m, held, tr, seed, lm, gen, args.n_gen) if mod == "text" else
                  protein_eval(m, held, tr, seed, gen, args.n_gen))
             rows[name].append(r)
             print(f"seed {seed} {name} ({time.time() - t0:.0f} s): "
                   + json.dumps({k: v for k, v in r.items() if not isinstance(v, list)}), flush=True)
-    out_root.mkdir(parents=True, exist_ok=True)
-    (out_root / "results.json").write_text(json.dumps({"rows": rows, "real_ppl": real_ppl, "args": vars(args)},
-                                                      indent=2))
+            out_root.mkdir(parents=True, exist_ok=True)  # after every model: a cut-short run keeps its results
+            (out_root / "results.json").write_text(json.dumps({"rows": {k: v for k, v in rows.items() if v},
+                                                               "real_ppl": real_ppl, "args": vars(args)}, indent=2))
     return report(args, mod, names, rows, real_ppl, jax)
 
 
 def report(args, mod, names, rows, real_ppl, jax) -> int:
+    names = [n for n in names if rows.get(n)]
 
     def ms(name, key, fmt="{:.2f}"):
         v = np.asarray([r.get(key, np.nan) for r in rows[name]], float)
@@ -235,7 +249,7 @@ def report(args, mod, names, rows, real_ppl, jax) -> int:
         if real_ppl is not None:
             table.append(f"| reference: real held-out sentences | - | - | - | {real_ppl:.1f} | - | - |")
         inter = [f"- {n} (seed {args.seeds[0]}): " + " → ".join(repr(s) for s in rows[n][0]["interpolation"])
-                 for n in names]
+                 for n in names if rows.get(n)]
     else:
         table = ["| model | recon acc / position ↑ | fitness Spearman ↑ | Pearson ↑ | MSE ↓ | validity | novelty |",
                  "|---|---|---|---|---|---|---|"]
