@@ -60,7 +60,7 @@ def part_networks(a):
                                 load_network, minimal_graph)
 
     out, lines = [], []
-    cases = [(n, 0) for n in NETWORKS] + [(n, 2) for n in a.measured]
+    cases = [(n, 0) for n in (a.networks or NETWORKS)] + [(n, 2) for n in a.measured]
     for name, measure in cases:
         bn = load_network(name, measure=measure)
         g = bn.graph
@@ -203,6 +203,7 @@ def main(argv=None) -> int:
     a.calib_draws = 40 if q else 200
     a.net_n = 2000 if q else 20000
     a.measured = () if q else ("cancer", "earthquake", "survey")
+    a.networks = ("cancer", "sachs", "alarm") if q else None
     a.learner_graphs = ("latent_chain",) if q else ("tree", "latent_chain", "cross_level")
     a.learner_seeds, a.learner_n, a.learner_steps = (1, 2000, 100) if q else (2, 20000, 3000)
     a.probe_n, a.probe_steps, a.probe_hidden = (600, 50, 64) if q else (6000, 3000, 384)

@@ -129,3 +129,16 @@ def test_diffusion_probes_run_end_to_end_on_a_tiny_model():
     assert [r["step"] for r in pt] == [0] and 0.0 < pt[0]["changed_area"] <= 1.0  # perturbing x_T changes x_0
     with pytest.raises(ConceptDataError, match="at least 20"):
         probe_accuracy(model, task, x[:30], codes[:30], ts=[0])
+
+
+def test_recipe_writes_tables_and_records(tmp_path, monkeypatch):
+    from recipes import concepts as recipe
+
+    bench = tmp_path / "BENCHMARKS.md"
+    monkeypatch.setenv("JAXLM_BENCHMARKS_MD", str(bench))
+    assert recipe.main(["--quick", "--parts", "networks", "--out", str(tmp_path / "run"), "--record"]) == 0
+    tables = (tmp_path / "run" / "tables.md").read_text()
+    assert "| alarm | 37 | 11 |" in tables and "(NI)" in tables
+    assert "## Concept learning (issue 14)" in bench.read_text()
+    with pytest.raises(SystemExit):
+        recipe.main(["--parts", "nope"])
