@@ -24,14 +24,15 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: an older checkout can be measured
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 
-def measure(preset_name: str, layers: int, batch: int, capacity: int, steps: int = 20):
+def compile_step(preset_name: str, layers: int, batch: int, capacity: int):
+    """The generation decode step compiled for a random-weight model: (compiled, step fn, its arguments, cache)."""
     from jaxlm.config import preset
     from jaxlm.infer import cache as cache_lib
     from jaxlm.infer.generate import compiled_steps
@@ -44,16 +45,35 @@ def measure(preset_name: str, layers: int, batch: int, capacity: int, steps: int
     _, dec = compiled_steps(gd)
     cache = cache_lib.with_lengths(cache_lib.init_cache(model, batch, capacity), jnp.full((batch,), capacity // 2))
     params = {k: jnp.asarray(v) for k, v in pack_params([SamplingParams()] * batch).items()}
-    seen, keys = jnp.zeros((batch, cfg.vocab_size), bool), jnp.zeros((batch, 2), jnp.uint32)
-    tok = jnp.zeros((batch,), jnp.int32)
-    flags = SamplingFlags()
-    compiled = dec.lower(st, cache, seen, keys, params, tok, flags=flags).compile()
+    args = (st, cache, jnp.zeros((batch, cfg.vocab_size), bool), jnp.zeros((batch, 2), jnp.uint32), params,
+            jnp.zeros((batch,), jnp.int32))
+    return dec.lower(*args, flags=SamplingFlags()).compile(), dec, args, cache
+
+
+def bytes_accessed(compiled) -> float:
     ca = compiled.cost_analysis()
-    ca = ca[0] if isinstance(ca, list) else ca
-    hlo = compiled.as_text()
-    full = "f32[%s]" % ",".join(map(str, cache.k.shape))
-    copies = sum(1 for ln in hlo.splitlines() if re.search(rf"= {re.escape(full)}\S* copy\(", ln))
-    aliased = bool(re.search(r"input_output_alias=\{[^\n]*must-alias", hlo))
+    return float((ca[0] if isinstance(ca, list) else ca)["bytes accessed"])
+
+
+def hlo_facts(hlo: str, cache_shape) -> tuple[bool, list[str]]:
+    """(are the donated cache.k / cache.v parameters aliased to outputs, the ops that copy the full stacked cache)."""
+    alias = hlo.splitlines()[0]  # HloModule ..., input_output_alias={ {0}: (11, {}, may-alias), ... }
+    aliased = True
+    for name in ("cache.k", "cache.v"):
+        m = re.search(r"parameter\((\d+)\), metadata=\{op_name=\"%s\"" % re.escape(name), hlo)
+        aliased &= bool(m and re.search(r": \(%s, \{\}, \w+-alias\)" % m.group(1), alias))
+    full = re.escape("f32[%s]" % ",".join(map(str, cache_shape)))
+    return aliased, [ln.strip() for ln in hlo.splitlines() if re.search(rf"= {full}\S* copy\(", ln)]
+
+
+def measure(preset_name: str, layers: int, batch: int, capacity: int, steps: int = 20):
+    from jaxlm.infer import cache as cache_lib
+    from jaxlm.infer.sampling import SamplingFlags
+
+    compiled, dec, args, cache = compile_step(preset_name, layers, batch, capacity)
+    aliased, copies = hlo_facts(compiled.as_text(), cache.k.shape)
+    st, cache, seen, keys, params, tok = args
+    flags = SamplingFlags()
     cache, seen, tok = dec(st, cache, seen, keys, params, tok, flags=flags)  # warm
     jax.block_until_ready(tok)
     t0 = time.perf_counter()
@@ -63,7 +83,7 @@ def measure(preset_name: str, layers: int, batch: int, capacity: int, steps: int
     jax.block_until_ready(tok)
     step_ms = (time.perf_counter() - t0) / steps * 1e3
     weights = sum(x.nbytes for x in jax.tree.leaves(st))
-    return dict(bytes=float(ca["bytes accessed"]), cache=2 * cache.k.nbytes, weights=weights, copies=copies,
+    return dict(bytes=bytes_accessed(compiled), cache=2 * cache.k.nbytes, weights=weights, copies=len(copies),
                 aliased=aliased, step_ms=step_ms)
 
 

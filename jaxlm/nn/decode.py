@@ -16,7 +16,8 @@ cache; slots >= lengths[b] are masked. It dispatches to
 - "interpret": that kernel in interpret mode (CPU testing; slow).
 Override with `impl=`, `use_impl(...)` or the environment variable JAXLM_DECODE_IMPL. Shapes the kernel cannot take
 (see `kernels.decode.pallas.unsupported`) fall back to "xla" under "auto" and raise `ShapeError` naming the shape
-when "pallas" was asked for.
+when "pallas" was asked for; so does a multi-device mesh (`jaxlm.sharding.use_mesh`) under "auto", since the
+kernel is not partitioned.
 """
 
 from __future__ import annotations
@@ -52,7 +53,12 @@ class LayerCache:
         B, T = k_new.shape[:2]
         rows = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, T))
         slots = jnp.asarray(lengths, jnp.int32)[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
-        put = lambda c, n: c.at[self.layer, rows, slots].set(n.astype(c.dtype), unique_indices=True, mode="drop")
+        unique = True
+        if B * T == 1:  # one index: XLA would rewrite the scatter as a dynamic-update-slice, which its CPU backend
+            # then copies the whole cache around; the same slot written twice (same value) stays a scatter
+            rows, slots, unique = jnp.concatenate([rows, rows], 1), jnp.concatenate([slots, slots], 1), False
+            k_new, v_new = jnp.concatenate([k_new, k_new], 1), jnp.concatenate([v_new, v_new], 1)
+        put = lambda c, n: c.at[self.layer, rows, slots].set(n.astype(c.dtype), unique_indices=unique, mode="drop")
         return replace(self, k=put(self.k, k_new), v=put(self.v, v_new))
 
     def layer_kv(self):
@@ -78,6 +84,13 @@ def use_impl(impl: str | None):
         set_impl(prev)
 
 
+def _multi_device_mesh() -> bool:
+    from jaxlm.sharding import _current_mesh
+
+    mesh = _current_mesh()
+    return mesh is not None and mesh.size > 1
+
+
 def resolve_impl(impl: str | None, q_shape, cache_shape, dtype) -> str:
     from kernels.decode.pallas import unsupported
 
@@ -85,8 +98,8 @@ def resolve_impl(impl: str | None, q_shape, cache_shape, dtype) -> str:
     if impl not in IMPLS:
         raise ConfigError(f"decode attention impl={impl!r} (or JAXLM_DECODE_IMPL): expected one of {IMPLS}")
     why = unsupported(q_shape, cache_shape, dtype)
-    if impl == "auto":
-        return "pallas" if jax.default_backend() == "gpu" and why is None else "xla"
+    if impl == "auto":  # the kernel is a single-device custom call: under a multi-device mesh XLA's path shards
+        return "pallas" if jax.default_backend() == "gpu" and why is None and not _multi_device_mesh() else "xla"
     if impl in ("pallas", "interpret") and why is not None:
         raise ShapeError(f"decode attention kernel: {why}")
     return impl

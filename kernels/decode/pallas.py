@@ -26,20 +26,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from kernels.flute.pallas import lower_for_gpu
+from kernels.flute.pallas import _next_pow2, _pow2_divisor, lower_for_gpu
 
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
-def _block(s: int, cap: int) -> int:
-    b = 1
-    while b * 2 <= cap and s % (b * 2) == 0:
-        b *= 2
-    return b
 
 
 def unsupported(q_shape, cache_shape, dtype) -> str | None:
@@ -116,7 +105,7 @@ def decode_attention(q, k, v, layer, lengths, *, scale: float | None = None, bf1
     qg = q.reshape(B, KV, G, D)
     if gp != G:
         qg = jnp.pad(qg, [(0, 0), (0, 0), (0, gp - G), (0, 0)])
-    bs = _block(S, block_s)
+    bs = _pow2_divisor(S, block_s)
     extra = () if new is None else tuple(jnp.asarray(t).reshape(B, KV, D) for t in new)
     scale = D ** -0.5 if scale is None else float(scale)
     kern = functools.partial(_kernel, block_s=bs, scale=scale, bf16_round=bf16_round)

@@ -2,8 +2,9 @@
 
 `ssd(x, a, B, C, chunk_size, initial_state, impl)` -> (y [B,T,H,P] float32, final_state [B,H,P,N]).
 impl:
-- "auto" (default): the Pallas kernel on GPU when it takes the shapes (else "chunked"); the sequential scan
-  elsewhere: on CPU it is ~10x faster than the chunked algorithm (BENCHMARKS.md, benchmarks/ssd.py);
+- "auto" (default): the Pallas kernel on GPU when it takes the shapes and no multi-device mesh is active (else
+  "chunked"); the sequential scan elsewhere: on CPU it is ~10x faster than the chunked algorithm (BENCHMARKS.md,
+  benchmarks/ssd.py);
 - "chunked": the pure-JAX chunked algorithm (kernels/ssd/chunked.py; O(T Q) work, parallel over chunks);
 - "scan": the sequential reference, one step per token (kernels/ssd/reference.py);
 - "pallas": the Pallas GPU kernel (kernels/ssd/pallas.py; ShapeError naming the shape when it cannot take it);
@@ -44,8 +45,11 @@ def resolve_impl(impl: str | None, x_shape, B_shape, chunk_size: int) -> str:
     if impl not in IMPLS:
         raise ConfigError(f"SSD impl={impl!r} (or JAXLM_SSD_IMPL): expected one of {IMPLS}")
     if impl == "auto":
-        if jax.default_backend() == "gpu":
-            return "pallas" if unsupported(x_shape, B_shape, chunk_size) is None else "chunked"
+        if jax.default_backend() == "gpu":  # the kernel is not partitioned: XLA's chunked path under a mesh
+            from jaxlm.nn.decode import _multi_device_mesh
+
+            fits = unsupported(x_shape, B_shape, chunk_size) is None and not _multi_device_mesh()
+            return "pallas" if fits else "chunked"
         return "scan"
     return impl
 
