@@ -66,15 +66,22 @@ def test_tokenizer_matches_transformers(smollm2, smollm2_dir):
 
 def test_greedy_continuation_names_paris(smollm2):
     model, cfg, tok = smollm2
+    import jax
+    from flax import nnx
+
     from jaxlm.models import KVCache
 
+    # the model's own call with its KV cache, jitted: two compiles (prefill, decode) instead of op-by-op dispatch
+    # through 30 layers (~5 CPU-s less)
+    gd, st = nnx.split(model)
+    call = jax.jit(lambda st, ids, cache: nnx.merge(gd, st)(ids, cache=cache))
     ids = tok.encode("The capital of France is")
     cache = KVCache.zeros(cfg, 1, 32)
-    logits, cache = model(jnp.asarray([ids]), cache=cache)
+    logits, cache = call(st, jnp.asarray([ids]), cache)
     out = []
     for _ in range(6):
         nxt = int(jnp.argmax(logits[0, -1]))
         out.append(nxt)
-        logits, cache = model(jnp.asarray([[nxt]]), cache=cache)
+        logits, cache = call(st, jnp.asarray([[nxt]]), cache)
     text = tok.decode(out)
     assert "Paris" in text, text

@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["-m", "recipes.crystal", "--mesh", "8x1", "--steps", "24", "--no-progress", "--set", "train.seq_len=64",
-        "--set", "train.ckpt_every=4", "--set", "train.eval_batches=0", "--set", "train.keep_release=0"]
+# 15 steps = three phases of 5, a checkpoint every 3: the kill lands in phase 2 and the resume starts mid-phase
+STEPS, EVERY, KILL_AFTER = 15, 3, 8
+ARGS = ["-m", "recipes.crystal", "--mesh", "8x1", "--steps", str(STEPS), "--no-progress", "--set",
+        "train.seq_len=64", "--set", f"train.ckpt_every={EVERY}", "--set", "train.eval_batches=0", "--set",
+        "train.keep_release=0"]
 
 
 def _env(cache):
@@ -39,15 +42,15 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     want = _losses(full)
-    assert sorted(want) == list(range(24))
+    assert sorted(want) == list(range(STEPS))
 
     proc = subprocess.Popen([sys.executable, *ARGS, "--out", str(killed)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = killed / "metrics.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline:
-        if metrics.exists() and any(json.loads(x).get("step", -1) >= 13 for x in metrics.read_text().splitlines()
-                                    if x.strip().endswith("}")):
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        if any(json.loads(x).get("step", -1) >= KILL_AFTER for x in lines if x.strip().endswith("}")):
             break
         assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
         time.sleep(0.01)
@@ -55,18 +58,18 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     before = _losses(killed)
-    assert max(before) < 23, "the run finished before the kill"
+    assert max(before) < STEPS - 1, "the run finished before the kill"
 
     r = subprocess.run([sys.executable, *ARGS, "--out", str(killed), "--resume"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout
     resumed_at = int(r.stdout.split("resumed from")[1].split("(step ")[1].split()[0])
-    assert 4 <= resumed_at <= 16 and resumed_at % 4 == 0
+    assert EVERY <= resumed_at <= KILL_AFTER + 1 and resumed_at % EVERY == 0
     got = _losses(killed)
-    assert sorted(got) == list(range(24))
+    assert sorted(got) == list(range(STEPS))
     # every step after the resume point: exactly the uninterrupted run's loss (bit-identical floats)
-    assert [got[s] for s in range(resumed_at, 24)] == [want[s] for s in range(resumed_at, 24)]
+    assert [got[s] for s in range(resumed_at, STEPS)] == [want[s] for s in range(resumed_at, STEPS)]
     assert [got[s] for s in range(resumed_at)] == [want[s] for s in range(resumed_at)]
 
 
