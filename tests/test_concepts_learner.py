@@ -40,13 +40,13 @@ def test_learner_trains_on_the_engine_and_beats_chance():
     bn = DiscreteBN.random(g, np.random.default_rng(0), boost=4)
     d = bn.sample_observed(1024, np.random.default_rng(1))
     x, _ = mix_observations(d, [2, 2, 2], np.random.default_rng(2), dim=12, nuisance_dim=1, nuisance_scale=0.2)
-    model, res = train_concept_learner(x, [2, 2, 2], steps=100, batch=128, lr=1e-2, hidden=32, cont_dim=1,
+    model, res = train_concept_learner(x, [2, 2, 2], steps=40, batch=128, lr=2e-2, hidden=32, cont_dim=1,
                                        relax="softmax", sharpen=0.3, beta=0.1)
-    assert res.losses[99] < 0.5 * res.losses[0]
+    assert res.losses[39] < 0.5 * res.losses[0]
     pred = encode_concepts(model, x)
     assert pred.shape == (1024, 3) and set(np.unique(pred)) <= {0, 1}
     s = concept_scores(d, pred)
-    assert s["mean_acc"] > s["chance"] + 0.1, s
+    assert s["mean_acc"] > s["chance"] + 0.2, s  # 0.92 vs chance 0.62 (three binary concepts, one parent)
 
 
 def test_learner_bad_input():

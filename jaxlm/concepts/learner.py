@@ -188,7 +188,7 @@ def train_concept_learner(x, cards, *, steps: int = 1500, batch: int = 256, lr: 
     with tempfile.TemporaryDirectory() as tmp:
         res = train(run_cfg, ArrayPipeline({"x": x}, b, seed=seed), mesh, Path(out_dir or tmp), task=task,
                     progress=progress, print_fn=print if progress else (lambda *a: None), plot=False)
-    graphdef, _, _ = nnx.split(task.build(nnx.Rngs(0)), nnx.Param, ...)
+    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: task.build(nnx.Rngs(0))), nnx.Param, ...)  # abstract: no init
     host = lambda t: jax.tree.map(np.asarray, t)  # noqa: E731
     model = nnx.merge(graphdef, nnx.State(host(res.state.params)), nnx.State(host(res.rest or {})))
     return model, res

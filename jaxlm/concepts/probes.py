@@ -160,7 +160,7 @@ def train_probe_diffusion(x, cond, *, steps: int = 3000, batch: int = 128, lr: f
     with tempfile.TemporaryDirectory() as tmp:
         res = train(run_cfg, ArrayPipeline(arrays, batch, seed=seed), mesh, Path(tmp), task=task, progress=progress,
                     print_fn=print if progress else (lambda *a: None), plot=False)
-    graphdef, _, _ = nnx.split(task.build(nnx.Rngs(0)), nnx.Param, ...)
+    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: task.build(nnx.Rngs(0))), nnx.Param, ...)  # abstract: no init
     host = lambda t: jax.tree.map(np.asarray, t)  # noqa: E731
     model = nnx.merge(graphdef, nnx.State(host(res.state.params)), nnx.State(host(res.rest or {})))
     return model, task, res
