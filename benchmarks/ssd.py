@@ -1,6 +1,7 @@
 """SSD benchmark: chunked SSD vs sequential scan vs causal softmax attention (plain XLA) vs transformers' pure-torch
 `mamba2_chunk_scan`, time and peak memory against sequence length; forward+backward time of the two XLA SSD paths
-(what training runs; the CPU default of `kernels.ssd.ssd` is whichever is faster here: the scan); plus decode-state
+(what training runs) and of the CPU default of `kernels.ssd.ssd` ("hybrid": the scan forward, the chunked
+backward, each the faster one here); plus decode-state
 memory per token. The Pallas kernel (kernels/ssd/pallas.py) is GPU-only: its interpret mode on CPU is a
 correctness check, not a timing, so it is not timed here.
 
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.ssd import ssd_chunked, ssd_scan
+from kernels.ssd import ssd_chunked, ssd_hybrid, ssd_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,16 +121,19 @@ def main(argv=None):
         grad = lambda fn: jax.grad(lambda *v: jnp.sum(fn(*v)[0]), argnums=(0, 1, 2, 3))  # noqa: E731
         tgc, _ = _bench(grad(lambda *v: ssd_chunked(*v, chunk_size=args.chunk)), (xs, a, B, C), args.repeats)
         tgs, _ = _bench(grad(ssd_scan), (xs, a, B, C), args.repeats)
+        tgh, _ = _bench(grad(lambda *v: ssd_hybrid(*v, args.chunk)), (xs, a, B, C), args.repeats)
         ta, ma = _bench(causal_attention, (q, k, x), args.repeats)
         tt = None if args.no_torch else _bench_torch(x, dt, A, B, C, args.chunk, args.repeats)
-        row = dict(T=t, chunked_s=tc, scan_s=ts, chunked_grad_s=tgc, scan_grad_s=tgs, attn_s=ta, torch_s=tt,
+        row = dict(T=t, chunked_s=tc, scan_s=ts, chunked_grad_s=tgc, scan_grad_s=tgs, hybrid_grad_s=tgh, attn_s=ta,
+                   torch_s=tt,
                    chunked_mib=mc / 2**20,
                    scan_mib=ms / 2**20, attn_mib=ma / 2**20)
         rows.append(row)
         fmt = lambda v: "-" if v is None else f"{v:.4f}"
         print(f"{t:>6} | {tc:>9.4f} | {ts:>8.4f} | {ta:>8.4f} | {fmt(tt):>8} | {row['chunked_mib']:>11.1f} | "
               f"{row['scan_mib']:>8.1f} | {row['attn_mib']:>9.1f} | {ts / tc:>12.2f} | {ta / tc:>12.2f} | "
-              f"{'-' if tt is None else f'{tt / tc:.2f}':>13} | fwd+bwd chunked {tgc:.4f} s, scan {tgs:.4f} s")
+              f"{'-' if tt is None else f'{tt / tc:.2f}':>13} | fwd+bwd chunked {tgc:.4f} s, scan {tgs:.4f} s, "
+              f"hybrid (CPU default) {tgh:.4f} s")
     dec = decode_memory(lengths)
     print("\ndecode state per sequence (Mamba-2 130M SSMCache vs a 24x768 Transformer KV cache, float32):")
     for t, ssm, kv in dec:
@@ -159,15 +163,16 @@ def write_rows(rows, dec, args):
     lines = [f"### {stamp} — {machine}, load {load:.1f} (shared machine); jax {jax.__version__} / jaxlib "
              f"{jaxlib.__version__}, torch {tv}\n",
              "| T | chunked s | scan s | attn s | torch chunk_scan s | chunked MiB | scan MiB | attn MiB | "
-             "scan/chunked | attn/chunked | torch/chunked | fwd+bwd chunked s | fwd+bwd scan s | fwd+bwd scan/chunked |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "scan/chunked | attn/chunked | torch/chunked | fwd+bwd chunked s | fwd+bwd scan s | "
+             "fwd+bwd hybrid s (CPU default) | fwd+bwd scan/chunked |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tt = r["torch_s"]
         tratio = "-" if tt is None else f"{tt / r['chunked_s']:.2f}"
         lines.append(f"| {r['T']} | {r['chunked_s']:.4f} | {r['scan_s']:.4f} | {r['attn_s']:.4f} | "
                      f"{'-' if tt is None else f'{tt:.4f}'} | {r['chunked_mib']:.1f} | {r['scan_mib']:.1f} | "
                      f"{r['attn_mib']:.1f} | {r['scan_s'] / r['chunked_s']:.2f} | {r['attn_s'] / r['chunked_s']:.2f} | "
-                     f"{tratio} | {r['chunked_grad_s']:.4f} | {r['scan_grad_s']:.4f} | "
+                     f"{tratio} | {r['chunked_grad_s']:.4f} | {r['scan_grad_s']:.4f} | {r['hybrid_grad_s']:.4f} | "
                      f"{r['scan_grad_s'] / r['chunked_grad_s']:.2f} |")
     lines.append("\nDecode state per sequence (float32): " + "; ".join(
         f"T={t}: SSM {s / 2**20:.2f} MiB vs KV {k / 2**20:.1f} MiB" for t, s, k in dec)

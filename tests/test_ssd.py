@@ -162,7 +162,7 @@ def test_pallas_kernel_cross_lowers_for_cuda():
 
 def test_dispatcher_and_bad_shapes():
     x, a, B, C, s0 = _inputs(t=20, p=8, n=5)
-    assert resolve_impl(None, x.shape, B.shape, 16) == "scan"  # CPU default: the sequential scan
+    assert resolve_impl(None, x.shape, B.shape, 16) == "hybrid"  # CPU default: scan forward, chunked backward
     with pytest.raises(ShapeError, match=r"head_dim P=8 \(x shape \(2, 20, 4, 8\)\)"):
         ssd(x, a, B, C, 16, impl="pallas")
     with pytest.raises(ConfigError, match="impl='cuda'"):
@@ -175,3 +175,9 @@ def test_dispatcher_and_bad_shapes():
         (y, f), (y_ref, f_ref) = run(x, a, B, C, s0)
     np.testing.assert_allclose(y, y_ref, atol=3e-5)
     np.testing.assert_allclose(f, f_ref, atol=3e-5)
+    # the CPU default's gradients are the chunked algorithm's (whose gradients == the scan's: the kernel test above)
+    total = lambda fn: jax.grad(lambda *v: sum(jnp.sum(o * o) for o in fn(*v)), argnums=(0, 1, 2, 3, 4))
+    g_h, g_s = jax.jit(lambda *v: (total(lambda *u: ssd(*u[:4], 8, u[4]))(*v),
+                                   total(lambda *u: ssd_chunked(*u[:4], 8, u[4]))(*v)))(x, a, B, C, s0)
+    for got, want in zip(g_h, g_s):
+        np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)

@@ -105,7 +105,8 @@ class _SSMMixer(nnx.Module):
 
     def __call__(self, u, state=None, *, impl: str | None = None, return_state: bool = False):
         """Full-sequence forward. u [B, T, d_model]; state = (conv_state, ssm_state) or None. impl: the SSD path
-        (None = `kernels.ssd`'s dispatcher: the Pallas kernel on GPU, the sequential scan on CPU).
+        (None = `kernels.ssd`'s dispatcher: the Pallas kernel on GPU; on CPU the sequential scan forward with the
+        chunked backward).
         Returns out [B, T, d_model] (and the new state when return_state or a state is given)."""
         conv_state, ssm_state = (None, None) if state is None else state
         x, a, Bm, Cm, x_scale, gate, new_conv = self._ssm_inputs(u, conv_state)

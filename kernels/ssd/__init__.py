@@ -3,8 +3,10 @@
 `ssd(x, a, B, C, chunk_size, initial_state, impl)` -> (y [B,T,H,P] float32, final_state [B,H,P,N]).
 impl:
 - "auto" (default): the Pallas kernel on GPU when it takes the shapes and no multi-device mesh is active (else
-  "chunked"); the sequential scan elsewhere: on CPU it is ~10x faster than the chunked algorithm (BENCHMARKS.md,
-  benchmarks/ssd.py);
+  "chunked"); "hybrid" elsewhere;
+- "hybrid": the sequential scan forward with the chunked algorithm's backward (recomputed): on CPU the scan
+  forward is ~10x faster than the chunked one, but its backward is 8-15x slower than the chunked backward
+  (BENCHMARKS.md, benchmarks/ssd.py);
 - "chunked": the pure-JAX chunked algorithm (kernels/ssd/chunked.py; O(T Q) work, parallel over chunks);
 - "scan": the sequential reference, one step per token (kernels/ssd/reference.py);
 - "pallas": the Pallas GPU kernel (kernels/ssd/pallas.py; ShapeError naming the shape when it cannot take it);
@@ -15,16 +17,17 @@ Override per call with `impl=`, process-wide with `use_impl(...)`, or with the e
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import jax
 
 from jaxlm.errors import ConfigError
-from kernels.ssd.chunked import segsum, ssd_chunked
+from kernels.ssd.chunked import chunked_backward, segsum, ssd_chunked
 from kernels.ssd.pallas import ssd_pallas, unsupported
 from kernels.ssd.reference import expand_groups, ssd_scan, ssd_step
 
-IMPLS = ("auto", "chunked", "scan", "pallas", "interpret")
+IMPLS = ("auto", "hybrid", "chunked", "scan", "pallas", "interpret")
 _IMPL: str | None = None
 
 
@@ -50,8 +53,17 @@ def resolve_impl(impl: str | None, x_shape, B_shape, chunk_size: int) -> str:
 
             fits = unsupported(x_shape, B_shape, chunk_size) is None and not _multi_device_mesh()
             return "pallas" if fits else "chunked"
-        return "scan"
+        return "hybrid"
     return impl
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def ssd_hybrid(x, a, B, C, chunk_size: int = 256, initial_state=None):
+    """The sequential scan's forward, the chunked algorithm's backward (same values; see the module docstring)."""
+    return ssd_scan(x, a, B, C, initial_state)
+
+
+ssd_hybrid.defvjp(lambda x, a, B, C, q, s0: (ssd_scan(x, a, B, C, s0), (x, a, B, C, s0)), chunked_backward)
 
 
 def ssd(x, a, B, C, chunk_size: int = 256, initial_state=None, impl: str | None = None):
@@ -60,8 +72,10 @@ def ssd(x, a, B, C, chunk_size: int = 256, initial_state=None, impl: str | None 
         return ssd_chunked(x, a, B, C, chunk_size, initial_state)
     if which == "scan":
         return ssd_scan(x, a, B, C, initial_state)
+    if which == "hybrid":
+        return ssd_hybrid(x, a, B, C, int(chunk_size), initial_state)
     return ssd_pallas(x, a, B, C, chunk_size, initial_state, interpret=(which == "interpret"))
 
 
-__all__ = ["ssd", "ssd_chunked", "ssd_scan", "ssd_pallas", "ssd_step", "segsum", "expand_groups", "IMPLS",
+__all__ = ["ssd", "ssd_chunked", "ssd_scan", "ssd_hybrid", "ssd_pallas", "ssd_step", "segsum", "expand_groups", "IMPLS",
            "use_impl", "resolve_impl"]

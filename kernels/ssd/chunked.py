@@ -76,3 +76,15 @@ def ssd_chunked(x, a, B, C, chunk_size: int = 256, initial_state=None):
     y_off = jnp.einsum("bclhn,bchpn,bhcl->bclhp", C, s_in, jnp.exp(a_cum))
     y = (y_diag + y_off).reshape(b, nc * q, h, p)[:, :t]
     return y, final
+
+
+def chunked_backward(chunk_size: int, res, cts):
+    """The backward pass of an SSD custom_vjp with residuals (x, a, B, C, initial_state or None): the VJP of
+    `ssd_chunked`, recomputed from the inputs (no [T, T] matrix is stored). Used by the Pallas kernel and by the
+    CPU default (the sequential scan forward, whose own backward is 8-15x slower; BENCHMARKS.md)."""
+    x, a, B, C, s0 = res
+    if s0 is None:
+        _, vjp = jax.vjp(lambda *v: ssd_chunked(*v, chunk_size, None), x, a, B, C)
+        return (*vjp(cts), None)
+    _, vjp = jax.vjp(lambda *v: ssd_chunked(*v[:4], chunk_size, v[4]), x, a, B, C, s0)
+    return vjp(cts)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from kernels.flute.pallas import lower_for_gpu
-from kernels.ssd.chunked import ssd_chunked
+from kernels.ssd.chunked import chunked_backward
 
 
 def _pow2_ok(v: int) -> bool:
@@ -130,12 +130,7 @@ def _ssd_fwd(x, a, B, C, chunk_size, initial_state, interpret, num_warps):
 
 
 def _ssd_bwd(chunk_size, interpret, num_warps, res, cts):
-    x, a, B, C, s0 = res
-    if s0 is None:
-        _, vjp = jax.vjp(lambda *v: ssd_chunked(*v, chunk_size, None), x, a, B, C)
-        return (*vjp(cts), None)
-    _, vjp = jax.vjp(lambda *v: ssd_chunked(*v[:4], chunk_size, v[4]), x, a, B, C, s0)
-    return vjp(cts)
+    return chunked_backward(chunk_size, res, cts)
 
 
 _ssd.defvjp(_ssd_fwd, _ssd_bwd)
