@@ -88,7 +88,7 @@ def train_stages(cfg, world, tok, out: Path, steps, args, mesh):
     return dirs
 
 
-def write_gif(model, world, seed: int, rounds: int, path: Path, sample_seed: int = 0) -> dict:
+def write_gif(model, world, seed: int, rounds: int, path: Path, sample_seed: int = 0, steps: int | None = None) -> dict:
     """A rollout of the first `rounds` actions of held-out episode `seed`: the simulator (top) and the model
     (bottom), frame by frame, with the action text above. Returns {actions, psnr per round}."""
     import imageio.v2 as imageio
@@ -99,7 +99,7 @@ def write_gif(model, world, seed: int, rounds: int, path: Path, sample_seed: int
 
     ep = world.episode(seed, rounds)
     actions = [t.action for t in ep]
-    pred = to_uint8(model.rollout(ep[0].before, actions, seed=sample_seed))
+    pred = to_uint8(model.rollout(ep[0].before, actions, seed=sample_seed, steps=steps))
     true = np.concatenate([ep[0].before] + [t.after for t in ep])
     Tb, Ta = world.context_frames, world.clip_len
     scale = max(1, 128 // world.frame_size)
