@@ -81,7 +81,7 @@ def test_encode_actions_pads_and_masks():
     assert ids.tolist() == [[97, 98, 0, 0], [120, 121, 122, 0]] and mask.sum(1).tolist() == [2, 3]
 
 
-def check_rollout(model, mode):
+def check_rollout(model, mode, single=False):
     x = frames()
     acts = ["go left", "pick up the key"]
     a = model.rollout(x, acts, seed=3, mode=mode)
@@ -90,8 +90,9 @@ def check_rollout(model, mode):
     assert np.array_equal(a, model.rollout(x, acts, seed=3, mode=mode))  # fixed seed, eta = 0: bit-identical
     b = model.rollout(x, acts, seed=4, mode=mode)
     assert not np.allclose(a[:, 2:], b[:, 2:])  # the seed draws the initial noise
-    single = model.rollout(x[0], acts, seed=3, mode=mode)  # an unbatched state gives an unbatched rollout
-    assert single.shape == a.shape[1:] and np.allclose(single, a[0], atol=1e-5)
+    if single:  # an unbatched state gives an unbatched rollout (another compile: batch 1)
+        one = model.rollout(x[0], acts, seed=3, mode=mode)
+        assert one.shape == a.shape[1:] and np.allclose(one, a[0], atol=1e-5)
     return a
 
 
@@ -102,7 +103,7 @@ def test_rollout_is_deterministic_for_a_fixed_seed(model):
 
 @pytest.mark.slow
 def test_rollout_through_the_llm_is_deterministic(model):
-    a = check_rollout(model, "llm")
+    a = check_rollout(model, "llm", single=True)
     # the action reaches the frames through LLM -> queries -> Q-Former -> cross-attention
     other = model.rollout(frames(), ["turn right", "drop it"], seed=3)
     assert not np.allclose(a[:, 2:], other[:, 2:])
