@@ -1,7 +1,7 @@
 """Pandora on the shared engine: train the tiny world model in three stages on a simulator's clips, roll it out
 for several rounds of free-text actions, and score it against the simulator on held-out seeds.
 
-    python -m recipes.pandora                          # sprites world, SmolLM2's first 4 layers, ~15 min on CPU
+    python -m recipes.pandora                          # sprites world, SmolLM2's first 4 layers, CPU (see docs)
     python -m recipes.pandora --world babyai           # MiniGrid/BabyAI frames and missions
     python -m recipes.pandora --resume                 # continue the stages in --out
     python -m recipes.pandora --size paper --mesh 8x1  # the paper-shaped configuration (a GPU-cluster job)
@@ -155,8 +155,17 @@ def run(args) -> int:
     world = make_world(args.world, frame_size=32, clip_len=4, context_frames=2)
     cfg = make_config(args, world)
     if args.size == "paper":
-        print(json.dumps({"paper_preset": cfg.__class__.__name__, "note": "documented configuration; train it on a "
-                          "GPU cluster with --mesh (this CPU build does not load a 7B LLM by default)"}))
+        from jaxlm.pandora.model import check_config
+
+        check_config(cfg)
+        keys = ("frame_size", "clip_len", "num_queries", "adapter_queries", "adapter_dim", "adapter_depth",
+                "context_dim", "video_dim", "video_depth", "sample_steps", "guidance_scale", "llm_weights")
+        print(json.dumps({"preset": "pandora-paper", **{k: getattr(cfg, k) for k in keys},
+                          "llm": {"hidden_size": cfg.llm.hidden_size, "num_layers": cfg.llm.num_layers},
+                          "vit": {"image_size": cfg.vit.image_size, "hidden_size": cfg.vit.hidden_size,
+                                  "num_layers": cfg.vit.num_layers},
+                          "note": "documented configuration for a GPU cluster (--mesh); this build does not load a "
+                                  "7B LLM by itself: put jaxlm.load_model(path)'s weights into model.llm"}, indent=1))
         return 0
     tok = default_tokenizer(cfg)
     out = Path(args.out or f"runs/pandora-{args.world}")
