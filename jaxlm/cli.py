@@ -47,6 +47,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("eval", "jaxlm.eval.cli", "lm-evaluation-harness (lm_eval ARGS) with --model jaxlm and the offline tasks",
             ("lm_eval", "lm-eval")),
     Command("analysis", "recipes.analysis", "a run's checkpoints: held-out ppl, harness tasks, memorization curves"),
+    Command("web2code", "recipes.web2code", "Web2Code: webpage-to-HTML MLLM (LLaVA stages) with WUB/Design2Code vs "
+            "baselines"),
+    Command("pandora", "recipes.pandora", "Pandora world model: free-text actions -> video states, staged, rollout GIF"),
+    Command("concepts", "recipes.concepts", "discrete latent hierarchies: structure, concept learner, networks, probes"),
 )
 
 

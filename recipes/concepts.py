@@ -14,7 +14,6 @@ Writes <out>/results.json and <out>/tables.md; --record appends the tables to BE
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -183,14 +182,20 @@ def _plot(acc, sw, pt, ts, path: Path):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default=",".join(PARTS))
-    ap.add_argument("--out", default="runs/concepts")
+    from jaxlm.cli import command_parser
+
+    ap = command_parser("recipes.concepts", __doc__,
+                        reads="nothing but the machine: synthetic discrete hierarchies it samples, and the bnlearn "
+                              "networks' BIF files that ship inside the pgmpy package",
+                        writes="--out/tables.md, results.json and probes.png (the tables are printed too); with "
+                               "--record, rows in BENCHMARKS.md")
+    ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts to run")
+    ap.add_argument("--out", default="runs/concepts", help="output directory")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     ap.add_argument("--record", action="store_true", help="append the tables to BENCHMARKS.md")
-    ap.add_argument("--ns", default="1000,5000,20000")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--boost", type=float, default=4.0)
+    ap.add_argument("--ns", default="1000,5000,20000", help="sample sizes of the synthetic structure table")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per setting")
+    ap.add_argument("--boost", type=float, default=4.0, help="signal boost of the sampled hierarchies")
     a = ap.parse_args(argv)
     parts = [p for p in a.parts.split(",") if p]
     bad = [p for p in parts if p not in PARTS]
