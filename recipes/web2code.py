@@ -45,7 +45,7 @@ PRESETS = {
     # CPU default: ~20 minutes on 2 cores (measured in docs/web2code.md)
     "tiny": dict(pages=192, eval_pages=24, image_size=96, patch=12, vit_width=128, vit_layers=2, llm="tiny",
                  width=128, layers=4, vocab=1024, steps0=150, steps1=60, steps2=200, batch=8, lr0=3e-3, lr1=1e-3,
-                 lr2=1e-3, vision_in_stage1=True, code_len=576, qa_len=192, seq0=256, pydoc=4),
+                 lr2=1e-3, vision_in_stage1=True, code_len=576, qa_len=192, seq0=256, pydoc=0),
     # SmolLM2-135M-Instruct as the LLM (its tokenizer); no stage 0; the original's stage-2 lr
     "smollm2": dict(pages=192, eval_pages=24, image_size=96, patch=12, vit_width=128, vit_layers=2, llm="smollm2",
                     steps0=0, steps1=60, steps2=240, batch=8, lr1=1e-3, lr2=2e-5, vision_in_stage1=True,
@@ -194,7 +194,7 @@ def score_generations(renderer, preds, ref_blocks) -> dict:
     from jaxlm.web.data import for_rendering
     from jaxlm.web.design2code import design2code, mean_scores
 
-    scores = [design2code(renderer, for_rendering(p), None, ref=r) for p, r in zip(preds, ref_blocks)]
+    scores = [design2code(renderer, p, None, ref=r, prepare_html=for_rendering) for p, r in zip(preds, ref_blocks)]
     out = mean_scores(scores)
     out["renders"] = sum(s.note is None or not s.note.startswith("render failed") for s in scores) / len(scores)
     out["pages"] = [s.as_dict() for s in scores]
@@ -359,21 +359,34 @@ def run(args) -> int:
            "stage2, no image": wub_accuracy(ask_all(g2, ev_wub, ev_by_name, "none"), ev_wub),
            "stage2, blank image": wub_accuracy(ask_all(g2, ev_wub, ev_by_name, "blank"), ev_wub),
            "majority class": majority(tr_wub, ev_wub)}
+    say("WUB: " + ", ".join(f"{k} {v['accuracy']:.1f}%" for k, v in wub.items()))
     lap("wub", t0)
     t0 = time.perf_counter()
     instr = "Please generate html code for the given image."
     refs_html = [for_rendering(r["conversations"][1]["value"]) for r in ev_recs]
     ref_blocks = [extract_blocks(renderer, h) for h in refs_html]
     nn = nearest_neighbour(tr_img, ev_img)
-    preds = {"stage 2": g2.generate([instr] * len(ev_img), ev_img, max_new_tokens=mnt),
-             "stage 1": g1.generate([instr] * len(ev_img), ev_img, max_new_tokens=mnt),
-             "nearest neighbour": [tr_recs[i]["conversations"][1]["value"] for i in nn]}
+    partial = out / "results_partial.json"
+    partial.write_text(json.dumps({"wub": wub}, indent=1))
     pred_dir = out / "predictions"
     pred_dir.mkdir(exist_ok=True)
+    gens = {"stage 2": g2, "stage 1": g1}
+    preds = {}
+    for k in ("stage 2", "stage 1", "nearest neighbour"):
+        files = [pred_dir / f"{r['id']}.{k.replace(' ', '_')}.html" for r in ev_recs]
+        if all(f.exists() for f in files):  # a rerun of the evaluation reuses the saved generations
+            preds[k] = [f.read_text() for f in files]
+            continue
+        preds[k] = (gens[k].generate([instr] * len(ev_img), ev_img, max_new_tokens=mnt) if k in gens
+                    else [tr_recs[i]["conversations"][1]["value"] for i in nn])
+        for f, p in zip(files, preds[k]):
+            f.write_text(p)
+    d2c = {}
     for k, ps in preds.items():
-        for r, p in zip(ev_recs, ps):
-            (pred_dir / f"{r['id']}.{k.replace(' ', '_')}.html").write_text(p)
-    d2c = {k: score_generations(renderer, ps, ref_blocks) for k, ps in preds.items()}
+        d2c[k] = score_generations(renderer, ps, ref_blocks)
+        say(f"design2code {k}: " + ", ".join(f"{m} {d2c[k][m]:.3f}" for m in ("block_match", "text", "position",
+                                                                              "color", "renders")))
+        partial.write_text(json.dumps({"wub": wub, "design2code": d2c}, indent=1))
     if pyd:
         py_refs = [extract_blocks(renderer, h) for _, h in pyd]
         py_img_a = np.stack(py_img)

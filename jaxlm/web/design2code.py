@@ -379,18 +379,24 @@ def preprocess_prediction(html: str | bytes, *, report: bool = False):
 
 
 def design2code(renderer, pred_html: str | bytes, ref_html: str | bytes | None, options=None, *,
-                ref: tuple | None = None, clip_fn: Callable | None = None, max_repeats: int = 50) -> D2CScores:
+                ref: tuple | None = None, clip_fn: Callable | None = None, max_repeats: int = 50,
+                prepare_html: Callable | None = None) -> D2CScores:
     """Render both pages, extract blocks, score. A prediction that fails to render scores 0 with the reason in
     `note`; a reference that fails raises DataError (the benchmark itself is broken). clip_fn(pred_image,
     ref_image, pred_bboxes, ref_bboxes) -> float, given local CLIP weights (Design2Code inpaints the text boxes
     with cv2 TELEA, radius 3, and resizes to a square of the short side before CLIP ViT-B/32).
-    `ref`: the reference's extract_blocks(...) result, to score many predictions against one reference."""
+    `ref`: the reference's extract_blocks(...) result, to score many predictions against one reference.
+    `prepare_html(text)`: applied after the prediction's pre-processing, before rendering (e.g.
+    jaxlm.web.data.for_rendering, which inlines Bootstrap's CSS: pre-processing must see the model's text, not 230 KB
+    of inlined CSS, whose repeated chunks the repetition cut would also truncate)."""
     if ref is None and ref_html is None:
         raise DataError("design2code: give the reference HTML or its extract_blocks result (ref=)")
     ref_blocks, ref_res = ref if ref is not None else extract_blocks(renderer, ref_html, options)
     if not ref_res.ok:
         raise DataError(f"design2code: the reference page did not render ({ref_res.error})")
     pred_text, cut = preprocess_prediction(pred_html, report=True)
+    if prepare_html is not None:
+        pred_text = prepare_html(pred_text)
     pred_blocks, pred_res = extract_blocks(renderer, pred_text, options,
                                            prepare=f"({_TRUNCATE_JS})({int(max_repeats)})")
     if not pred_res.ok:
