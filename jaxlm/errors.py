@@ -91,3 +91,13 @@ class NonFiniteLossError(TrainingError):
 
 class LLMError(JaxlmError, RuntimeError):
     """An LLM backend call failed for good (retries exhausted or a non-retryable HTTP status)."""
+
+
+def _register_with_kernels() -> None:
+    """The kernels (a leaf package) raise these classes when used through jaxlm (see kernels/errors.py)."""
+    from kernels import errors as kernel_errors
+
+    kernel_errors.register(shape=ShapeError, config=ConfigError)
+
+
+_register_with_kernels()

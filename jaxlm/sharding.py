@@ -215,6 +215,12 @@ def _current_mesh() -> Mesh | None:
     return _MESH_STACK[-1] if _MESH_STACK else None
 
 
+def multi_device_mesh() -> bool:
+    """Whether code runs under `use_mesh` of more than one device (unpartitioned kernels then step aside)."""
+    mesh = _current_mesh()
+    return mesh is not None and mesh.size > 1
+
+
 def state_shardings(state, mesh: Mesh):
     """NamedShardings for an nnx.State whose Variables carry `axes` metadata (leading 'layers' added if stacked)."""
     import jax

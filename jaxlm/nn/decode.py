@@ -85,10 +85,9 @@ def use_impl(impl: str | None):
 
 
 def _multi_device_mesh() -> bool:
-    from jaxlm.sharding import _current_mesh
+    from jaxlm.sharding import multi_device_mesh
 
-    mesh = _current_mesh()
-    return mesh is not None and mesh.size > 1
+    return multi_device_mesh()
 
 
 def resolve_impl(impl: str | None, q_shape, cache_shape, dtype) -> str:

@@ -23,6 +23,7 @@ from flax import nnx
 
 from jaxlm.errors import ConfigError
 from jaxlm.nn.linear import Linear, param
+from jaxlm.sharding import multi_device_mesh
 from kernels.ssd import expand_groups, segsum, ssd, ssd_step
 
 _ACTS = {"silu": jax.nn.silu, "swish": jax.nn.silu, "identity": lambda v: v, None: lambda v: v}
@@ -111,7 +112,7 @@ class _SSMMixer(nnx.Module):
         conv_state, ssm_state = (None, None) if state is None else state
         x, a, Bm, Cm, x_scale, gate, new_conv = self._ssm_inputs(u, conv_state)
         xs = x if x_scale is None else x * x_scale[..., None]
-        y, final = ssd(xs, a, Bm, Cm, self.chunk_size, ssm_state, impl=impl)
+        y, final = ssd(xs, a, Bm, Cm, self.chunk_size, ssm_state, impl=impl, sharded=multi_device_mesh())
         y = y + self.D[...].astype(jnp.float32)[:, None] * x
         out = self._output(y, gate)
         if return_state or state is not None:

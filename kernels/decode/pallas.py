@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from kernels.errors import shape_error
 from kernels.flute.pallas import _next_pow2, _pow2_divisor, lower_for_gpu
 
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -91,15 +92,13 @@ def decode_attention(q, k, v, layer, lengths, *, scale: float | None = None, bf1
     """q [B, H, D]; k/v [L, B, S, KV, D]; layer int (traced is fine); lengths [B] filled slots per row; new = None
     or (k_new, v_new) [B, KV, D], the new token's key/value attended after the cached slots.
     Returns [B, H, D] float32 (bfloat16-rounded values when bf16_round)."""
-    from jaxlm.errors import ShapeError
-
     B, H, D = q.shape
     L, Bk, S, KV, Dk = k.shape
     why = unsupported(q.shape, k.shape, k.dtype)
     if why is None and (Bk != B or Dk != D or v.shape != k.shape):
         why = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match"
     if why is not None:
-        raise ShapeError(f"decode attention kernel: {why}")
+        raise shape_error(f"decode attention kernel: {why}")
     G = H // KV
     gp = max(_next_pow2(G), 1)
     qg = q.reshape(B, KV, G, D)

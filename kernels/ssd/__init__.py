@@ -22,7 +22,7 @@ import os
 
 import jax
 
-from jaxlm.errors import ConfigError
+from kernels.errors import config_error
 from kernels.ssd.chunked import chunked_backward, segsum, ssd_chunked
 from kernels.ssd.pallas import ssd_pallas, unsupported
 from kernels.ssd.reference import expand_groups, ssd_scan, ssd_step
@@ -35,7 +35,7 @@ _IMPL: str | None = None
 def use_impl(impl: str | None):
     global _IMPL
     if impl is not None and impl not in IMPLS:
-        raise ConfigError(f"SSD impl={impl!r}: expected one of {IMPLS}")
+        raise config_error(f"SSD impl={impl!r}: expected one of {IMPLS}")
     prev, _IMPL = _IMPL, impl
     try:
         yield
@@ -43,15 +43,15 @@ def use_impl(impl: str | None):
         _IMPL = prev
 
 
-def resolve_impl(impl: str | None, x_shape, B_shape, chunk_size: int) -> str:
+def resolve_impl(impl: str | None, x_shape, B_shape, chunk_size: int, *, sharded: bool = False) -> str:
+    """The path for these shapes. sharded: the call runs under a multi-device mesh (the kernel is not partitioned,
+    so "auto" takes XLA's chunked path there)."""
     impl = impl or _IMPL or os.environ.get("JAXLM_SSD_IMPL") or "auto"
     if impl not in IMPLS:
-        raise ConfigError(f"SSD impl={impl!r} (or JAXLM_SSD_IMPL): expected one of {IMPLS}")
+        raise config_error(f"SSD impl={impl!r} (or JAXLM_SSD_IMPL): expected one of {IMPLS}")
     if impl == "auto":
         if jax.default_backend() == "gpu":  # the kernel is not partitioned: XLA's chunked path under a mesh
-            from jaxlm.nn.decode import _multi_device_mesh
-
-            fits = unsupported(x_shape, B_shape, chunk_size) is None and not _multi_device_mesh()
+            fits = unsupported(x_shape, B_shape, chunk_size) is None and not sharded
             return "pallas" if fits else "chunked"
         return "hybrid"
     return impl
@@ -66,8 +66,8 @@ def ssd_hybrid(x, a, B, C, chunk_size: int = 256, initial_state=None):
 ssd_hybrid.defvjp(lambda x, a, B, C, q, s0: (ssd_scan(x, a, B, C, s0), (x, a, B, C, s0)), chunked_backward)
 
 
-def ssd(x, a, B, C, chunk_size: int = 256, initial_state=None, impl: str | None = None):
-    which = resolve_impl(impl, x.shape, B.shape, chunk_size)
+def ssd(x, a, B, C, chunk_size: int = 256, initial_state=None, impl: str | None = None, *, sharded: bool = False):
+    which = resolve_impl(impl, x.shape, B.shape, chunk_size, sharded=sharded)
     if which == "chunked":
         return ssd_chunked(x, a, B, C, chunk_size, initial_state)
     if which == "scan":

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from kernels.errors import shape_error
 from kernels.flute.pallas import lower_for_gpu
 from kernels.ssd.chunked import chunked_backward
 
@@ -84,11 +85,9 @@ def _kernel(x_ref, acum_ref, b_ref, c_ref, s0_ref, y_ref, sf_ref, *, q: int, nc:
 
 
 def _forward(x, a, B, C, chunk_size, initial_state, interpret, num_warps):
-    from jaxlm.errors import ShapeError
-
     why = unsupported(x.shape, B.shape, chunk_size)
     if why is not None:
-        raise ShapeError(f"SSD kernel: {why}")
+        raise shape_error(f"SSD kernel: {why}")
     b, t, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     q = min(int(chunk_size), t)
