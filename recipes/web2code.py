@@ -144,7 +144,7 @@ def lm_windows(tok, docs, seq: int):
 
 def stage_data(tok, recs, wub, images, code_len: int, qa_len: int):
     """(stage-1 captions, stage-2 code generation, stage-2 multi-turn QA) arrays, and how many were cut."""
-    from jaxlm.models.mllm import encode_examples, human_instruction
+    from jaxlm.web.mllm import encode_examples, human_instruction
 
     by_image = {r["image"]: i for i, r in enumerate(recs)}
     cap, cut_c = encode_examples(tok, [(CAPTION_INSTRUCTION, r["caption"], i) for i, r in enumerate(recs)], images,
@@ -239,7 +239,8 @@ def run(args) -> int:
     import numpy as np
 
     from jaxlm.config import vit_preset
-    from jaxlm.models.mllm import MLLM, MLLMConfig, MLLMGenerator, MLLMTask, StagedArrays, llava_phases
+    from jaxlm.models.mllm import MLLM, MLLMConfig
+    from jaxlm.web.mllm import MLLMGenerator, MLLMTask, StagedArrays, llava_phases
     from jaxlm.sharding import make_mesh
     from jaxlm.train import LRSchedule, OptimConfig, PhaseConfig, RunConfig, TrainConfig, train
     from jaxlm.train.task import LMTask
@@ -318,7 +319,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     vision = None
     if args.clip:
-        from jaxlm.models.vit import load_clip_vision
+        from jaxlm.io.clip_hf import load_clip_vision
 
         vision, vis_cfg = load_clip_vision(args.clip)
     else:

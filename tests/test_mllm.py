@@ -11,8 +11,9 @@ from jaxlm.config import preset, vit_preset
 from jaxlm.data.corpus import EOS_TOKEN, train_bpe
 from jaxlm.errors import DataError
 from jaxlm.io.tokenizer import HFTokenizer
-from jaxlm.models.mllm import (MLLM, MLLMConfig, MLLMGenerator, MLLMTask, StagedArrays, encode_example,
-                               encode_examples, llava_phases, prompt_text)
+from jaxlm.models.mllm import MLLM, MLLMConfig
+from jaxlm.web.mllm import (MLLMGenerator, MLLMTask, StagedArrays, encode_example, encode_examples, llava_phases,
+                            prompt_text)
 from jaxlm.train.task import token_nll
 
 TEXTS = ["<html><body><h1>Hello world</h1><p>Some text about bread.</p></body></html>",
@@ -131,7 +132,7 @@ def test_stages_on_the_engine_and_generation(tok, tmp_path):
 
 
 def test_multi_turn_targets_and_staged_batches(tok):
-    from jaxlm.models.mllm import encode_turns
+    from jaxlm.web.mllm import encode_turns
 
     turns = [("Does the webpage have a table?", "Yes"), ("Does the webpage have a form?", "No")]
     x, y, cut = encode_turns(tok, turns, 96)

@@ -7,7 +7,8 @@ from flax import nnx
 
 from jaxlm.config import ViTConfig, vit_preset
 from jaxlm.errors import CheckpointError, ConfigError, ShapeError
-from jaxlm.models.vit import ViT, forward, load_clip_vision, patchify
+from jaxlm.io.clip_hf import load_clip_vision
+from jaxlm.models.vit import ViT, forward, patchify
 
 
 def _images(cfg, n=2, seed=0):
