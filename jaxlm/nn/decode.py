@@ -22,18 +22,16 @@ kernel is not partitioned.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass, replace
 
 import jax
 import jax.numpy as jnp
 
-from jaxlm.errors import ConfigError, ShapeError
+from jaxlm.errors import ShapeError
+from kernels.impl import ImplChoice
 
 NEG = jnp.finfo(jnp.float32).min
 IMPLS = ("auto", "xla", "pallas", "interpret")
-_IMPL: str | None = None
 
 
 @jax.tree_util.register_dataclass
@@ -67,21 +65,8 @@ class LayerCache:
         return take(self.k), take(self.v)
 
 
-def set_impl(impl: str | None) -> None:
-    global _IMPL
-    if impl is not None and impl not in IMPLS:
-        raise ConfigError(f"decode attention impl={impl!r}: expected one of {IMPLS}")
-    _IMPL = impl
-
-
-@contextlib.contextmanager
-def use_impl(impl: str | None):
-    prev = _IMPL
-    set_impl(impl)
-    try:
-        yield
-    finally:
-        set_impl(prev)
+CHOICE = ImplChoice("decode attention", IMPLS, "JAXLM_DECODE_IMPL")
+set_impl, use_impl = CHOICE.set, CHOICE.use
 
 
 def _multi_device_mesh() -> bool:
@@ -93,9 +78,7 @@ def _multi_device_mesh() -> bool:
 def resolve_impl(impl: str | None, q_shape, cache_shape, dtype) -> str:
     from kernels.decode.pallas import unsupported
 
-    impl = impl or _IMPL or os.environ.get("JAXLM_DECODE_IMPL") or "auto"
-    if impl not in IMPLS:
-        raise ConfigError(f"decode attention impl={impl!r} (or JAXLM_DECODE_IMPL): expected one of {IMPLS}")
+    impl = CHOICE.get(impl)
     why = unsupported(q_shape, cache_shape, dtype)
     if impl == "auto":  # the kernel is a single-device custom call: under a multi-device mesh XLA's path shards
         return "pallas" if jax.default_backend() == "gpu" and why is None and not _multi_device_mesh() else "xla"

@@ -20,39 +20,24 @@ one sequence), which the index-causal paths (cudnn, tpu) need.
 
 from __future__ import annotations
 
-import contextlib
-import os
 
 import jax
 import jax.numpy as jnp
 
 from kernels.attention import chunked, reference, tpu, triton
 from kernels.attention.reference import fill_empty_rows
+from kernels.impl import ImplChoice
 
 IMPLS = ("auto", "reference", "chunked", "pallas", "interpret", "cudnn", "tpu")
 CHUNKED_MIN_KEYS = 2048
-_IMPL = None
+CHOICE = ImplChoice("attention", IMPLS, "JAXLM_ATTENTION_IMPL")
 
 
 class Unsupported(ValueError):
     """A forced attention path cannot take the input (the message names the shape)."""
 
 
-def set_impl(impl: str | None) -> None:
-    global _IMPL
-    if impl is not None and impl not in IMPLS:
-        raise ValueError(f"attention impl={impl!r}: expected one of {IMPLS}")
-    _IMPL = impl
-
-
-@contextlib.contextmanager
-def use_impl(impl: str | None):
-    prev = _IMPL
-    set_impl(impl)
-    try:
-        yield
-    finally:
-        set_impl(prev)
+set_impl, use_impl = CHOICE.set, CHOICE.use
 
 
 def _cudnn_unsupported(q_shape, k_shape, dtype, causal, masked, same_positions):
@@ -90,9 +75,7 @@ def why_not(impl: str, q_shape, k_shape, dtype, *, causal: bool, masked: bool = 
 
 def resolve_impl(impl: str | None, q_shape, k_shape, dtype, *, causal: bool, masked: bool = False,
                  key_padding: bool = False, same_positions: bool = False, backend: str | None = None) -> str:
-    impl = impl or _IMPL or os.environ.get("JAXLM_ATTENTION_IMPL") or "auto"
-    if impl not in IMPLS:
-        raise ValueError(f"attention impl={impl!r} (or JAXLM_ATTENTION_IMPL): expected one of {IMPLS}")
+    impl = CHOICE.get(impl)
     kw = dict(causal=causal, masked=masked, key_padding=key_padding, same_positions=same_positions)
     if impl != "auto":
         why = why_not(impl, q_shape, k_shape, dtype, **kw)

@@ -10,38 +10,19 @@ the environment variable JAXLM_FLUTE_IMPL.
 
 from __future__ import annotations
 
-import contextlib
-import os
 
 import jax
 
 from kernels.flute import pallas, reference
+from kernels.impl import ImplChoice
 
 IMPLS = ("auto", "pallas", "reference", "interpret")
-_IMPL = None
-
-
-def set_impl(impl: str | None) -> None:
-    global _IMPL
-    if impl is not None and impl not in IMPLS:
-        raise ValueError(f"impl={impl!r}: expected one of {IMPLS}")
-    _IMPL = impl
-
-
-@contextlib.contextmanager
-def use_impl(impl: str | None):
-    prev = _IMPL
-    set_impl(impl)
-    try:
-        yield
-    finally:
-        set_impl(prev)
+CHOICE = ImplChoice("", IMPLS, "JAXLM_FLUTE_IMPL")
+set_impl, use_impl = CHOICE.set, CHOICE.use
 
 
 def resolve_impl(impl: str | None, n: int) -> str:
-    impl = impl or _IMPL or os.environ.get("JAXLM_FLUTE_IMPL") or "auto"
-    if impl not in IMPLS:
-        raise ValueError(f"impl={impl!r} (or JAXLM_FLUTE_IMPL): expected one of {IMPLS}")
+    impl = CHOICE.get(impl)
     if impl == "auto":
         return "pallas" if jax.default_backend() == "gpu" and n % 16 == 0 else "reference"
     return impl

@@ -16,39 +16,24 @@ Override per call with `impl=`, process-wide with `use_impl(...)`, or with the e
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 
 import jax
 
-from kernels.errors import config_error
+from kernels.impl import ImplChoice
 from kernels.ssd.chunked import chunked_backward, segsum, ssd_chunked
 from kernels.ssd.pallas import ssd_pallas, unsupported
 from kernels.ssd.reference import expand_groups, ssd_scan, ssd_step
 
 IMPLS = ("auto", "hybrid", "chunked", "scan", "pallas", "interpret")
-_IMPL: str | None = None
-
-
-@contextlib.contextmanager
-def use_impl(impl: str | None):
-    global _IMPL
-    if impl is not None and impl not in IMPLS:
-        raise config_error(f"SSD impl={impl!r}: expected one of {IMPLS}")
-    prev, _IMPL = _IMPL, impl
-    try:
-        yield
-    finally:
-        _IMPL = prev
+CHOICE = ImplChoice("SSD", IMPLS, "JAXLM_SSD_IMPL")
+set_impl, use_impl = CHOICE.set, CHOICE.use
 
 
 def resolve_impl(impl: str | None, x_shape, B_shape, chunk_size: int, *, sharded: bool = False) -> str:
     """The path for these shapes. sharded: the call runs under a multi-device mesh (the kernel is not partitioned,
     so "auto" takes XLA's chunked path there)."""
-    impl = impl or _IMPL or os.environ.get("JAXLM_SSD_IMPL") or "auto"
-    if impl not in IMPLS:
-        raise config_error(f"SSD impl={impl!r} (or JAXLM_SSD_IMPL): expected one of {IMPLS}")
+    impl = CHOICE.get(impl)
     if impl == "auto":
         if jax.default_backend() == "gpu":  # the kernel is not partitioned: XLA's chunked path under a mesh
             fits = unsupported(x_shape, B_shape, chunk_size) is None and not sharded
