@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxlm.errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from jaxlm.errors import CheckpointError, ConfigError
 from jaxlm.models.diled.model import DiLED, DiLEDConfig, diled_loss
 from jaxlm.train.task import Task
 
@@ -75,35 +75,21 @@ class DiLEDTask(Task):
 def load_diled(run_dir, cfg: DiLEDConfig | None = None, step: int | None = None) -> DiLED:
     """The model of a recipes.diled / train(DiLEDTask) run at its latest (or `step`) checkpoint. With `cfg`, a
     config that disagrees with the checkpoint's (modality, latent size, ...) raises CheckpointError naming it."""
-    from jaxlm.train.checkpoint import Checkpointer
+    from jaxlm.train.checkpoint import restore_recorded_params
+    from jaxlm.train.config import to_dict
 
-    run_dir = Path(run_dir)
-    cdir = run_dir / "checkpoints"
-    if not cdir.is_dir():
-        raise CheckpointNotFoundError(f"{cdir}: no checkpoints (is {run_dir} a recipes.diled run directory?)")
-    ck = Checkpointer(cdir, save_every=1, async_save=False)
-    try:
-        steps = ck.steps()
-        if not steps:
-            raise CheckpointNotFoundError(f"{cdir}: no checkpoints")
-        step = steps[-1] if step is None else int(step)
-        meta = ck.read_meta(step)
-        saved = meta.get("compat", {}).get("model", {}).get("diled")
-        if saved is None:
-            raise CheckpointError(f"{cdir} step {step}: not a DiLED checkpoint (no compat.model.diled record)")
-        cfg = cfg if cfg is not None else config_from_dict(saved)
-        from jaxlm.train.config import to_dict
+    built = {}
 
-        mine = to_dict(cfg)
-        if mine != saved:
-            diffs = _diff(saved, mine)
-            raise CheckpointError(f"{cdir} step {step} does not match the given DiLED config: " + "; ".join(diffs))
-        model = DiLED(cfg, rngs=nnx.Rngs(0))
-        g, params, rest = nnx.split(model, nnx.Param, ...)
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(params))
-        restored = ck.restore_params(step, abstract)
-    finally:
-        ck.close()
+    def abstract_for(saved, where):
+        c = cfg if cfg is not None else config_from_dict(saved)
+        if to_dict(c) != saved:
+            diffs = _diff(saved, to_dict(c))
+            raise CheckpointError(f"{where} does not match the given DiLED config: " + "; ".join(diffs))
+        built["split"] = nnx.split(DiLED(c, rngs=nnx.Rngs(0)), nnx.Param, ...)
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(built["split"][1]))
+
+    restored = restore_recorded_params(run_dir, "diled", "DiLED", "recipes.diled", abstract_for, step)
+    g, params, rest = built["split"]
     nnx.replace_by_pure_dict(params, jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored))
     return nnx.merge(g, params, rest)
 

@@ -19,7 +19,6 @@ Batches: before [B, Tb, H, W, 3] and after [B, Ta, H, W, 3] float32 in [-1, 1], 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.diffusion import cfg_dropout, diffusion_loss
-from jaxlm.errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from jaxlm.errors import CheckpointError, ConfigError
 from jaxlm.config import PandoraConfig
 from jaxlm.pandora.model import WorldModel, build_world_model, load_llm, schedule_of
 from jaxlm.train.task import Task
@@ -134,31 +133,20 @@ def load_world_model(run_dir, cfg: PandoraConfig, step: int | None = None, *, pr
     """The WorldModel of a stage run at its latest (or `step`) checkpoint, with the LLM's pretrained weights
     (cfg.llm_weights; a random-LLM config rebuilds the same seed-0 LLM the run used). A checkpoint made with
     another config raises CheckpointError naming the differing fields."""
-    from jaxlm.train.checkpoint import Checkpointer
+    from jaxlm.train.checkpoint import restore_recorded_params
     from jaxlm.train.config import to_dict
 
-    cdir = Path(run_dir) / "checkpoints"
-    if not cdir.is_dir():
-        raise CheckpointNotFoundError(f"{cdir}: no checkpoints (is {run_dir} a Pandora stage run directory?)")
-    ck = Checkpointer(cdir, save_every=1, async_save=False)
-    try:
-        steps = ck.steps()
-        if not steps:
-            raise CheckpointNotFoundError(f"{cdir}: no checkpoints")
-        step = steps[-1] if step is None else int(step)
-        saved = ck.read_meta(step).get("compat", {}).get("model", {}).get("pandora")
-        if saved is None:
-            raise CheckpointError(f"{cdir} step {step}: not a Pandora checkpoint (no compat.model.pandora record)")
-        mine = to_dict(cfg)
+    mine = to_dict(cfg)
+    model = nnx.eval_shape(lambda: WorldModel(cfg, rngs=nnx.Rngs(0)))  # shapes only: nothing initialised
+    g, params, rest = nnx.split(model, TRAINED, ...)
+
+    def abstract_for(saved, where):
         if saved != mine:
             diffs = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-            raise CheckpointError(f"{cdir} step {step} was trained with another PandoraConfig: fields {diffs} differ")
-        model = nnx.eval_shape(lambda: WorldModel(cfg, rngs=nnx.Rngs(0)))  # shapes only: nothing initialised
-        g, params, rest = nnx.split(model, TRAINED, ...)
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(params))
-        restored = ck.restore_params(step, abstract)
-    finally:
-        ck.close()
+            raise CheckpointError(f"{where} was trained with another PandoraConfig: fields {diffs} differ")
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(params))
+
+    restored = restore_recorded_params(run_dir, "pandora", "Pandora", "Pandora stage", abstract_for, step)
     nnx.replace_by_pure_dict(params, jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored))
     nnx.replace_by_pure_dict(rest, random_llm(cfg))  # the seed-0 LLM (load_llm then puts pretrained weights in)
     model = nnx.merge(g, params, rest)

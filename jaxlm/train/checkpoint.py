@@ -119,6 +119,33 @@ class Checkpointer:
         return out["params"]
 
 
+def restore_recorded_params(run_dir, key: str, what: str, kind: str, abstract_for, step: int | None = None):
+    """Parameters of a Task's run whose config is recorded as compat.model[`key`] (DiLED, Pandora, ...).
+
+    Opens `<run_dir>/checkpoints`, takes `step` (default: the latest), reads the saved record and calls
+    `abstract_for(saved, where)` -> the abstract parameter tree to restore (it may check the record against a given
+    config and raise CheckpointError naming `where`). Returns the restored parameters. A missing directory or step
+    raises CheckpointNotFoundError naming the run `kind`; a checkpoint without the record raises CheckpointError."""
+    from jaxlm.errors import CheckpointNotFoundError
+
+    run_dir = Path(run_dir)
+    cdir = run_dir / "checkpoints"
+    if not cdir.is_dir():
+        raise CheckpointNotFoundError(f"{cdir}: no checkpoints (is {run_dir} a {kind} run directory?)")
+    ck = Checkpointer(cdir, save_every=1, async_save=False)
+    try:
+        steps = ck.steps()
+        if not steps:
+            raise CheckpointNotFoundError(f"{cdir}: no checkpoints")
+        step = steps[-1] if step is None else int(step)
+        saved = ck.read_meta(step).get("compat", {}).get("model", {}).get(key)
+        if saved is None:
+            raise CheckpointError(f"{cdir} step {step}: not a {what} checkpoint (no compat.model.{key} record)")
+        return ck.restore_params(step, abstract_for(saved, f"{cdir} step {step}"))
+    finally:
+        ck.close()
+
+
 def check_compatible(saved: dict, current: dict, where: str) -> None:
     """Raise ConfigError naming every key whose value differs between a checkpoint and this run."""
     diffs = []
