@@ -117,6 +117,21 @@ def add_mesh_argument(parser: argparse.ArgumentParser, default: str | None, what
         parser._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-?\d+(x-?\d+)+$")
 
 
+def run_command(run, args, mesh=None) -> int:
+    """A command's main body: prepare `mesh`'s devices (before jax is imported; None = no mesh), call `run(args)`;
+    a JaxlmError becomes an `error: ...` line on stderr and exit status 2 (nothing else is caught)."""
+    from jaxlm.errors import JaxlmError
+    from jaxlm.sharding import prepare_devices
+
+    try:
+        prepare_devices(mesh)
+        rc = run(args)
+    except JaxlmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if rc is None else int(rc)
+
+
 def usage() -> str:
     w = max(len(c.name) for c in COMMANDS)
     rows = [f"  {c.name:<{w}}  {c.summary}  [python -m {c.module}]" for c in COMMANDS]

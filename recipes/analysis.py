@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from jaxlm.errors import CheckpointError, ConfigError, JaxlmError
+from jaxlm.errors import CheckpointError, ConfigError
 
 PARTS = ("ppl", "tasks", "mem")
 READS = ("RUN_DIR: a jaxlm training run (checkpoints/<step>/, config.json, the checkpoints' meta and data-iterator "
@@ -413,16 +413,14 @@ def analyse(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from jaxlm.sharding import prepare_devices
+    from jaxlm.cli import run_command
 
-    try:
-        prepare_devices(args.mesh)
-        analyse(args)
-    except JaxlmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    def run(a) -> int:
+        analyse(a)  # returns the results; the command's status is 0
+        return 0
+
+    args = build_parser().parse_args(argv)
+    return run_command(run, args, args.mesh)
 
 
 if __name__ == "__main__":

@@ -214,15 +214,10 @@ def enable_compile_cache() -> None:
 
 
 def main(recipe: Recipe, argv=None) -> int:
-    args = build_parser(recipe).parse_args(argv)
-    from jaxlm.sharding import prepare_devices
+    from jaxlm.cli import run_command
 
-    try:
-        prepare_devices(args.mesh)  # before jax is imported
-        return _run(recipe, args)
-    except JaxlmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args = build_parser(recipe).parse_args(argv)
+    return run_command(lambda a: _run(recipe, a), args, args.mesh)  # devices before jax is imported
 
 
 def _run(recipe: Recipe, args) -> int:

@@ -24,8 +24,8 @@ import re
 import sys
 from pathlib import Path
 
-from jaxlm.cli import add_mesh_argument, command_parser
-from jaxlm.errors import ConfigError, JaxlmError
+from jaxlm.cli import add_mesh_argument, command_parser, run_command
+from jaxlm.errors import ConfigError
 
 MODULE = "recipes.diled"
 MODALITIES = ("text", "image", "protein")
@@ -284,17 +284,13 @@ def save_grid(images: dict, path) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.modality not in MODALITIES:  # before jax is imported (prepare_devices)
-            raise ConfigError(f"--modality {args.modality!r}: expected one of {list(MODALITIES)}")
-        if args.mesh:
-            from jaxlm.sharding import prepare_devices
 
-            prepare_devices(args.mesh)
-        return run(args)
-    except JaxlmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    def checked(a):
+        if a.modality not in MODALITIES:
+            raise ConfigError(f"--modality {a.modality!r}: expected one of {list(MODALITIES)}")
+        return run(a)
+
+    return run_command(checked, args, args.mesh)
 
 
 if __name__ == "__main__":

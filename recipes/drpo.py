@@ -35,8 +35,8 @@ from jaxlm.align.prompts import DEFAULT_SYSTEM_PROMPT, eval_queries, seed_exampl
 from jaxlm.align.reward import AspectCache, Catalogue, JudgeConfig
 from jaxlm.align.search import Context, Roles, SearchConfig, best_node, export_trace, run_search
 from jaxlm.align.state import Example, ICLRecord, from_json, to_json
-from jaxlm.cli import command_parser
-from jaxlm.errors import ConfigError, JaxlmError
+from jaxlm.cli import command_parser, run_command
+from jaxlm.errors import ConfigError
 
 log = logging.getLogger("recipes.drpo")
 
@@ -228,12 +228,7 @@ def pick_seed_examples(n: int) -> tuple[Example, ...]:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except JaxlmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(run, parse_args(argv))
 
 
 def run(args) -> int:

@@ -19,8 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-from jaxlm.cli import add_mesh_argument, command_parser
-from jaxlm.errors import ConfigError, JaxlmError
+from jaxlm.cli import add_mesh_argument, command_parser, run_command
+from jaxlm.errors import ConfigError
 
 MODULE = "recipes.pandora"
 STAGE_DIRS = {"dynamics": "a_dynamics", "align": "b_align", "instruct": "c_instruct"}
@@ -210,15 +210,7 @@ def idm_report(idm, ctrl, world) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.mesh:
-            from jaxlm.sharding import prepare_devices
-
-            prepare_devices(args.mesh)
-        return run(args)
-    except JaxlmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(run, args, args.mesh)
 
 
 if __name__ == "__main__":

@@ -453,12 +453,10 @@ def record(results: dict, table: str) -> None:
 
 
 def main(argv=None) -> int:
+    from jaxlm.cli import run_command
+
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except JaxlmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(run, args)
 
 
 if __name__ == "__main__":
