@@ -10,7 +10,7 @@ import pytest
 from jaxlm.config import preset
 from jaxlm.errors import ConfigError
 from jaxlm.train.config import LRSchedule, OptimConfig, PhaseConfig, RunConfig, apply_overrides, scale_steps
-from jaxlm.train.optim import decay_mask, lr_multipliers, make_optimizer, make_schedule
+from jaxlm.train.optim import decay_mask, lr_multipliers, make_optimizer, make_schedule, trained_grads
 from jaxlm.train.state import abstract_params
 
 
@@ -148,3 +148,18 @@ def test_overrides_and_step_scaling():
     assert [p.steps for p in small.phases] == [10, 10, 10]
     # the schedule keeps its shape: phase-1 decay horizon stays ~3.69x the phase
     assert small.phases[0].lr.decay_steps == round(TINY.phases[0].lr.decay_steps * 10 / TINY.phases[0].steps)
+
+
+def test_trained_grads_zero_the_leaves_frozen_in_the_current_phase():
+    """The grad_norm metric is taken over these: frozen leaves' gradients are computed but never applied."""
+    lr = LRSchedule("constant", 1e-2, 1e-2)
+    cfg = RunConfig(name="t", model=None, phases=(PhaseConfig("all", 2, lr=lr),
+                                                  PhaseConfig("body", 3, lr=lr, frozen=("^head/",)),
+                                                  PhaseConfig("head", 2, lr=lr, trainable=("^head/",))))
+    grads = {"head": {"w": jnp.full((2, 3), 2.0)}, "body": {"w": jnp.full((4,), 1.0)}}
+    norm = jax.jit(lambda g, s: jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(trained_grads(cfg, g, s)))))
+    expect = {0: math.sqrt(24 + 4), 1: math.sqrt(28), 2: 2.0, 4: 2.0, 5: math.sqrt(24), 6: math.sqrt(24)}
+    for step, want in expect.items():
+        assert float(norm(grads, jnp.int32(step))) == pytest.approx(want, rel=1e-6), step
+    plain = RunConfig(name="t", model=None, phases=(PhaseConfig("all", 2, lr=lr),))
+    assert trained_grads(plain, grads, jnp.int32(0)) is grads

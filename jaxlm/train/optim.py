@@ -179,6 +179,27 @@ class FreezeState(NamedTuple):
     inner: optax.OptState
 
 
+def _live_leaves(table, starts: list[int], count):
+    """Per leaf: True (trains in every phase) or a traced bool (trains in the phase `count` falls in)."""
+    phase = sum((count >= s).astype(jnp.int32) for s in starts[1:]) if len(starts) > 1 else 0
+    return jax.tree.map(lambda m: True if m.all() else jnp.asarray(m)[phase], table)
+
+
+def keep(new, old, lv):
+    """`new` where the leaf trains (lv True or traced True), else `old`."""
+    return new if lv is True else jnp.where(lv, new, old)
+
+
+def trained_grads(cfg: RunConfig, grads, step):
+    """`grads` with the leaves frozen at `step` zeroed (the gradients the optimizer actually uses; for metrics)."""
+    masks = phase_masks(cfg, grads)
+    if masks is None:
+        return grads
+    table = jax.tree.map(lambda *m: np.array(m, bool), *masks)
+    live = _live_leaves(table, [a for a, _ in cfg.phase_bounds()], step)
+    return jax.tree.map(lambda g, lv: keep(g, jnp.zeros_like(g), lv), grads, live)
+
+
 def freeze_by_phase(inner: optax.GradientTransformation, masks: list, starts: list[int]) -> optax.GradientTransformation:
     """Masked updates: in phase i (steps >= starts[i]) only leaves with masks[i] True move. Frozen leaves get a zero
     update and their optimizer state (moments) is kept exactly as it was; the state's structure never changes, so
@@ -189,9 +210,7 @@ def freeze_by_phase(inner: optax.GradientTransformation, masks: list, starts: li
         return FreezeState(jnp.zeros((), jnp.int32), inner.init(params))
 
     def update(grads, state, params=None):
-        phase = sum((state.count >= s).astype(jnp.int32) for s in starts[1:]) if len(starts) > 1 else 0
-        live = jax.tree.map(lambda m: True if m.all() else jnp.asarray(m)[phase], table)  # True: always trains
-        keep = lambda new, old, lv: new if lv is True else jnp.where(lv, new, old)
+        live = _live_leaves(table, starts, state.count)
         grads = jax.tree.map(lambda g, lv: keep(g, jnp.zeros_like(g), lv), grads, live)
         updates, new_inner = inner.update(grads, state.inner, params)
         updates = jax.tree.map(lambda u, lv: keep(u, jnp.zeros_like(u), lv), updates, live)

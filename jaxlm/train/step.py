@@ -18,7 +18,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxlm.sharding import logical_to_spec, shard, use_mesh
-from jaxlm.train.optim import make_schedule
+from jaxlm.train.optim import make_schedule, trained_grads
 from jaxlm.train.task import LMTask, flops_per_token  # noqa: F401  (flops_per_token: old import path)
 
 LM_BATCH_SPEC = LMTask.batch_spec
@@ -109,7 +109,7 @@ def _make_step(task, mdef, tx, run_cfg, mesh, state_shardings, rest_shardings, d
             denom = jnp.maximum(jnp.asarray(w, jnp.float32), 1e-12)  # a batch with no weight: loss and grads 0
             grads = jax.tree.map(lambda g: g / denom, grads)
             loss = tot / denom
-            gnorm = optax.tree.norm(grads)
+            gnorm = optax.tree.norm(trained_grads(run_cfg, grads, state.step))  # frozen leaves excluded
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": gnorm, "lr": schedule(state.step),
