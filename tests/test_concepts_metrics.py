@@ -63,3 +63,17 @@ def test_random_hierarchies_and_graph_errors():
         LatentDAG.from_edges([("a", "b")], {"a": 1, "b": 2}, ["b"])
     with pytest.raises(ConceptGraphError, match="unknown concept-graph preset"):
         preset("nope")
+
+
+def test_importing_the_package_does_not_import_jax_and_the_learner_loads_on_use():
+    import subprocess
+    import sys
+
+    import jaxlm.concepts as c
+    from jaxlm.concepts import learner
+    assert c.LearnerConfig is learner.LearnerConfig and "ConceptTask" in c.__all__
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        c.nope
+    code = "import sys, jaxlm.concepts; print('jax' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.split() == ["False"]
