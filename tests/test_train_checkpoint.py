@@ -115,3 +115,14 @@ def test_export_checkpoint_to_hf(full_run, tmp_path):
     want = mdef.merge(params)(ids)
     got = model(ids)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+def test_execution_only_keys_do_not_block_a_resume():
+    from jaxlm.train.checkpoint import check_compatible
+
+    saved = {"model": {"hidden_size": 64, "remat": False}, "data": {"seq_len": 32}}  # an older record: no impl key
+    check_compatible(saved, {"model": {"hidden_size": 64, "attention_impl": "chunked", "remat": True},
+                             "data": {"seq_len": 32}}, "ckpt")
+    with pytest.raises(ConfigError, match=r"model\.hidden_size: checkpoint has 64, this run has 32"):
+        check_compatible(saved, {"model": {"hidden_size": 32, "attention_impl": "chunked"}, "data": {"seq_len": 32}},
+                         "ckpt")

@@ -146,8 +146,21 @@ def restore_recorded_params(run_dir, key: str, what: str, kind: str, abstract_fo
         ck.close()
 
 
+# model-config keys that choose how a step executes, not what it computes: a run may resume with other values
+# (e.g. flash attention on the cluster, the chunked path on a laptop; remat to fit a smaller machine)
+EXECUTION_ONLY = frozenset({"attention_impl", "remat"})
+
+
+def _strip_execution(d):
+    if isinstance(d, dict):
+        return {k: _strip_execution(v) for k, v in d.items() if k not in EXECUTION_ONLY}
+    return d
+
+
 def check_compatible(saved: dict, current: dict, where: str) -> None:
-    """Raise ConfigError naming every key whose value differs between a checkpoint and this run."""
+    """Raise ConfigError naming every key whose value differs between a checkpoint and this run (the keys in
+    EXECUTION_ONLY are not compared, at any depth)."""
+    saved, current = _strip_execution(saved), _strip_execution(current)
     diffs = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key, "<missing>"), current.get(key, "<missing>")
