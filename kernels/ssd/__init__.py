@@ -2,14 +2,15 @@
 
 `ssd(x, a, B, C, chunk_size, initial_state, impl)` -> (y [B,T,H,P] float32, final_state [B,H,P,N]).
 impl:
-- "auto" (default): the Pallas kernel on GPU when it takes the shapes and no multi-device mesh is active (else
+- "auto" (default): the Pallas kernel on GPU when it takes the shapes and dtypes and no multi-device mesh is active (else
   "chunked"); "hybrid" elsewhere;
 - "hybrid": the sequential scan forward with the chunked algorithm's backward (recomputed): on CPU the scan
   forward is ~10x faster than the chunked one, but its backward is 8-15x slower than the chunked backward
   (BENCHMARKS.md, benchmarks/ssd.py);
 - "chunked": the pure-JAX chunked algorithm (kernels/ssd/chunked.py; O(T Q) work, parallel over chunks);
 - "scan": the sequential reference, one step per token (kernels/ssd/reference.py);
-- "pallas": the Pallas GPU kernel (kernels/ssd/pallas.py; ShapeError naming the shape when it cannot take it);
+- "pallas": the Pallas GPU kernels (kernels/ssd/pallas.py), forward and backward (a custom_vjp whose backward is
+  three Pallas kernels; ShapeError naming the shape or dtype when they cannot take it);
 - "interpret": that kernel in interpret mode (CPU testing; slow).
 Override per call with `impl=`, process-wide with `use_impl(...)`, or with the environment variable JAXLM_SSD_IMPL.
 """
@@ -30,13 +31,14 @@ CHOICE = ImplChoice("SSD", IMPLS, "JAXLM_SSD_IMPL")
 set_impl, use_impl = CHOICE.set, CHOICE.use
 
 
-def resolve_impl(impl: str | None, x_shape, B_shape, chunk_size: int, *, sharded: bool = False) -> str:
-    """The path for these shapes. sharded: the call runs under a multi-device mesh (the kernel is not partitioned,
-    so "auto" takes XLA's chunked path there)."""
+def resolve_impl(impl: str | None, x_shape, B_shape, chunk_size: int, *, sharded: bool = False,
+                 dtype=None) -> str:
+    """The path for these shapes (and dtypes: of x and B, when given). sharded: the call runs under a multi-device
+    mesh (the kernel is not partitioned, so "auto" takes XLA's chunked path there)."""
     impl = CHOICE.get(impl)
     if impl == "auto":
         if jax.default_backend() == "gpu":  # the kernel is not partitioned: XLA's chunked path under a mesh
-            fits = unsupported(x_shape, B_shape, chunk_size) is None and not sharded
+            fits = unsupported(x_shape, B_shape, chunk_size, dtype) is None and not sharded
             return "pallas" if fits else "chunked"
         return "hybrid"
     return impl
@@ -52,7 +54,7 @@ ssd_hybrid.defvjp(lambda x, a, B, C, q, s0: (ssd_scan(x, a, B, C, s0), (x, a, B,
 
 
 def ssd(x, a, B, C, chunk_size: int = 256, initial_state=None, impl: str | None = None, *, sharded: bool = False):
-    which = resolve_impl(impl, x.shape, B.shape, chunk_size, sharded=sharded)
+    which = resolve_impl(impl, x.shape, B.shape, chunk_size, sharded=sharded, dtype=(x.dtype, B.dtype))
     if which == "chunked":
         return ssd_chunked(x, a, B, C, chunk_size, initial_state)
     if which == "scan":

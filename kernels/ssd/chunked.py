@@ -80,8 +80,8 @@ def ssd_chunked(x, a, B, C, chunk_size: int = 256, initial_state=None):
 
 def chunked_backward(chunk_size: int, res, cts):
     """The backward pass of an SSD custom_vjp with residuals (x, a, B, C, initial_state or None): the VJP of
-    `ssd_chunked`, recomputed from the inputs (no [T, T] matrix is stored). Used by the Pallas kernel and by the
-    CPU default (the sequential scan forward, whose own backward is 8-15x slower; BENCHMARKS.md)."""
+    `ssd_chunked`, recomputed from the inputs (no [T, T] matrix is stored). Used by the CPU default (the
+    sequential scan forward, whose own backward is 8-15x slower; BENCHMARKS.md)."""
     x, a, B, C, s0 = res
     if s0 is None:
         _, vjp = jax.vjp(lambda *v: ssd_chunked(*v, chunk_size, None), x, a, B, C)
