@@ -1,6 +1,6 @@
-"""SSD kernels and state-space mixers: chunked == sequential scan, the Pallas kernel (interpret mode) == the scan
-forward and gradients, CUDA cross-lowering, the dispatcher, conv/state plumbing, recurrent step == forward,
-materialized mixing matrices reproduce the mixer."""
+"""SSD kernels and state-space mixers: chunked == sequential scan, the Pallas kernels (interpret mode) == the scan
+forward and gradients (the backward kernels), CUDA cross-lowering of all four kernels, the dispatcher and its
+fallbacks, conv/state plumbing, recurrent step == forward, materialized mixing matrices reproduce the mixer."""
 
 import jax
 import jax.numpy as jnp
@@ -131,33 +131,62 @@ def test_mixing_matrix_entries():
                 assert abs(M[0, h, i, j] - want) < 1e-5, (h, i, j)
 
 
-def test_pallas_kernel_forward_and_gradients_match_scan():
-    """Interpret mode: T = 40 is not a multiple of the chunk (tail padding), 2 groups for 4 heads, a carried state."""
+@pytest.mark.parametrize("g,chunk,bwd_chunk,with_state", [(2, 16, 64, True), (1, 32, 16, False)],
+                         ids=["gqa2-state", "g1-bwdchunk16"])
+def test_pallas_kernel_forward_and_gradients_match_scan(g, chunk, bwd_chunk, with_state):
+    """Interpret mode, forward and the backward kernels against jax.grad of the sequential scan: T = 40 is not a
+    multiple of the chunk (tail padding), 4 heads over 2 groups (or 1: every head shares B/C), a carried state (its
+    gradient too) or none, the backward on its own chunk size (16 with a forward chunk of 32: 3 chunks)."""
     r = np.random.default_rng(7)
     f = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
-    x, B, C, s0 = f(2, 40, 4, 16), f(2, 40, 2, 16), f(2, 40, 2, 16), f(2, 4, 16, 16)
+    x, B, C, s0 = f(2, 40, 4, 16), f(2, 40, g, 16), f(2, 40, g, 16), f(2, 4, 16, 16)
     a = -jnp.asarray(r.uniform(0.0, 1.5, size=(2, 40, 4)), jnp.float32)
     wy, wf = f(2, 40, 4, 16), f(2, 4, 16, 16)
+    s0 = s0 if with_state else None
 
     def loss(fn):
-        def go(*v):
-            y, fin = fn(*v)
+        def go(x, a, B, C, s0):
+            y, fin = fn(x, a, B, C, s0)
             return jnp.sum(y * wy) + jnp.sum(fin * wf), (y, fin)
-        return jax.value_and_grad(go, argnums=(0, 1, 2, 3, 4), has_aux=True)
+        return jax.value_and_grad(go, argnums=(0, 1, 2, 3, 4) if with_state else (0, 1, 2, 3), has_aux=True)
 
-    both = jax.jit(lambda *v: (loss(lambda *u: ssd_pallas(*u[:4], 16, u[4], interpret=True))(*v),
-                               loss(lambda *u: ssd_scan(*u))(*v)))
+    kernel = lambda x, a, B, C, s0: ssd_pallas(x, a, B, C, chunk, s0, interpret=True, bwd_chunk=bwd_chunk)
+    both = jax.jit(lambda *v: (loss(kernel)(*v), loss(ssd_scan)(*v)))
     ((_, (y, fin)), g), ((_, (yr, finr)), gr) = both(x, a, B, C, s0)
     np.testing.assert_allclose(y, yr, atol=3e-5, rtol=1e-5)
     np.testing.assert_allclose(fin, finr, atol=3e-5, rtol=1e-5)
-    for got, want in zip(g, gr):
-        np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
+    assert len(g) == (5 if with_state else 4)
+    for name, got, want in zip(("x", "a", "B", "C", "initial_state"), g, gr):
+        assert got.shape == want.shape, name
+        np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4, err_msg=f"d{name}")
 
 
-def test_pallas_kernel_cross_lowers_for_cuda():
-    """The real Pallas -> Triton lowering for an H100, on this CPU machine."""
-    assert "triton" in ssd_kernel.cross_lower(1, 256, 4, 64, 1, 64, 64).as_text().lower()
-    ssd_kernel.cross_lower(2, 100, 4, 32, 2, 16, 32, dtype=jnp.bfloat16, with_state=False)
+def test_pallas_kernels_cross_lower_for_cuda():
+    """The real Pallas -> Triton lowering for an H100, on this CPU machine: the forward and the three backward
+    kernels (through jax.grad), f32 with a carried state and bf16 grouped without one."""
+    names = ("ssd_chunked", "ssd_bwd_local_states", "ssd_bwd_state_pass", "ssd_bwd_chunk_grads")
+    for text in (ssd_kernel.cross_lower(1, 256, 4, 64, 1, 64, 64, backward=True).as_text(),
+                 ssd_kernel.cross_lower(2, 100, 4, 32, 2, 16, 32, dtype=jnp.bfloat16, with_state=False,
+                                        backward=True).as_text()):
+        assert "triton" in text.lower()
+        assert all(n in text for n in names), [n for n in names if n not in text]
+
+
+def test_auto_dispatch_on_gpu_falls_back(monkeypatch):
+    """On a GPU backend, "auto" takes the kernel only for shapes and dtypes it supports (else the XLA chunked path);
+    forcing "pallas" on bad input raises a ShapeError naming the shape or dtype."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    ok, f32, bf16 = ((2, 64, 4, 16), (2, 64, 2, 16)), jnp.float32, jnp.bfloat16
+    assert resolve_impl(None, *ok, 16, dtype=(f32, bf16)) == "pallas"
+    assert resolve_impl(None, *ok, 16, sharded=True) == "chunked"
+    assert resolve_impl(None, *ok, 16, dtype=(jnp.int32, f32)) == "chunked"
+    assert resolve_impl(None, (2, 64, 4, 24), ok[1], 16) == "chunked"  # P = 24
+    assert resolve_impl(None, *ok, 48) == "chunked"  # chunk 48
+    x, a, B, C, _ = _inputs(t=20, p=16, n=16)
+    with pytest.raises(ShapeError, match=r"dtype int32 \(x shape \(2, 20, 4, 16\)"):
+        ssd(x.astype(jnp.int32), a, B, C, 16, impl="pallas")
+    with pytest.raises(ShapeError, match="bwd_chunk=24"):
+        ssd_pallas(x, a, B, C, 16, bwd_chunk=24)
 
 
 def test_dispatcher_and_bad_shapes():

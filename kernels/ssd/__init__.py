@@ -2,8 +2,8 @@
 
 `ssd(x, a, B, C, chunk_size, initial_state, impl)` -> (y [B,T,H,P] float32, final_state [B,H,P,N]).
 impl:
-- "auto" (default): the Pallas kernel on GPU when it takes the shapes and dtypes and no multi-device mesh is active (else
-  "chunked"); "hybrid" elsewhere;
+- "auto" (default): the Pallas kernel on GPU when it takes the shapes and dtypes and no multi-device mesh is active
+  (else "chunked"); "hybrid" elsewhere;
 - "hybrid": the sequential scan forward with the chunked algorithm's backward (recomputed): on CPU the scan
   forward is ~10x faster than the chunked one, but its backward is 8-15x slower than the chunked backward
   (BENCHMARKS.md, benchmarks/ssd.py);
