@@ -7,14 +7,14 @@
 Sections (each guarded: a failure is reported and the suite goes on; the exit code is 1 if a check failed):
 1. check: every Pallas kernel against its reference on the device: FLUTE (4/3/2 bits), flash attention forward and
    gradients (causal + packed segments + GQA, f32 and bf16), cuDNN attention, and when present the decode-attention
-   kernel (kernels/decode) and a Pallas SSD (kernels.ssd with impl="pallas").
+   kernel (kernels/decode) and the Pallas SSD forward and backward (y, final state and the gradients of all inputs).
 2. train: training MFU of a ~1B Llama at seq 2048 vs the measured bf16 peak (benchmarks/train_gpu.py, run first in
    a subprocess so it has the whole GPU; it records its own row).
 3. flute: FLUTE vs bf16 jnp.dot (f32 accumulation) vs XLA dequantize-then-dot vs cuBLAS (jax.lax.dot in bf16) at
    M in {1, 16, 64}, N = K = 8192, 4 and 3 bits, G = 128 (weights rotated over 8 sets; benchmarks/flute_kernel.py).
 4. attention: flash (Pallas) vs cuDNN vs plain XLA, causal bf16, forward and forward+backward, at 2k/8k/32k tokens.
 5. decode: batch-1 and batch-16 decode of the ~1B mobillama-1b preset vs the HBM roofline (benchmarks/generate_gpu.py).
-6. ssd: the SSD kernel (Pallas when kernels.ssd has it, else the chunked XLA path, labelled) vs flash attention at 16k.
+6. ssd: the Pallas SSD kernels vs XLA's chunked SSD vs flash attention at 16k, forward and forward+backward.
 Rows go to one BENCHMARKS.md section with the device and versions.
 """
 
@@ -153,42 +153,57 @@ def check_decode(s: Suite):
     s.check(f"decode attention ragged lengths L={L} B={B} S={S} H/KV={H}/{KV} D={D} bf16", _rel(o, r), 3e-2)
 
 
-def _ssd_operands(T, H=4, P=16, N=16, seed=0):
+def _ssd_operands(T, H=4, P=16, N=16, G=1, dtype=None, seed=0):
+    """x [1,T,H,P], a [1,T,H] (log-decays <= 0), B/C [1,T,G,N] (x/B/C in dtype), initial state, output weights."""
     import jax
     import jax.numpy as jnp
 
-    ks = jax.random.split(jax.random.key(seed), 4)
-    x = jax.random.normal(ks[0], (1, T, H, P), jnp.float32)
+    dtype = dtype or jnp.float32
+    ks = jax.random.split(jax.random.key(seed), 7)
+    x = jax.random.normal(ks[0], (1, T, H, P), jnp.float32).astype(dtype)
     a = -jnp.exp(jax.random.normal(ks[1], (1, T, H), jnp.float32)) * 0.1
-    Bm = jax.random.normal(ks[2], (1, T, 1, N), jnp.float32)
-    Cm = jax.random.normal(ks[3], (1, T, 1, N), jnp.float32)
-    return x, a, Bm, Cm
+    Bm = jax.random.normal(ks[2], (1, T, G, N), jnp.float32).astype(dtype)
+    Cm = jax.random.normal(ks[3], (1, T, G, N), jnp.float32).astype(dtype)
+    s0 = jax.random.normal(ks[4], (1, H, P, N), jnp.float32)
+    wy = jax.random.normal(ks[5], (1, T, H, P), jnp.float32)
+    wf = jax.random.normal(ks[6], (1, H, P, N), jnp.float32)
+    return x, a, Bm, Cm, s0, wy, wf
 
 
-def _ssd_has_pallas():
-    import kernels.ssd as ks
+def _ssd_loss_grad(impl, chunk):
+    """jit(value_and_grad) of sum(y * wy) + sum(final * wf) in all five inputs (x, a, B, C, initial state)."""
+    import jax
+    import jax.numpy as jnp
 
-    return "pallas" in getattr(ks, "IMPLS", ())
+    import kernels.ssd as kss
+
+    def loss(x, a, B, C, s0, wy, wf):
+        y, fin = kss.ssd(x, a, B, C, chunk, s0, impl=impl)
+        return jnp.sum(y * wy) + jnp.sum(fin * wf), (y, fin)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))
 
 
 def check_ssd(s: Suite):
-    import kernels.ssd as ks
-
-    if not _ssd_has_pallas():
-        s.notes.append("kernels.ssd has no Pallas impl yet; SSD kernel check skipped")
-        print("  skipped: kernels.ssd.IMPLS has no 'pallas'")
-        return
-    impl = "interpret" if s.interpret and "interpret" in ks.IMPLS else "pallas"
-    x, a, Bm, Cm = _ssd_operands(128 if s.interpret else 1024)
-    y, st = ks.ssd(x, a, Bm, Cm, 64, impl=impl)
-    y_r, st_r = ks.ssd(x, a, Bm, Cm, 64, impl="scan")
-    s.check(f"ssd {impl} T={x.shape[1]} forward y", _rel(y, y_r), 1e-3)
-    s.check(f"ssd {impl} final state", _rel(st, st_r), 1e-3)
+    """The Pallas SSD forward (y, final state) and backward kernels (gradients of x, a, B, C and the initial state)
+    against the sequential scan (float32, highest matmul precision), 4 heads over 2 groups, T not a multiple of
+    the chunk; float32 inputs (IEEE dots in the kernels) and bfloat16 ones (TF32 dots)."""
     import jax
+    import jax.numpy as jnp
 
-    grad = lambda im: jax.grad(lambda x, a: ks.ssd(x, a, Bm, Cm, 64, impl=im)[0].sum(), argnums=(0, 1))(x, a)
-    for nm, g, g_r in zip(("dx", "da"), grad(impl), grad("scan")):
-        s.check(f"ssd {impl} T={x.shape[1]} {nm}", _rel(g, g_r), 1e-3)
+    impl = "interpret" if s.interpret else "pallas"
+    T = 100 if s.interpret else 1000
+    for dt, tol in ((jnp.float32, 1e-4), (jnp.bfloat16, 2e-2)):
+        ops = _ssd_operands(T, H=4, P=16 if s.interpret else 64, N=16 if s.interpret else 64, G=2, dtype=dt)
+        (_, (y, fin)), g = _ssd_loss_grad(impl, 32 if s.interpret else 64)(*ops)
+        up = [v.astype(jnp.float32) for v in ops]
+        with jax.default_matmul_precision("highest"):
+            (_, (y_r, fin_r)), g_r = _ssd_loss_grad("scan", 64)(*up)
+        name = f"ssd {impl} T={T} H/G=4/2 P={ops[0].shape[-1]} N={ops[2].shape[-1]} {jnp.dtype(dt).name}"
+        s.check(name + " forward y", _rel(y, y_r), tol)
+        s.check(name + " final state", _rel(fin, fin_r), tol)
+        for nm, a, b in zip(("dx", "da", "dB", "dC", "d initial_state"), g, g_r):
+            s.check(f"{name} {nm}", _rel(a, b), tol * 2)
 
 
 # ---------------------------------------------------------------------------------------------------- 2. train
@@ -339,6 +354,8 @@ def bench_decode(s: Suite, steps: int):
 
 # ------------------------------------------------------------------------------------------------------ 6. ssd
 def bench_ssd(s: Suite, reps: int):
+    """SSD forward and forward+backward (all five gradients) at 16k tokens: the Pallas kernels (forward chunk 64 /
+    128, backward chunk 64) vs XLA's chunked path (chunk 256) vs causal flash attention with as many heads."""
     import jax
     import jax.numpy as jnp
 
@@ -346,16 +363,23 @@ def bench_ssd(s: Suite, reps: int):
 
     T = 256 if s.interpret else 16384
     H, P, N = (4, 16, 16) if s.interpret else (32, 64, 128)
-    impl = ("interpret" if s.interpret else "pallas") if _ssd_has_pallas() else "chunked"
-    if s.interpret and impl == "interpret" and "interpret" not in kss.IMPLS:
-        impl = "chunked"
-    x, a, Bm, Cm = _ssd_operands(T, H, P, N)
-    ssd = jax.jit(lambda x, a, B, C: kss.ssd(x, a, B, C, 64 if s.interpret else 256, impl=impl)[0])
-    header = "| tokens | op | shape | forward ms |"
-    s.row("ssd", header, [T, f"ssd ({impl})", f"H={H} P={P} N={N}", f"{_time(ssd, (x, a, Bm, Cm), reps) * 1e3:.2f}"])
+    kernel = "interpret" if s.interpret else "pallas"
+    ops = _ssd_operands(T, H, P, N, G=1, dtype=jnp.bfloat16)
+    header = "| tokens | op | shape | forward ms | fwd+bwd ms |"
+    shape = f"H={H} P={P} N={N} G=1 bf16"
+    for impl, chunk in ((kernel, 32 if s.interpret else 64), (kernel, 64 if s.interpret else 128), ("chunked", 256)):
+        fwd = jax.jit(lambda x, a, B, C, s0, impl=impl, chunk=chunk: kss.ssd(x, a, B, C, chunk, s0, impl=impl))
+        cells = []
+        for fn in (fwd, _ssd_loss_grad(impl, chunk)):
+            try:
+                cells.append(f"{_time(fn, ops[:5] if fn is fwd else ops, reps) * 1e3:.2f}")
+            except Exception as e:  # out of memory or a compile failure: report the cell, go on
+                cells.append(f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}")
+        s.row("ssd", header, [T, f"ssd {impl} chunk {chunk}", shape] + cells)
     q, k, v, _ = _attn_operands(1, T, H, H, P, jnp.bfloat16)
-    fwd, _ = _attn_fns("interpret" if s.interpret else "pallas")
-    s.row("ssd", header, [T, "flash attention (causal)", f"H={H} D={P} bf16", f"{_time(fwd, (q, k, v), reps) * 1e3:.2f}"])
+    fwd, bwd = _attn_fns("interpret" if s.interpret else "pallas")
+    s.row("ssd", header, [T, "flash attention (causal)", f"H={H} D={P} bf16",
+                          f"{_time(fwd, (q, k, v), reps) * 1e3:.2f}", f"{_time(bwd, (q, k, v), reps) * 1e3:.2f}"])
 
 
 # ------------------------------------------------------------------------------------------------------ driver
