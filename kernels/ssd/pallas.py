@@ -33,7 +33,7 @@ at batch 1):
    [P, N] work in registers; S_c are recomputed here from the saved inputs, nothing but the inputs is saved by
    the forward), writing S_c, G_{c+1} and G_0;
 3. `_chunk_grad_kernel`, grid (B, H, chunks): dx, dB, dC and da of one chunk from S_c and G_{c+1}.
-The result does not depend on the chunk size, so the backward uses its own (`bwd_chunk`, default 64: six
+The result does not depend on the chunk size, so the backward uses its own (`bwd_chunk`, default 64: five
 [Q, Q] float32 tiles must fit in registers). dB/dC are written per head and summed over each group's heads by
 XLA (grouped B/C are read from group h // (H / G), never repeated in memory).
 
@@ -228,6 +228,7 @@ def _backward(x, a, B, C, initial_state, dy, dfinal, q, interpret, num_warps):
     nc = tp // q
     s0 = jnp.zeros((b, h, p, n), F32) if initial_state is None else initial_state.astype(F32)
     params = _params(interpret, num_warps)
+    grad_params = _params(interpret, max(num_warps, 8) if q * max(p, n) >= 64 * 128 else num_warps)  # 5 [Q, Q] tiles
     sd = jax.ShapeDtypeStruct
     grid = (b, h, nc)
     x_spec = pl.BlockSpec((None, q, None, p), lambda bi, hi, ci: (bi, ci, hi, 0))
@@ -252,7 +253,7 @@ def _backward(x, a, B, C, initial_state, dy, dfinal, q, interpret, num_warps):
         in_specs=[x_spec, a_spec, bc_spec, bc_spec, x_spec, st_spec, st_spec],
         out_specs=[x_spec, head_n, head_n, a_spec],
         out_shape=[sd((b, tp, h, p), F32), sd((b, tp, h, n), F32), sd((b, tp, h, n), F32), sd((b, h, tp), F32)],
-        interpret=interpret, name="ssd_bwd_chunk_grads", **params,
+        interpret=interpret, name="ssd_bwd_chunk_grads", **grad_params,
     )(xp, acum, Bp, Cp, dyp, s_in, g_out)
     per_group = lambda v: v.reshape(b, tp, g, rep, n).sum(3)[:, :t]  # heads of one group share B/C
     ds0 = None if initial_state is None else g0.astype(initial_state.dtype)
