@@ -1,5 +1,6 @@
-"""The LLaVA-style MLLM: shapes, answer-only loss masking, the two stages on the shared engine (stage 1 changes only
-the projector, stage 2 the projector and the LLM; the vision tower never), and generation with the image first."""
+"""The LLaVA-style MLLM: shapes, the image spliced at the `<image>` tag, answer-only loss masking, the two stages on
+the shared engine (stage 1 changes only the projector, stage 2 the projector and the LLM; the vision tower never), and
+generation with the image at the tag."""
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +12,9 @@ from jaxlm.config import preset, vit_preset
 from jaxlm.data.corpus import EOS_TOKEN, train_bpe
 from jaxlm.errors import DataError
 from jaxlm.io.tokenizer import HFTokenizer
-from jaxlm.models.mllm import MLLM, MLLMConfig
+from jaxlm.models.mllm import MLLM, MLLMConfig, splice_image, splice_targets
 from jaxlm.web.mllm import (MLLMGenerator, MLLMTask, StagedArrays, encode_example, encode_examples, llava_phases,
-                            prompt_text)
+                            prompt_text, split_at_image)
 from jaxlm.train.task import token_nll
 
 TEXTS = ["<html><body><h1>Hello world</h1><p>Some text about bread.</p></body></html>",
@@ -57,23 +58,49 @@ def test_shapes_and_answer_only_loss(tok):
     @jax.jit
     def run(st, b, noise):  # one compile: logits, the task's loss, the loss with the prompt's logits perturbed
         model = nnx.merge(gdef, st)
-        logits = model(b["images"], b["inputs"])
+        logits = model(b["images"], b["inputs"], b["image_pos"])
+        tgt = splice_targets(b["targets"], b["image_pos"], N)
         tot, cnt, _ = MLLMTask(CFG).loss(model, b, jax.random.key(0))
-        m = (b["targets"] >= 0)[..., None]
-        noisy = token_nll(logits[:, N:] + jnp.where(m, 0.0, noise), b["targets"])[0].sum()
-        other = model(-b["images"], b["inputs"])[:, N:]
-        return logits, tot, cnt, token_nll(logits[:, N:], b["targets"])[0].sum(), noisy, other
+        m = (tgt >= 0)[..., None]
+        noisy = token_nll(logits + jnp.where(m, 0.0, noise), tgt)[0].sum()
+        other = model(-b["images"], b["inputs"], b["image_pos"])
+        prefix = model(b["images"], b["inputs"])  # image_pos None: the image first
+        at0 = model(b["images"], b["inputs"], jnp.zeros_like(b["image_pos"]))
+        return logits, tgt, tot, cnt, token_nll(logits, tgt)[0].sum(), noisy, other, prefix, at0
 
     b = _data(tok)
-    noise = 5.0 * np.random.default_rng(1).normal(size=(4, 80, 320)).astype(np.float32)
-    logits, tot, cnt, manual, noisy, other = run(st, {k: b[k] for k in MLLMTask.batch_spec}, noise)
-    assert N == 4 and logits.shape == (4, N + 80, 320)
+    noise = 5.0 * np.random.default_rng(1).normal(size=(4, N + 80, 320)).astype(np.float32)
+    logits, tgt, tot, cnt, manual, noisy, other, prefix, at0 = run(st, {k: b[k] for k in MLLMTask.batch_spec}, noise)
+    p = len(split_at_image(tok, "Please generate html code for the given image.")[0])
+    assert N == 4 and logits.shape == (4, N + 80, 320) and p > 0 and list(b["image_pos"]) == [p] * 4
     assert float(cnt) == float((b["targets"] >= 0).sum()) and np.isclose(float(tot), float(manual), rtol=1e-6)
-    # only answer positions count: changing the prompt's logits leaves the loss unchanged
+    # only answer positions count: changing the prompt's and the image's logits leaves the loss unchanged
     assert np.isclose(float(noisy), float(tot), rtol=1e-6)
     # the image matters: another image changes the answer logits
-    m = np.asarray(b["targets"] >= 0)
-    assert np.abs(np.asarray(other - logits[:, N:])[m]).max() > 1e-4
+    m = np.asarray(tgt >= 0)
+    assert np.abs(np.asarray(other - logits)[m]).max() > 1e-4
+    np.testing.assert_allclose(np.asarray(prefix), np.asarray(at0), atol=1e-5)  # prefix mode = a splice at 0
+
+
+def test_splice_at_the_tag_equals_concatenation():
+    rng = np.random.default_rng(0)
+    tok_e, img_e = rng.normal(size=(3, 7, 5)).astype(np.float32), rng.normal(size=(3, 4, 5)).astype(np.float32)
+    pos = np.asarray([0, 3, 7])
+    got = np.asarray(splice_image(jnp.asarray(tok_e), jnp.asarray(img_e), pos))
+    for b, p in enumerate(pos):
+        np.testing.assert_array_equal(got[b], np.concatenate([tok_e[b, :p], img_e[b], tok_e[b, p:]]))
+    ids = rng.integers(0, 50, (3, 7))
+    targets = np.where(rng.uniform(size=(3, 7)) < 0.8, np.roll(ids, -1, 1), -1)
+    targets[:, -1] = -1  # the last token has no next one
+    st = np.asarray(splice_targets(jnp.asarray(targets), pos, 4))
+    for b, p in enumerate(pos):
+        # the spliced sequence's next-token pairs are the text's, the image tokens are never a target
+        seq = [("t", t) for t in ids[b, :p]] + [("i", k) for k in range(4)] + [("t", t) for t in ids[b, p:]]
+        want = [(seq[j], seq[j + 1][1]) for j in range(len(seq) - 1) if seq[j + 1][0] == "t"]
+        text_tg = {j: int(targets[b, j]) for j in range(7) if targets[b, j] >= 0}
+        got_pairs = [(seq[j], int(st[b, j])) for j in range(11) if st[b, j] >= 0]
+        assert len(got_pairs) == len(text_tg) and all(pair in want for pair in got_pairs)
+        assert all(st[b, j] == -1 for j in range(max(p - 1, 0), p + 3))
 
 
 def test_stage_masks_select_projector_then_projector_and_llm():
@@ -119,14 +146,16 @@ def test_stages_on_the_engine_and_generation(tok, tmp_path):
     assert changed(r1.state.params) == {"projector"}
     r2 = train(run, pipe, mesh, tmp_path, task=task, resume=True, **quiet)
     assert changed(r2.state.params) == {"projector", "llm"}
-    # generation with the image first: greedy's first token is the full forward's argmax after the prompt
+    # generation with the image at the tag: greedy's first token is the full forward's argmax after the prompt
     mdef, _, _ = abstract_model(task)
     model = mdef.merge(jax.device_get(r2.state.params), jax.device_get(r2.rest))
     gen = MLLMGenerator(model, tok, batch=2)
     q = "Please generate html code for the given image."
-    ids = np.asarray([tok.encode(prompt_text(tok, q))])
-    out = gen.gen.generate_ids([ids[0].tolist()], 1, prefix_embeds=[gen.features(b["images"][:1])[0]])
-    assert out[0][0] == int(np.argmax(np.asarray(model(b["images"][:1], ids))[0, -1]))
+    before, after = split_at_image(tok, q)
+    pre = np.concatenate([gen.token_embeds(before), gen.features(b["images"][:1])[0]])
+    out = gen.gen.generate_ids([after], 1, prefix_embeds=[pre])
+    full = model(b["images"][:1], np.asarray([before + after]), np.asarray([len(before)]))
+    assert out[0][0] == int(np.argmax(np.asarray(full)[0, -1]))
     texts = gen.generate([q] * 3, b["images"][:3], max_new_tokens=4)
     assert len(texts) == 3 and texts == gen.generate([q] * 3, b["images"][:3], max_new_tokens=4)
 

@@ -1,8 +1,9 @@
 """A LLaVA-1.5-style multimodal LM: a ViT image encoder, a 2-layer GELU projector (`mlp2x_gelu`) and any jaxlm
-decoder; the projected patch features go before the prompt as `prefix_embeds`.
+decoder; the projected patch features replace the `<image>` tag of the chat-rendered prompt, as LLaVA splices them
+(`splice_image`; image_pos=None puts them first, as `prefix_embeds`).
 
     model = MLLM(MLLMConfig(vit_preset("vit-tiny"), preset("smollm2-tiny")), rngs=nnx.Rngs(0))
-    logits = model(images, input_ids)          # images [B, H, W, C] in [-1, 1], ids [B, T] -> [B, N + T, V]
+    logits = model(images, input_ids, image_pos)  # images [B, H, W, C] in [-1, 1], ids [B, T] -> [B, N + T, V]
     mllm = with_pretrained(cfg_vision, llm=load_model()[0])   # SmolLM2-135M-Instruct as the LLM (the default)
 
 Encoding LLaVA conversations, training on the shared engine (`MLLMTask`, the two LLaVA-1.5 stages as PhaseConfigs
@@ -32,6 +33,7 @@ from jaxlm.nn import Linear
 STAGE1_TRAINABLE = ("^projector/",)
 STAGE2_TRAINABLE = ("^projector/", "^llm/")
 VISION_TRAINABLE = ("^vision/",)
+IMAGE_TAG = "<image>"  # LLaVA's DEFAULT_IMAGE_TOKEN: where the image tokens go in the prompt
 
 # LLaVA-1.5 (scripts/v1_5/pretrain.sh, finetune_crystal_chat.sh): AdamW, weight decay 0, cosine, warmup 3%
 LLAVA_STAGES = {"stage1": {"lr": 1e-3, "global_batch": 256, "warmup_ratio": 0.03},
@@ -83,10 +85,41 @@ class MLLM(nnx.Module):
         """images [B, H, W, C] in [-1, 1] -> LLM input embeddings [B, N, D_llm]."""
         return self.projector(self.vision(images))
 
-    def __call__(self, images, input_ids):
-        """-> logits [B, N + T, V] (N = image tokens; images=None: text only, [B, T, V])."""
-        pre = None if images is None else self.image_embeds(images)
-        return self.llm(input_ids, prefix_embeds=pre)
+    def __call__(self, images, input_ids, image_pos=None):
+        """-> logits [B, N + T, V] (N = image tokens; images=None: text only, [B, T, V]). image_pos [B]: row b's
+        image tokens go between input_ids[b, :p] and input_ids[b, p:] (where the `<image>` tag was); None: first."""
+        if images is None:
+            return self.llm(input_ids)
+        img = self.image_embeds(images)
+        if image_pos is None:
+            return self.llm(input_ids, prefix_embeds=img)
+        return self.llm(embeds=splice_image(self.llm.embed_tokens(input_ids), img, image_pos))
+
+
+def splice_image(tok_embeds, img_embeds, image_pos):
+    """Row b: tok_embeds[b, :p], img_embeds[b], tok_embeds[b, p:] with p = image_pos[b] (LLaVA's splice at the
+    `<image>` tag). [B, T, D], [B, N, D], [B] int -> [B, T + N, D]."""
+    B, T, _ = tok_embeds.shape
+    N = img_embeds.shape[1]
+    j = jnp.arange(T + N, dtype=jnp.int32)[None, :]
+    p = jnp.asarray(image_pos, jnp.int32)[:, None]
+    tok = jnp.take_along_axis(tok_embeds, jnp.clip(jnp.where(j < p, j, j - N), 0, T - 1)[..., None], axis=1)
+    img = jnp.take_along_axis(img_embeds, jnp.clip(j - p, 0, N - 1)[..., None], axis=1)
+    return jnp.where(((j >= p) & (j < p + N))[..., None], img.astype(tok.dtype), tok)
+
+
+def splice_targets(targets, image_pos, num_image_tokens: int):
+    """Next-token targets [B, T] of the text -> targets [B, T + N] of the spliced sequence: -1 at the positions whose
+    next input is an image token (p - 1 .. p + N - 2: the image is never a target), the text's targets after the
+    image shifted by N. The pairs (logit position, target) are those of the text with the image left out."""
+    B, T = targets.shape
+    N = int(num_image_tokens)
+    j = jnp.arange(T + N, dtype=jnp.int32)[None, :]
+    p = jnp.asarray(image_pos, jnp.int32)[:, None]
+    src = jnp.where(j < p - 1, j, j - N)
+    valid = ((j < p - 1) | (j >= p + N - 1)) & (src >= 0)
+    out = jnp.take_along_axis(targets, jnp.clip(src, 0, T - 1), axis=1)
+    return jnp.where(valid, out, -1)
 
 
 def with_pretrained(vision_cfg: ViTConfig, llm: DecoderLM, *, vision: ViT | None = None, seed: int = 0) -> MLLM:
@@ -105,5 +138,13 @@ def _embed(graphdef, state, images):
 embed_images = jax.jit(_embed, static_argnums=0)
 
 
+def _tokens(graphdef, state, ids):
+    return nnx.merge(graphdef, state).llm.embed_tokens(ids)
+
+
+embed_prompt_tokens = jax.jit(_tokens, static_argnums=0)  # the LLM's input embeddings of token ids [B, T]
+
+
 __all__ = ["MLLM", "MLLMConfig", "Projector", "STAGE1_TRAINABLE", "STAGE2_TRAINABLE", "VISION_TRAINABLE",
-           "LLAVA_STAGES", "embed_images", "with_pretrained"]
+           "LLAVA_STAGES", "IMAGE_TAG", "embed_images", "embed_prompt_tokens", "splice_image", "splice_targets",
+           "with_pretrained"]

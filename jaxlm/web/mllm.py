@@ -11,19 +11,20 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.errors import DataError, ShapeError
-from jaxlm.models.mllm import (LLAVA_STAGES, MLLM, STAGE1_TRAINABLE, STAGE2_TRAINABLE, VISION_TRAINABLE, MLLMConfig,
-                               embed_images)
+from jaxlm.models.mllm import (IMAGE_TAG, LLAVA_STAGES, MLLM, STAGE1_TRAINABLE, STAGE2_TRAINABLE, VISION_TRAINABLE,
+                               MLLMConfig, embed_images, embed_prompt_tokens, splice_targets)
 from jaxlm.train.task import Task, token_nll
 
 
 class MLLMTask(Task):
     """Next-token loss of an MLLM on answer tokens only (targets < 0 ignored), over {"images", "inputs",
-    "targets"}. `start`: a callable returning the concrete starting MLLM (pretrained LLM / vision tower)."""
+    "targets", "image_pos"}: the image tokens are spliced in at image_pos (the `<image>` tag; 0 = first) and are
+    never targets. `start`: a callable returning the concrete starting MLLM (pretrained LLM / vision tower)."""
 
     name = "mllm"
     units = "tokens"
     batch_spec = {"images": ("batch", None, None, None), "inputs": ("batch", "length"),
-                  "targets": ("batch", "length")}
+                  "targets": ("batch", "length"), "image_pos": ("batch",)}
 
     def __init__(self, cfg: MLLMConfig, start=None):
         self.cfg = cfg
@@ -40,8 +41,9 @@ class MLLMTask(Task):
         return None if self.start is None else self.start()
 
     def loss(self, model, batch, rng):
-        logits = model(batch["images"], batch["inputs"])[:, self.cfg.num_image_tokens:]
-        nll, mask = token_nll(logits, batch["targets"])
+        pos = batch["image_pos"]
+        logits = model(batch["images"], batch["inputs"], pos)
+        nll, mask = token_nll(logits, splice_targets(batch["targets"], pos, self.cfg.num_image_tokens))
         cnt = mask.sum().astype(jnp.float32)
         return nll.sum(), cnt, {"answer_tokens": cnt}
 
@@ -115,21 +117,39 @@ def prompt_text(tokenizer, instruction: str) -> str:
 
 
 def human_instruction(value: str) -> str:
-    """A LLaVA human turn without its `<image>` tag (the image goes first as the prefix)."""
-    return value.replace("<image>\n", "").replace("<image>", "").strip()
+    """A LLaVA human turn without its `<image>` tag (`split_at_image` puts it back first, as LLaVA's
+    preprocess_multimodal moves it to the start of the turn)."""
+    return value.replace(IMAGE_TAG + "\n", "").replace(IMAGE_TAG, "").strip()
 
 
-def encode_turns(tokenizer, turns, max_len: int) -> tuple[np.ndarray, np.ndarray, bool]:
+def split_at_image(tokenizer, instruction: str) -> tuple[list[int], list[int]]:
+    """(token ids before, token ids after) the `<image>` tag of the chat rendering of "<image>\n" + instruction:
+    the image tokens go between them (training and generation tokenize the two parts the same way)."""
+    pre, tag, post = prompt_text(tokenizer, IMAGE_TAG + "\n" + human_instruction(instruction)).partition(IMAGE_TAG)
+    if not tag:
+        raise DataError(f"split_at_image: the chat template of {getattr(tokenizer, 'name', tokenizer)!r} dropped the "
+                        f"{IMAGE_TAG} tag")
+    return list(tokenizer.encode(pre)), list(tokenizer.encode(post))
+
+
+def encode_turns(tokenizer, turns, max_len: int, *, image: bool = False):
     """(inputs [max_len], targets [max_len], cut) of a conversation [(instruction, answer), ...]: each turn is the
     chat rendering of its instruction, then the answer and EOS. Next-token pairs; targets are -1 except on answer
-    tokens (and their EOS), and on padding. `cut` is True when the conversation was cut to fit max_len."""
+    tokens (and their EOS), and on padding. `cut` is True when the conversation was cut to fit max_len.
+    image=True: the first turn carries the `<image>` tag; returns (inputs, targets, cut, image_pos) with image_pos
+    the index in inputs where the image tokens go (`split_at_image`)."""
     eos = tokenizer.eos_id
     if eos is None:
         raise DataError("encode_turns: the tokenizer has no EOS token (the answer's end must be learnt)")
     seq: list[int] = []
     learn: list[bool] = []
-    for instruction, answer in turns:
-        p = list(tokenizer.encode(prompt_text(tokenizer, instruction)))
+    image_pos = 0
+    for k, (instruction, answer) in enumerate(turns):
+        if image and k == 0:
+            pre, post = split_at_image(tokenizer, instruction)
+            image_pos, p = len(pre), pre + post
+        else:
+            p = list(tokenizer.encode(prompt_text(tokenizer, instruction)))
         a = list(tokenizer.encode(answer)) + [int(eos)]
         seq += p + a
         learn += [False] * len(p) + [True] * len(a)
@@ -147,7 +167,7 @@ def encode_turns(tokenizer, turns, max_len: int) -> tuple[np.ndarray, np.ndarray
     inputs[:n] = seq[:-1]
     nxt = np.asarray(seq[1:], np.int32)
     targets[:n] = np.where(np.asarray(learn[1:]), nxt, -1)
-    return inputs, targets, cut
+    return (inputs, targets, cut, image_pos) if image else (inputs, targets, cut)
 
 
 def encode_example(tokenizer, instruction: str, answer: str, max_len: int) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -155,23 +175,29 @@ def encode_example(tokenizer, instruction: str, answer: str, max_len: int) -> tu
     return encode_turns(tokenizer, [(instruction, answer)], max_len)
 
 
-def encode_examples(tokenizer, records, images: np.ndarray, max_len: int) -> tuple[dict, int]:
-    """({"images", "inputs", "targets"} arrays, number of examples cut to max_len) for records (instruction, answer,
-    image index) or (turns [(instruction, answer), ...], image index)."""
-    ins, tgs, idx, cut = [], [], [], 0
+def encode_examples(tokenizer, records, images: np.ndarray, max_len: int, *, image_tag: bool = True) -> tuple[dict, int]:
+    """({"images", "inputs", "targets", "image_pos"} arrays, number of examples cut to max_len) for records
+    (instruction, answer, image index) or (turns [(instruction, answer), ...], image index). image_tag: the image
+    goes at the `<image>` tag of the first turn (LLaVA); False: first (image_pos 0)."""
+    ins, tgs, idx, pos, cut = [], [], [], [], 0
     for rec in records:
         turns, i = ([(rec[0], rec[1])], rec[2]) if len(rec) == 3 else (rec[0], rec[1])
-        x, y, c = encode_turns(tokenizer, turns, max_len)
+        x, y, c, p = encode_turns(tokenizer, turns, max_len, image=True) if image_tag else (
+            *encode_turns(tokenizer, turns, max_len), 0)
         ins.append(x)
         tgs.append(y)
         idx.append(i)
+        pos.append(p)
         cut += int(c)
-    return {"images": images[np.asarray(idx, np.int64)], "inputs": np.stack(ins), "targets": np.stack(tgs)}, cut
+    return {"images": images[np.asarray(idx, np.int64)], "inputs": np.stack(ins), "targets": np.stack(tgs),
+            "image_pos": np.asarray(pos, np.int32)}, cut
 
 
 class MLLMGenerator:
-    """Generation with images in the prompt: the image features [N, D] are each request's `prefix_embeds` in
-    `jaxlm.infer.Generator` (text-only requests: image None)."""
+    """Generation with images in the prompt, at the `<image>` tag as in training: each request's `prefix_embeds` in
+    `jaxlm.infer.Generator` are the LLM's embeddings of the prompt tokens before the tag followed by the image
+    features [N, D]; the prompt is the tokens after the tag (`split_at_image`). Text-only requests (images None):
+    the plain chat prompt."""
 
     def __init__(self, model: MLLM, tokenizer, *, batch: int = 8, **gen_kw):
         from jaxlm.infer.generate import Generator
@@ -179,6 +205,7 @@ class MLLMGenerator:
         self.model, self.tokenizer, self.batch = model, tokenizer, int(batch)
         self.gen = Generator(model.llm, tokenizer, **gen_kw)
         self._graph, self._state = nnx.split(model)
+        self._tok_cache: dict[tuple, np.ndarray] = {}
 
     def features(self, images) -> np.ndarray:
         """[B, H, W, C] in [-1, 1] -> [B, N, D] float32, in batches."""
@@ -190,16 +217,32 @@ class MLLMGenerator:
         return np.concatenate(out) if out else np.zeros((0, self.model.cfg.num_image_tokens,
                                                          self.model.cfg.llm.hidden_size), np.float32)
 
+    def token_embeds(self, ids) -> np.ndarray:
+        """The LLM's input embeddings [T, D] float32 of token ids (cached: the part before the tag repeats)."""
+        key = tuple(int(t) for t in ids)
+        cache = self._tok_cache
+        if key not in cache:
+            cache[key] = (np.asarray(embed_prompt_tokens(self._graph, self._state, np.asarray([key], np.int32))[0],
+                                     np.float32) if key else np.zeros((0, self.model.cfg.llm.hidden_size), np.float32))
+        return cache[key]
+
     def generate(self, instructions, images=None, *, max_new_tokens: int = 256, **kw) -> list[str]:
-        """One completion per instruction (a chat rendering of it), with images[i] (or None: no image) first."""
+        """One completion per instruction (a chat rendering of it), with images[i] (or None: no image) at the tag."""
         instructions = list(instructions)
         feats = None if images is None else self.features(images)
         if feats is not None and len(feats) != len(instructions):
             raise ShapeError(f"MLLMGenerator: {len(feats)} images for {len(instructions)} instructions")
-        prompts = [prompt_text(self.tokenizer, q) for q in instructions]
+        if feats is None:
+            prompts, prefixes = [prompt_text(self.tokenizer, q) for q in instructions], None
+        else:
+            prompts, prefixes = [], []
+            for q, f in zip(instructions, feats):
+                before, after = split_at_image(self.tokenizer, q)
+                prompts.append(after)
+                prefixes.append(np.concatenate([self.token_embeds(before), f]))
         out = []
         for i in range(0, len(prompts), self.batch):
-            pre = None if feats is None else list(feats[i:i + self.batch])
+            pre = None if prefixes is None else prefixes[i:i + self.batch]
             out += self.gen.generate(prompts[i:i + self.batch], max_new_tokens=max_new_tokens, prefix_embeds=pre,
                                      **kw)
         return out
