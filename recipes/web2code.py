@@ -41,19 +41,26 @@ MODULE = "recipes.web2code"
 CAPTION_INSTRUCTION = "Describe this webpage briefly."
 PYDOC_EVAL = ("colorsys", "bisect", "fnmatch", "glob")
 
+# grad_accum: micro-batches per step (engine); remat: DecoderConfig.remat (each decoder layer's activations are
+# recomputed in the backward pass); attention: DecoderConfig.attention_impl ("" = auto)
 PRESETS = {
     # CPU default: 31 minutes measured on 2 cores shared at load ~20 (docs/web2code.md)
     "tiny": dict(pages=192, eval_pages=24, image_size=96, patch=12, vit_width=128, vit_layers=2, llm="tiny",
                  width=128, layers=4, vocab=1024, steps0=150, steps1=60, steps2=200, batch=8, lr0=3e-3, lr1=1e-3,
-                 lr2=1e-3, vision_in_stage1=True, code_len=576, qa_len=192, seq0=256, pydoc=0),
-    # SmolLM2-135M-Instruct as the LLM (its tokenizer); no stage 0; the original's stage-2 lr
-    "smollm2": dict(pages=192, eval_pages=24, image_size=96, patch=12, vit_width=128, vit_layers=2, llm="smollm2",
+                 lr2=1e-3, vision_in_stage1=True, code_len=576, qa_len=192, seq0=256, pydoc=2, grad_accum=1,
+                 remat=False, attention=""),
+    # SmolLM2-135M-Instruct (its GGUF stores Q4_1 weights, dequantised to float32) as the LLM, with its tokenizer;
+    # no stage 0; the original's stage-2 lr. Sized to fit 24 GB: 36 image tokens (96 px / patch 16), HTML cut at
+    # 512 tokens, remat, chunked attention, micro-batches of 4 (stage-2 gradient: 0.7 GiB of XLA temporaries at
+    # micro-batch 2, against 24 GiB at batch 8 x 768 tokens without remat)
+    "smollm2": dict(pages=192, eval_pages=24, image_size=96, patch=16, vit_width=128, vit_layers=2, llm="smollm2",
                     steps0=0, steps1=60, steps2=240, batch=8, lr1=1e-3, lr2=2e-5, vision_in_stage1=True,
-                    code_len=768, qa_len=256, pydoc=4),
+                    code_len=512, qa_len=320, pydoc=2, grad_accum=2, remat=True, attention="chunked"),
     # the published setup: CrystalChat-7B + CLIP ViT-L/336 (select layer -2), stage 1 batch 256 lr 1e-3, stage 2
     # batch 128 lr 2e-5, 1 epoch each, max length 2048 (scripts/v1_5/pretrain.sh, finetune_crystal_chat.sh)
     "paper": dict(pages=0, eval_pages=1198, llm="path", steps0=0, steps1=0, steps2=0, batch=128, batch1=256,
-                  lr1=1e-3, lr2=2e-5, vision_in_stage1=False, code_len=2048, qa_len=2048, pydoc=16),
+                  lr1=1e-3, lr2=2e-5, vision_in_stage1=False, code_len=2048, qa_len=2048, pydoc=16, grad_accum=1,
+                  remat=True, attention=""),
 }
 QUICK = dict(pages=48, eval_pages=8, steps0=30, steps1=10, steps2=30, pydoc=1)
 
@@ -77,6 +84,12 @@ def build_parser():
                    help="override a preset field, e.g. --set steps2=400 --set pages=256")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default: code_len)")
+    p.add_argument("--judge", default=None, metavar="URL",
+                   help="an OpenAI-compatible endpoint (e.g. https://api.openai.com/v1): run WCGB with it on the "
+                   "held-out predictions (without it WCGB is not run and the table says so)")
+    p.add_argument("--judge-model", default=None, help="the judge's model name (default: the original's gpt-4-turbo)")
+    p.add_argument("--judge-key-env", default="OPENAI_API_KEY",
+                   help="the environment variable holding the judge's API key (read at call time, never logged)")
     p.add_argument("--record", action="store_true", help="append the results table to BENCHMARKS.md")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -143,7 +156,8 @@ def lm_windows(tok, docs, seq: int):
 
 
 def stage_data(tok, recs, wub, images, code_len: int, qa_len: int):
-    """(stage-1 captions, stage-2 code generation, stage-2 multi-turn QA) arrays, and how many were cut."""
+    """(captions, code generation, multi-turn QA) arrays, and how many were cut. Stage 1 trains on captions and QA,
+    stage 2 on code generation and QA (the WUB questions are about the page's visual structure)."""
     from jaxlm.web.mllm import encode_examples, human_instruction
 
     by_image = {r["image"]: i for i, r in enumerate(recs)}
@@ -167,6 +181,43 @@ def tiny_llm_config(vocab: int, width: int, layers: int, max_len: int):
     return preset("smollm2-tiny", vocab_size=vocab, hidden_size=width, num_layers=layers, num_heads=heads,
                   num_kv_heads=heads, head_dim=width // heads, intermediate_size=3 * width,
                   max_position_embeddings=max_len, bos_token_id=None, eos_token_id=None, tie_embeddings=True)
+
+
+def with_memory_settings(llm, cfg, c: dict):
+    """The loaded LLM rebuilt with the preset's remat and attention impl (both are read when the module is built),
+    the same weights."""
+    import dataclasses
+
+    from flax import nnx
+
+    from jaxlm.models.decoder import DecoderLM
+
+    new_cfg = dataclasses.replace(cfg, remat=bool(c["remat"]), attention_impl=c["attention"] or None)
+    if new_cfg == cfg:
+        return llm, cfg
+    new = nnx.eval_shape(lambda: DecoderLM(new_cfg, rngs=nnx.Rngs(0)))
+    nnx.update(new, nnx.state(llm))
+    return new, new_cfg
+
+
+def step_memory(task, mcfg, micro: int, seq: int) -> dict:
+    """XLA's compiled memory (GiB) of one micro-batch's loss gradient w.r.t. every parameter (stage 2's largest
+    step), from abstract shapes: checked before training so a preset that does not fit fails in seconds."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    gdef, params = nnx.split(nnx.eval_shape(lambda: task.build(nnx.Rngs(0))))
+    s = mcfg.vision.image_size
+    batch = {"images": jax.ShapeDtypeStruct((micro, s, s, 3), jnp.float32),
+             "inputs": jax.ShapeDtypeStruct((micro, seq), jnp.int32),
+             "targets": jax.ShapeDtypeStruct((micro, seq), jnp.int32),
+             "image_pos": jax.ShapeDtypeStruct((micro,), jnp.int32)}
+    f = jax.jit(jax.grad(lambda p, b: task.loss(nnx.merge(gdef, p), b, None)[0]))
+    ma = f.lower(params, batch).compile().memory_analysis()
+    gib = 2.0 ** 30
+    return {"temp_gib": round(ma.temp_size_in_bytes / gib, 2), "argument_gib": round(ma.argument_size_in_bytes / gib, 2),
+            "output_gib": round(ma.output_size_in_bytes / gib, 2), "micro_batch": micro, "seq": seq}
 
 
 def merged(task, res):
@@ -224,6 +275,32 @@ def ask_all(gen, rows, images_by_name, mode: str, max_new_tokens: int = 4) -> di
     return {(r["image"], r["Q"]): t for r, t in zip(rows, texts)}
 
 
+def make_judge(url: str, model: str | None, key_env: str | None, cache_path):
+    """The WCGB judge through the project's HTTP client: Metered(Cached(HTTPLLM)) (retries, a sqlite response
+    cache, a cost ledger under the role 'judge'). -> (judge, ledger)."""
+    from jaxlm.align.llm import HTTPLLM, Cached, Ledger, Metered, ResponseCache
+    from jaxlm.web.wcgb import ORIGINAL_JUDGE_MODEL
+
+    ledger = Ledger()
+    http = HTTPLLM(url, model or ORIGINAL_JUDGE_MODEL, api_key_env=key_env or None)
+    return Metered(Cached(http, ResponseCache(cache_path)), "judge", ledger), ledger
+
+
+def wcgb_tables(renderer, preds: dict, recs, data_dir: Path, judge, out_dir: Path) -> dict:
+    """WCGB (`jaxlm.web.run_wcgb`) of each prediction set {name: [html per record]} against the records'
+    screenshots; the judge's raw answers go to out_dir/wcgb_<name>.jsonl (the original's format, resumable)."""
+    from jaxlm.web.data import for_rendering
+    from jaxlm.web.wcgb import run_wcgb
+
+    refs = {r["id"]: (data_dir / r["image"]).read_bytes() for r in recs}
+    out = {}
+    for name, htmls in preds.items():
+        p = {r["id"]: for_rendering(h) for r, h in zip(recs, htmls)}
+        rep = run_wcgb(renderer, p, refs, judge, out_jsonl=out_dir / f"wcgb_{name.replace(' ', '_')}.jsonl")
+        out[name] = rep.as_dict()
+    return out
+
+
 def majority(train_rows, rows) -> dict:
     from collections import Counter
 
@@ -244,7 +321,7 @@ def run(args) -> int:
     from jaxlm.sharding import make_mesh
     from jaxlm.train import LRSchedule, OptimConfig, PhaseConfig, RunConfig, TrainConfig, train
     from jaxlm.train.task import LMTask
-    from jaxlm.web.data import build_corpus, for_rendering, pydoc_pages
+    from jaxlm.web.data import build_corpus, for_rendering, pydoc_pages, template_majority
     from jaxlm.web.design2code import extract_blocks
     from jaxlm.web.render import Renderer
 
@@ -313,6 +390,7 @@ def run(args) -> int:
         start_llm, llm_cfg, tok = load_model(None if c["llm"] == "smollm2" else args.llm)
         if tok is None:
             raise ConfigError(f"{args.llm}: no tokenizer next to the LLM checkpoint")
+        start_llm, llm_cfg = with_memory_settings(start_llm, llm_cfg, c)
     lap("stage0", t0)
 
     # 3. the two LLaVA stages ----------------------------------------------------------------------------------
@@ -337,10 +415,14 @@ def run(args) -> int:
     task = MLLMTask(mcfg, start=start if (start_llm is not None or vision is not None) else None)
     run_cfg = RunConfig(name="web2code-mllm", model=None, optim=OptimConfig(weight_decay=0.0, b2=0.999),
                         train=TrainConfig(seq_len=c["code_len"], global_batch=c["batch"], seed=args.seed,
-                                          log_every=20, eval_batches=0, ckpt_every=10 ** 6, async_ckpt=False),
+                                          grad_accum=c["grad_accum"], log_every=10, eval_batches=0,
+                                          ckpt_every=10 ** 6, async_ckpt=False),
                         phases=llava_phases(c["steps1"], c["steps2"], stage1_lr=c["lr1"], stage2_lr=c["lr2"],
                                             vision_in_stage1=c["vision_in_stage1"] and vision is None))
-    pipe = StagedArrays([(c["steps1"], cap), (c["steps2"], [code, qa])], c["batch"], seed=args.seed)
+    pipe = StagedArrays([(c["steps1"], [cap, qa]), (c["steps2"], [code, qa])], c["batch"], seed=args.seed)
+    mem = step_memory(task, mcfg, c["batch"] // c["grad_accum"], c["code_len"])
+    say(f"stage-2 step, one micro-batch of {mem['micro_batch']} x {mem['seq']} tokens: XLA temporaries "
+        f"{mem['temp_gib']} GiB, parameters {mem['argument_gib']} GiB")
     run_dir = out / "mllm"
     resume = (run_dir / "checkpoints").exists()
     r1 = train(run_cfg, pipe, mesh, run_dir, task=task, stop_at=c["steps1"], resume=resume, **quiet)
@@ -359,7 +441,8 @@ def run(args) -> int:
     wub = {"stage2 + image": wub_accuracy(ask_all(g2, ev_wub, ev_by_name, "image"), ev_wub),
            "stage2, no image": wub_accuracy(ask_all(g2, ev_wub, ev_by_name, "none"), ev_wub),
            "stage2, blank image": wub_accuracy(ask_all(g2, ev_wub, ev_by_name, "blank"), ev_wub),
-           "majority class": majority(tr_wub, ev_wub)}
+           "majority class": majority(tr_wub, ev_wub),
+           "question-template majority (text only)": template_majority(tr_wub, ev_wub)}
     say("WUB: " + ", ".join(f"{k} {v['accuracy']:.1f}%" for k, v in wub.items()))
     lap("wub", t0)
     t0 = time.perf_counter()
@@ -388,6 +471,12 @@ def run(args) -> int:
         say(f"design2code {k}: " + ", ".join(f"{m} {d2c[k][m]:.3f}" for m in ("block_match", "text", "position",
                                                                               "color", "renders")))
         partial.write_text(json.dumps({"wub": wub, "design2code": d2c}, indent=1))
+    wcgb = None
+    if args.judge:
+        judge, ledger = make_judge(args.judge, args.judge_model, args.judge_key_env, out / "judge_cache.sqlite")
+        wcgb = {"judge": args.judge_model or "gpt-4-turbo",
+                "sets": wcgb_tables(renderer, preds, ev_recs, out / "data" / "heldout", judge, out),
+                "ledger": ledger.summary()}
     if pyd:
         py_refs = [extract_blocks(renderer, h) for _, h in pyd]
         py_img_a = np.stack(py_img)
@@ -402,10 +491,10 @@ def run(args) -> int:
     times["total"] = round(time.perf_counter() - t_all, 1)
 
     results = {"preset": args.preset, "quick": args.quick, "config": c, "cut": cut, "times_s": times,
-               "wub": wub, "design2code": d2c, "design2code_pydoc": d2c_py,
+               "wub": wub, "design2code": d2c, "design2code_pydoc": d2c_py, "wcgb": wcgb,
                "stage_loss": {"stage0": stage0.summary.get("phases") if stage0 else None,
                               "mllm": r2.summary.get("phases")},
-               "load_avg": os.getloadavg()[0], "heldout_pages": len(ev_recs), "wub_questions": len(ev_wub)}
+               "load_avg": os.getloadavg()[0], "step_memory": mem, "heldout_pages": len(ev_recs), "wub_questions": len(ev_wub)}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     table = format_table(results)
     say(table)
@@ -433,6 +522,17 @@ def format_table(r: dict) -> str:
                   "| predictions | Block-Match | Text | Position | Colour | renders | repetition cut |",
                   "|---|---|---|---|---|---|---|"]
         lines += [_row(k, v) for k, v in r["design2code_pydoc"].items()]
+    w = r.get("wcgb")
+    if w:
+        lines += ["", f"WCGB on the held-out template pages, judge {w['judge']} (scored / total; failures counted):",
+                  "", "| predictions | VSA | CAD | TCC | UII | Overall | scored | parse failures | render failures |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        f = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+        lines += [f"| {k} | {f(v['VSA'])} | {f(v['CAD'])} | {f(v['TCC'])} | {f(v['UII'])} | {f(v['Overall'])} | "
+                  f"{v['scored']}/{v['total']} | {v['parse_failures']} | {v['render_failures']} |"
+                  for k, v in w["sets"].items()]
+    else:
+        lines += ["", "WCGB: not run (no --judge URL given; no judge endpoint on this machine), so no WCGB numbers."]
     lines += ["", "times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["times_s"].items())
               + f"; load average {r['load_avg']:.1f}"]
     return "\n".join(lines)

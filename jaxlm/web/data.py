@@ -19,13 +19,14 @@ import html as _html
 import json
 import os
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from jaxlm.errors import DataError, DataFileNotFoundError
 
 __all__ = ["read_llava_json", "write_llava_json", "read_wub_jsonl", "write_wub_jsonl", "Page", "make_page",
-           "qa_pairs", "build_corpus", "pydoc_pages", "bootstrap_css", "for_rendering", "BOOTSTRAP_LINK",
+           "qa_pairs", "question_template", "template_majority", "TITLE_WORDS", "build_corpus", "pydoc_pages", "bootstrap_css", "for_rendering", "BOOTSTRAP_LINK",
            "CODEGEN_INSTRUCTIONS", "load_image"]
 
 
@@ -232,6 +233,9 @@ def _sentence(rng: random.Random, n: int = 10) -> str:
     return " ".join(w).capitalize() + "."
 
 
+TITLE_WORDS = ("The", "Our", "My", "City")
+
+
 def make_page(rng: random.Random, page_id: str, style: str | None = None) -> Page:
     """One page from the templates; `facts` records what the page contains (for QA and tests)."""
     style = style or rng.choice(["modern", "bootstrap"])
@@ -241,7 +245,7 @@ def make_page(rng: random.Random, page_id: str, style: str | None = None) -> Pag
     sections, items = TOPICS[topic]
     scheme = rng.choice(sorted(SCHEMES))
     bg, fg, accent, accent_fg = SCHEMES[scheme]
-    title = f"{rng.choice(['The', 'Our', 'My', 'City'])} {topic.capitalize()} {rng.choice(['Hub', 'Corner', 'House', 'Place'])}"
+    title = f"{rng.choice(TITLE_WORDS)} {topic.capitalize()} {rng.choice(['Hub', 'Corner', 'House', 'Place'])}"
     f: dict[str, Any] = {"topic": topic, "scheme": scheme, "title": title, "style": style}
     f["nav"] = rng.random() < 0.7
     f["table"] = rng.random() < 0.5
@@ -306,19 +310,31 @@ def page_caption(page: Page) -> str:
             f"with {', '.join(parts[:-1])} and {parts[-1]}.")
 
 
-def qa_pairs(page: Page, rng: random.Random, n: int = 6) -> list[tuple[str, str]]:
-    """Yes/no questions answered by the page's own structure, balanced: n//2 'Yes' and n//2 'No' (n even)."""
+def question_template(q: str) -> str:
+    """The template of a generated yes/no question: quoted strings, numbers and the topic word replaced by '…'
+    ("Is there a button labelled '…'?"), to measure what the question text alone predicts."""
+    q = re.sub(r"'[^']*'", "'…'", q)
+    q = re.sub(r"\b\d+\b", "…", q)
+    return re.sub(r"about \w+\?", "about …?", q)
+
+
+def qa_pairs(page: Page, rng: random.Random, n: int = 6, balance: dict | None = None) -> list[tuple[str, str]]:
+    """Yes/no questions answered by the page's own structure, balanced: n//2 'Yes' and n//2 'No' (n even).
+    balance: a dict shared across a corpus's pages, {template: [no count, yes count]}; each page then asks the
+    questions whose answer is the rarer one for their template so far, so that per template (`question_template`)
+    the answers are near 50/50 and the question text alone does not predict them."""
     f = page.facts
-    yes: list[str] = []
-    no: list[str] = []
+    cands: list[tuple[str, bool]] = []
 
     def add(q: str, truth: bool) -> None:
-        (yes if truth else no).append(q)
+        cands.append((q, bool(truth)))
 
     for key, what in (("nav", "a navigation bar"), ("table", "a table"), ("form", "a form with input fields"),
                       ("footer", "a footer")):
         add(f"Does the webpage have {what}?", bool(f[key]))
     add(f"Is the main heading of the page '{f['title']}'?", True)
+    first, rest = f["title"].split(" ", 1)
+    add(f"Is the main heading of the page '{rng.choice([w for w in TITLE_WORDS if w != first])} {rest}'?", False)
     other_topic = rng.choice([t for t in sorted(TOPICS) if t != f["topic"]])
     add(f"Is this webpage about {other_topic}?", False)
     add(f"Is this webpage about {f['topic']}?", True)
@@ -333,13 +349,38 @@ def qa_pairs(page: Page, rng: random.Random, n: int = 6) -> list[tuple[str, str]
     for sec in TOPICS[f["topic"]][0]:
         if f["nav"]:
             add(f"Is '{sec}' one of the links in the navigation bar?", sec in f["nav_items"])
-    k = max(1, n // 2)
+    yes = [q for q, t in cands if t]
+    no = [q for q, t in cands if not t]
     rng.shuffle(yes)
     rng.shuffle(no)
-    k = min(k, len(yes), len(no))
+    k = min(max(1, n // 2), len(yes), len(no))
+    if balance is not None:  # the questions whose answer is rarer for their template come first
+        def rarer(truth):
+            def key(q):
+                c = balance.setdefault(question_template(q), [0, 0])
+                return c[truth] - c[not truth]
+            return key
+
+        yes.sort(key=rarer(True))  # stable: ties keep the shuffled order
+        no.sort(key=rarer(False))
+        for q, t in [(q, True) for q in yes[:k]] + [(q, False) for q in no[:k]]:
+            balance[question_template(q)][t] += 1
     out = [(q, "Yes") for q in yes[:k]] + [(q, "No") for q in no[:k]]
     rng.shuffle(out)
     return out
+
+
+def template_majority(train_rows, rows) -> dict:
+    """The question-text baseline: each row answered with the majority answer of its `question_template` in
+    train_rows ('Yes' on ties and unseen templates); {accuracy, per_template {template: [no, yes] in train_rows}}."""
+    counts: dict[str, list[int]] = {}
+    for r in train_rows:
+        counts.setdefault(question_template(r["Q"]), [0, 0])[r["A"].strip().upper() == "YES"] += 1
+    right = 0
+    for r in rows:
+        no, yes = counts.get(question_template(r["Q"]), [0, 0])
+        right += ("Yes" if yes >= no else "No").upper() == r["A"].strip().upper()
+    return {"accuracy": 100.0 * right / max(1, len(rows)), "per_template": counts}
 
 
 def build_corpus(out_dir, n: int, *, seed: int = 0, renderer=None, options=None, qa_per_page: int = 6,
@@ -356,7 +397,7 @@ def build_corpus(out_dir, n: int, *, seed: int = 0, renderer=None, options=None,
     rng = random.Random(seed)
     r = renderer or shared_renderer()
     o = options or RenderOptions()
-    conv, wub, failed = [], [], {}
+    conv, wub, failed, balance = [], [], {}, {}
     for i in range(n):
         page = make_page(rng, f"page{seed}_{i:05d}", styles[i % len(styles)])
         res = r.render(for_rendering(page.html), o)
@@ -370,12 +411,13 @@ def build_corpus(out_dir, n: int, *, seed: int = 0, renderer=None, options=None,
         conv.append({"id": page.id, "image": img, "style": page.style, "caption": page_caption(page),
                      "conversations": [{"from": "human", "value": "<image>\n" + instr},
                                        {"from": "gpt", "value": page.html}]})
-        for j, (q, a) in enumerate(qa_pairs(page, rng, qa_per_page)):
+        for j, (q, a) in enumerate(qa_pairs(page, rng, qa_per_page, balance)):
             wub.append({"image": img, "question_id": f"{page.id}_q{j}", "Q": q, "A": a})
     write_llava_json(os.path.join(out_dir, "web2code.json"), conv)
     write_wub_jsonl(os.path.join(out_dir, "wub.jsonl"), wub)
     summary = {"pages": n, "rendered": len(conv), "failed": failed, "qa": len(wub),
                "yes": sum(r_["A"] == "Yes" for r_ in wub), "no": sum(r_["A"] == "No" for r_ in wub),
+               "per_template": template_majority(wub, wub)["per_template"],
                "bootstrap_css": "django-bootstrap-static 5.3.3" if bootstrap_css() else None}
     _atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1))
     return summary
