@@ -33,7 +33,7 @@ set_impl, use_impl = CHOICE.set, CHOICE.use
 
 def resolve_impl(impl: str | None, x_shape, B_shape, chunk_size: int, *, sharded: bool = False,
                  dtype=None) -> str:
-    """The path for these shapes (and dtypes: of x and B, when given). sharded: the call runs under a multi-device
+    """The path for these shapes (and dtypes: of x, B and C, when given). sharded: the call runs under a multi-device
     mesh (the kernel is not partitioned, so "auto" takes XLA's chunked path there)."""
     impl = CHOICE.get(impl)
     if impl == "auto":
@@ -54,7 +54,7 @@ ssd_hybrid.defvjp(lambda x, a, B, C, q, s0: (ssd_scan(x, a, B, C, s0), (x, a, B,
 
 
 def ssd(x, a, B, C, chunk_size: int = 256, initial_state=None, impl: str | None = None, *, sharded: bool = False):
-    which = resolve_impl(impl, x.shape, B.shape, chunk_size, sharded=sharded, dtype=(x.dtype, B.dtype))
+    which = resolve_impl(impl, x.shape, B.shape, chunk_size, sharded=sharded, dtype=(x.dtype, B.dtype, C.dtype))
     if which == "chunked":
         return ssd_chunked(x, a, B, C, chunk_size, initial_state)
     if which == "scan":

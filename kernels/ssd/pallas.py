@@ -7,7 +7,7 @@ Same contract as `kernels.ssd.reference.ssd_scan` / `kernels.ssd.chunked.ssd_chu
 Notation, per sequence and head, in chunks of Q tokens: A_l = the within-chunk cumulative sum of a (computed by
 XLA, as is the zero tail padding to a whole chunk), A_q = its last entry, L[l, s] = exp(A_l - A_s) for s <= l
 (0 above the diagonal), S_c = the [P, N] state entering chunk c (S_0 = initial_state; S_nc = final_state),
-M = (C B^T) * L. Per chunk:
+M = K * L with K = C B^T. Per chunk:
     y = M x + exp(A) * (C S_c^T)                                     (intra-chunk + incoming state)
     S_{c+1} = exp(A_q) S_c + (exp(A_q - A) * x)^T B                  (decay, then this chunk's contribution)
 
@@ -18,10 +18,10 @@ Backward, given dy [T, P] and dF (the cotangent of the final state). The state g
 reverse recurrence
     G_nc = dF,    G_c = exp(A_q) G_{c+1} + (exp(A) * dy)^T C          (S_c feeds chunk c's y and S_{c+1})
 and d initial_state = G_0. With S_c and G_{c+1} known, each chunk's gradients are local (dM = dy x^T,
-dG = dM * L, W = dM * M, and d = exp(A_q - A) the decay to the chunk end):
+dK = dM * L, W = dM * M, and d = exp(A_q - A) the decay to the chunk end):
     dx = M^T dy + d * (B G_{c+1}^T)                                 [Q, P]
-    dC = dG B + exp(A) * (dy S_c)                                   [Q, N]
-    dB = dG^T C + d * (x G_{c+1})                                   [Q, N]
+    dC = dK B + exp(A) * (dy S_c)                                   [Q, N]
+    dB = dK^T C + d * (x G_{c+1})                                   [Q, N]
     dA_l = sum_s W[l, s] - sum_s W[s, l] + C_l . (exp(A) * (dy S_c))_l - u_l + [l = Q-1] (exp(A_q) <G_{c+1}, S_c>
            + sum_s u_s),    with u = rowsum(x * d * (B G_{c+1}^T))
 (the first two terms are exp(A_l - A_s)'s dependence on A_l and A_s, the third the incoming state's output, the
@@ -153,16 +153,16 @@ def _chunk_grad_kernel(x_ref, acum_ref, b_ref, c_ref, dy_ref, s_ref, g_ref, dx_r
     a_last = acum_ref[q - 1]
     row, col, causal = _causal(q)
     lmat = jnp.exp(jnp.where(causal, ac[:, None] - ac[None, :], -jnp.inf))
-    cb = _dot(cm, bm, 1, 1, prec)  # [Q, Q]
+    cb = _dot(cm, bm, 1, 1, prec)  # K = C B^T [Q, Q]
     m = cb * lmat
-    dg = _dot(dy, x, 1, 1, prec) * lmat  # dM * L
-    w = dg * cb  # dM * M: the gradient of the exponent A_l - A_s
+    dk = _dot(dy, x, 1, 1, prec) * lmat  # dK = dM * L
+    w = dk * cb  # dM * M: the gradient of the exponent A_l - A_s
     dec = jnp.exp(a_last - ac)[:, None]
     dx_state = dec * _dot(bm, g, 1, 1, prec)  # [Q, P]
     dc_state = jnp.exp(ac)[:, None] * _dot(dy, s, 1, 0, prec)  # [Q, N]
     dx_ref[...] = _dot(m, dy, 0, 0, prec) + dx_state
-    dc_ref[...] = _dot(dg, bm, 1, 0, prec) + dc_state
-    db_ref[...] = _dot(dg, cm, 0, 0, prec) + dec * _dot(x, g, 1, 0, prec)
+    dc_ref[...] = _dot(dk, bm, 1, 0, prec) + dc_state
+    db_ref[...] = _dot(dk, cm, 0, 0, prec) + dec * _dot(x, g, 1, 0, prec)
     u = jnp.sum(x * dx_state, axis=1)
     last = jnp.exp(a_last) * jnp.sum(g * s) + jnp.sum(u)
     d_acum = (jnp.sum(w, axis=1) - jnp.sum(w, axis=0) + jnp.sum(cm * dc_state, axis=1) - u
@@ -178,8 +178,8 @@ def _params(interpret: bool, num_warps: int):
     return {"compiler_params": pltriton.CompilerParams(num_warps=num_warps, num_stages=1)}
 
 
-def _check(x, B, chunk_size):
-    why = unsupported(x.shape, B.shape, chunk_size, (x.dtype, B.dtype))
+def _check(x, B, C, chunk_size):
+    why = unsupported(x.shape, B.shape, chunk_size, (x.dtype, B.dtype, C.dtype))
     if why is not None:
         raise shape_error(f"SSD kernel: {why}")
 
@@ -198,7 +198,7 @@ def _chunked(q, *arrays):
 
 
 def _forward(x, a, B, C, chunk_size, initial_state, interpret, num_warps):
-    _check(x, B, chunk_size)
+    _check(x, B, C, chunk_size)
     b, t, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     q = min(int(chunk_size), t)
@@ -284,7 +284,7 @@ def ssd_pallas(x, a, B, C, chunk_size: int = 256, initial_state=None, *, interpr
                num_warps: int = 4, bwd_chunk: int = 64):
     """The chunked SSD kernel (see the module docstring); differentiable through the backward kernels.
     bwd_chunk: the backward's chunk size (a power of two >= 16; min(chunk_size, T) when smaller)."""
-    _check(x, B, chunk_size)
+    _check(x, B, C, chunk_size)
     if not _pow2_ok(int(bwd_chunk)):
         raise shape_error(f"SSD kernel: bwd_chunk={bwd_chunk} needs a power of two >= 16")
     return _ssd(x, a, B, C, int(chunk_size), initial_state, bool(interpret), int(num_warps), int(bwd_chunk))
