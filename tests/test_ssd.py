@@ -131,12 +131,14 @@ def test_mixing_matrix_entries():
                 assert abs(M[0, h, i, j] - want) < 1e-5, (h, i, j)
 
 
-@pytest.mark.parametrize("g,chunk,bwd_chunk,with_state", [(2, 16, 64, True), (1, 32, 16, False)],
-                         ids=["gqa2-state", "g1-bwdchunk16"])
-def test_pallas_kernel_forward_and_gradients_match_scan(g, chunk, bwd_chunk, with_state):
+@pytest.mark.parametrize("g,chunk,bwd_chunk,with_state,forward", [(2, 16, 64, True, "sequential"),
+                                                                   (1, 32, 16, False, "parallel")],
+                         ids=["gqa2-state", "g1-bwdchunk16-parallel"])
+def test_pallas_kernel_forward_and_gradients_match_scan(g, chunk, bwd_chunk, with_state, forward):
     """Interpret mode, forward and the backward kernels against jax.grad of the sequential scan: T = 40 is not a
     multiple of the chunk (tail padding), 4 heads over 2 groups (or 1: every head shares B/C), a carried state (its
-    gradient too) or none, the backward on its own chunk size (16 with a forward chunk of 32: 3 chunks)."""
+    gradient too) or none, the backward on its own chunk size (16 with a forward chunk of 32: 3 chunks), the
+    sequential and the parallel forward."""
     r = np.random.default_rng(7)
     f = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
     x, B, C, s0 = f(2, 40, 4, 16), f(2, 40, g, 16), f(2, 40, g, 16), f(2, 4, 16, 16)
@@ -150,7 +152,8 @@ def test_pallas_kernel_forward_and_gradients_match_scan(g, chunk, bwd_chunk, wit
             return jnp.sum(y * wy) + jnp.sum(fin * wf), (y, fin)
         return jax.value_and_grad(go, argnums=(0, 1, 2, 3, 4) if with_state else (0, 1, 2, 3), has_aux=True)
 
-    kernel = lambda x, a, B, C, s0: ssd_pallas(x, a, B, C, chunk, s0, interpret=True, bwd_chunk=bwd_chunk)
+    kernel = lambda x, a, B, C, s0: ssd_pallas(x, a, B, C, chunk, s0, interpret=True, bwd_chunk=bwd_chunk,
+                                               forward=forward)
     both = jax.jit(lambda *v: (loss(kernel)(*v), loss(ssd_scan)(*v)))
     ((_, (y, fin)), g), ((_, (yr, finr)), gr) = both(x, a, B, C, s0)
     np.testing.assert_allclose(y, yr, atol=3e-5, rtol=1e-5)
@@ -162,14 +165,15 @@ def test_pallas_kernel_forward_and_gradients_match_scan(g, chunk, bwd_chunk, wit
 
 
 def test_pallas_kernels_cross_lower_for_cuda():
-    """The real Pallas -> Triton lowering for an H100, on this CPU machine: the forward and the three backward
-    kernels (through jax.grad), f32 with a carried state and bf16 grouped without one."""
-    names = ("ssd_chunked", "ssd_bwd_local_states", "ssd_bwd_state_pass", "ssd_bwd_chunk_grads")
-    for text in (ssd_kernel.cross_lower(1, 256, 4, 64, 1, 64, 64, backward=True).as_text(),
-                 ssd_kernel.cross_lower(2, 100, 4, 32, 2, 16, 32, dtype=jnp.bfloat16, with_state=False,
-                                        backward=True).as_text()):
+    """The real Pallas -> Triton lowering for an H100, on this CPU machine: every forward and backward kernel
+    (through jax.grad); the sequential forward in f32 with a carried state, the parallel one in bf16, grouped,
+    without one."""
+    bwd = ("ssd_local_states", "ssd_state_scan", "ssd_bwd_chunk_grads")
+    for text, fwd in ((ssd_kernel.cross_lower(1, 256, 4, 64, 1, 64, 64, backward=True).as_text(), "ssd_chunked"),
+                      (ssd_kernel.cross_lower(2, 100, 4, 32, 2, 16, 32, dtype=jnp.bfloat16, with_state=False,
+                                              backward=True, forward="parallel").as_text(), "ssd_chunk_outputs")):
         assert "triton" in text.lower()
-        assert all(n in text for n in names), [n for n in names if n not in text]
+        assert all(n in text for n in (fwd,) + bwd), [n for n in (fwd,) + bwd if n not in text]
 
 
 def test_auto_dispatch_on_gpu_falls_back(monkeypatch):
@@ -187,6 +191,8 @@ def test_auto_dispatch_on_gpu_falls_back(monkeypatch):
         ssd(x.astype(jnp.int32), a, B, C, 16, impl="pallas")
     with pytest.raises(ShapeError, match="bwd_chunk=24"):
         ssd_pallas(x, a, B, C, 16, bwd_chunk=24)
+    with pytest.raises(ConfigError, match="forward='fast'"):
+        ssd_pallas(x, a, B, C, 16, forward="fast")
 
 
 def test_dispatcher_and_bad_shapes():

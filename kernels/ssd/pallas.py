@@ -11,8 +11,14 @@ M = K * L with K = C B^T. Per chunk:
     y = M x + exp(A) * (C S_c^T)                                     (intra-chunk + incoming state)
     S_{c+1} = exp(A_q) S_c + (exp(A_q - A) * x)^T B                  (decay, then this chunk's contribution)
 
-Forward (`_fwd_kernel`, grid (B, H)): one program walks its chunks in order (`lax.fori_loop`) with S in registers
-and does both lines above per chunk.
+Forward, two variants (`forward=`):
+- "sequential" (default; `_fwd_kernel`, grid (B, H)): one program walks its chunks in order (`lax.fori_loop`) with
+  S in registers and does both lines above per chunk;
+- "parallel": every chunk's own part of S_{c+1} (`_local_kernel`, grid (B, H, chunks)), the chunk scan
+  S_{c+1} = exp(A_q) S_c + that part (`_scan_kernel`, grid (B, H): elementwise [P, N] work in registers), then
+  every chunk's y from S_c (`_outputs_kernel`, grid (B, H, chunks)). More programs when B x H is small, at the
+  cost of the states' round trip through memory.
+Either way only the inputs are saved for the backward.
 
 Backward, given dy [T, P] and dF (the cotangent of the final state). The state gradients G_c = dL/dS_c obey the
 reverse recurrence
@@ -26,12 +32,11 @@ dK = dM * L, W = dM * M, and d = exp(A_q - A) the decay to the chunk end):
            + sum_s u_s),    with u = rowsum(x * d * (B G_{c+1}^T))
 (the first two terms are exp(A_l - A_s)'s dependence on A_l and A_s, the third the incoming state's output, the
 last the state update's decays), and da_k = sum_{l >= k} dA_l within the chunk (A is a cumulative sum).
-Three kernels, so that the heavy work is parallel over chunks (the forward's grid (B, H) leaves most of a GPU idle
-at batch 1):
-1. `_local_states_kernel`, grid (B, H, chunks): each chunk's own contribution to S_{c+1} and to G_c;
-2. `_pass_kernel`, grid (B, H): the forward and reverse chunk scans of the two recurrences above (elementwise
-   [P, N] work in registers; S_c are recomputed here from the saved inputs, nothing but the inputs is saved by
-   the forward), writing S_c, G_{c+1} and G_0;
+The backward's kernels, so that the heavy work is parallel over chunks (the sequential forward's grid (B, H)
+leaves most of a GPU idle at batch 1):
+1. `_local_kernel` twice, grid (B, H, chunks): each chunk's own part of S_{c+1} and of G_c;
+2. `_scan_kernel` twice, grid (B, H): the forward chunk scan recomputes S_c from the saved inputs, the reverse one
+   gives G_{c+1} and G_0;
 3. `_chunk_grad_kernel`, grid (B, H, chunks): dx, dB, dC and da of one chunk from S_c and G_{c+1}.
 The result does not depend on the chunk size, so the backward uses its own (`bwd_chunk`, default 64: five
 [Q, Q] float32 tiles must fit in registers). dB/dC are written per head and summed over each group's heads by
@@ -50,7 +55,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from kernels.errors import shape_error
+from kernels.errors import config_error, shape_error
 from kernels.flute.pallas import lower_for_gpu
 
 F32 = jnp.float32
@@ -97,6 +102,24 @@ def _causal(q):
     return row, col, col <= row
 
 
+def _decay_mask(ac, causal):
+    """L[l, s] = exp(A_l - A_s) for s <= l, else 0 (masked before exp: no overflow above the diagonal)."""
+    return jnp.exp(jnp.where(causal, ac[:, None] - ac[None, :], -jnp.inf))
+
+
+def _chunk_outputs(xc, bc, cc, ac, s, causal, prec):
+    """y = (C B^T * L) x + exp(A) (C S^T) for one chunk: the intra-chunk part and the incoming state's."""
+    y = _dot(_dot(cc, bc, 1, 1, prec) * _decay_mask(ac, causal), xc, 1, 0, prec)
+    return y + jnp.exp(ac)[:, None] * _dot(cc, s, 1, 1, prec)
+
+
+def _chunk_state(v, u, ac, a_last, to_end: bool, prec):
+    """(v * w)^T u with w = exp(A_q - A) (to_end: a chunk's own part of the state leaving it, v = x, u = B) or
+    w = exp(A) (the chunk's own part of the gradient of the state entering it, v = dy, u = C)."""
+    w = jnp.exp(a_last - ac) if to_end else jnp.exp(ac)
+    return _dot(v * w[:, None], u, 0, 0, prec)
+
+
 def _fwd_kernel(x_ref, acum_ref, b_ref, c_ref, s0_ref, y_ref, sf_ref, *, q: int, nc: int, rep: int, prec):
     bi, hi = pl.program_id(0), pl.program_id(1)
     gi = hi // rep
@@ -109,40 +132,35 @@ def _fwd_kernel(x_ref, acum_ref, b_ref, c_ref, s0_ref, y_ref, sf_ref, *, q: int,
         cc = c_ref[bi, pl.ds(t0, q), gi, :].astype(F32)  # [Q, N]
         ac = acum_ref[bi, hi, pl.ds(t0, q)]  # [Q] within-chunk cumulative log-decay
         a_last = acum_ref[bi, hi, t0 + q - 1]
-        # intra-chunk: (C B^T * exp(A_l - A_s)) x, masked s <= l (masked before exp: no overflow above the diagonal)
-        seg = jnp.where(causal, ac[:, None] - ac[None, :], -jnp.inf)
-        y = _dot(_dot(cc, bc, 1, 1, prec) * jnp.exp(seg), xc, 1, 0, prec)
-        y = y + jnp.exp(ac)[:, None] * _dot(cc, s, 1, 1, prec)  # the state entering the chunk -> outputs
-        y_ref[bi, pl.ds(t0, q), hi, :] = y.astype(y_ref.dtype)
+        y_ref[bi, pl.ds(t0, q), hi, :] = _chunk_outputs(xc, bc, cc, ac, s, causal, prec).astype(y_ref.dtype)
         # state update: decay, then add this chunk's contribution
-        return jnp.exp(a_last) * s + _dot(xc * jnp.exp(a_last - ac)[:, None], bc, 0, 0, prec)
+        return jnp.exp(a_last) * s + _chunk_state(xc, bc, ac, a_last, True, prec)
 
     s = jax.lax.fori_loop(0, nc, body, s0_ref[bi, hi].astype(F32))
     sf_ref[bi, hi] = s.astype(sf_ref.dtype)
 
 
-def _local_states_kernel(x_ref, acum_ref, b_ref, c_ref, dy_ref, st_ref, gl_ref, *, q: int, prec):
-    ac = acum_ref[...]
-    a_last = acum_ref[q - 1]
-    xd = x_ref[...].astype(F32) * jnp.exp(a_last - ac)[:, None]
-    st_ref[...] = _dot(xd, b_ref[...].astype(F32), 0, 0, prec)  # this chunk's part of S_{c+1}
-    gl_ref[...] = _dot(dy_ref[...] * jnp.exp(ac)[:, None], c_ref[...].astype(F32), 0, 0, prec)  # ... of G_c
+def _local_kernel(v_ref, acum_ref, u_ref, out_ref, *, q: int, to_end: bool, prec):
+    out_ref[...] = _chunk_state(v_ref[...].astype(F32), u_ref[...].astype(F32), acum_ref[...], acum_ref[q - 1],
+                                to_end, prec)
 
 
-def _pass_kernel(st_ref, gl_ref, alast_ref, s0_ref, gf_ref, s_ref, g_ref, g0_ref, *, nc: int):
+def _scan_kernel(loc_ref, alast_ref, init_ref, out_ref, last_ref, *, nc: int, reverse: bool):
+    """carry <- exp(A_q(c)) carry + loc[c] over the chunks (in reverse order when reverse), writing the carry before
+    each chunk's update: S_c (forward; last = the final state) or G_{c+1} (reverse; last = G_0)."""
     bi, hi = pl.program_id(0), pl.program_id(1)
 
-    def forward(c, s):  # S_c (entering chunk c), then S_{c+1}
-        s_ref[bi, hi, c] = s
-        return jnp.exp(alast_ref[bi, hi, c]) * s + st_ref[bi, hi, c]
+    def body(i, carry):
+        c = nc - 1 - i if reverse else i
+        out_ref[bi, hi, c] = carry
+        return jnp.exp(alast_ref[bi, hi, c]) * carry + loc_ref[bi, hi, c]
 
-    def reverse(i, g):  # G_{c+1} (the gradient of the state leaving chunk c), then G_c
-        c = nc - 1 - i
-        g_ref[bi, hi, c] = g
-        return jnp.exp(alast_ref[bi, hi, c]) * g + gl_ref[bi, hi, c]
+    last_ref[bi, hi] = jax.lax.fori_loop(0, nc, body, init_ref[bi, hi])
 
-    jax.lax.fori_loop(0, nc, forward, s0_ref[bi, hi])
-    g0_ref[bi, hi] = jax.lax.fori_loop(0, nc, reverse, gf_ref[bi, hi])
+
+def _outputs_kernel(x_ref, acum_ref, b_ref, c_ref, s_ref, y_ref, *, q: int, prec):
+    x, bm, cm = (r[...].astype(F32) for r in (x_ref, b_ref, c_ref))
+    y_ref[...] = _chunk_outputs(x, bm, cm, acum_ref[...], s_ref[...], _causal(q)[2], prec)
 
 
 def _chunk_grad_kernel(x_ref, acum_ref, b_ref, c_ref, dy_ref, s_ref, g_ref, dx_ref, db_ref, dc_ref, da_ref, *,
@@ -152,7 +170,7 @@ def _chunk_grad_kernel(x_ref, acum_ref, b_ref, c_ref, dy_ref, s_ref, g_ref, dx_r
     ac = acum_ref[...]
     a_last = acum_ref[q - 1]
     row, col, causal = _causal(q)
-    lmat = jnp.exp(jnp.where(causal, ac[:, None] - ac[None, :], -jnp.inf))
+    lmat = _decay_mask(ac, causal)
     cb = _dot(cm, bm, 1, 1, prec)  # K = C B^T [Q, Q]
     m = cb * lmat
     dk = _dot(dy, x, 1, 1, prec) * lmat  # dK = dM * L
@@ -197,108 +215,142 @@ def _chunked(q, *arrays):
     return arrays, acum
 
 
-def _forward(x, a, B, C, chunk_size, initial_state, interpret, num_warps):
+class _Chunks:
+    """Padded operands, cumulative log-decays and the per-chunk BlockSpecs of a grid (B, H, chunks)."""
+
+    def __init__(self, q, x, a, B, C, *extra):
+        (self.x, _, self.B, self.C, *self.extra), self.acum = _chunked(q, x, a, B, C, *extra)
+        b, tp, h, p = self.x.shape
+        g, n = B.shape[2], B.shape[3]
+        rep = h // g
+        self.q, self.nc, self.grid = q, tp // q, (b, h, tp // q)
+        self.a_last = self.acum.reshape(b, h, tp // q, q)[..., -1]  # [B, H, chunks]
+        self.x_spec = pl.BlockSpec((None, q, None, p), lambda bi, hi, ci: (bi, ci, hi, 0))
+        self.bc_spec = pl.BlockSpec((None, q, None, n), lambda bi, hi, ci: (bi, ci, hi // rep, 0))
+        self.head_n = pl.BlockSpec((None, q, None, n), lambda bi, hi, ci: (bi, ci, hi, 0))
+        self.a_spec = pl.BlockSpec((None, None, q), lambda bi, hi, ci: (bi, hi, ci))
+        self.st_spec = pl.BlockSpec((None, None, None, p, n), lambda bi, hi, ci: (bi, hi, ci, 0, 0))
+        self.states = jax.ShapeDtypeStruct((b, h, tp // q, p, n), F32)
+
+    def local(self, v, v_spec, u, to_end, prec, interpret, params):
+        """Every chunk's own part of the state leaving it (to_end) or of the state gradient entering it."""
+        return pl.pallas_call(
+            functools.partial(_local_kernel, q=self.q, to_end=to_end, prec=prec), grid=self.grid,
+            in_specs=[v_spec, self.a_spec, self.bc_spec], out_specs=self.st_spec, out_shape=self.states,
+            interpret=interpret, name="ssd_local_states", **params,
+        )(v, self.acum, u)
+
+    def scan(self, loc, init, reverse, interpret, params):
+        """(the carry before each chunk [B, H, chunks, P, N], the last carry [B, H, P, N])."""
+        whole = pl.BlockSpec()
+        b, h, nc, p, n = self.states.shape
+        return pl.pallas_call(
+            functools.partial(_scan_kernel, nc=nc, reverse=reverse), grid=(b, h), in_specs=[whole] * 3,
+            out_specs=[whole, whole], out_shape=[self.states, jax.ShapeDtypeStruct((b, h, p, n), F32)],
+            interpret=interpret, name="ssd_state_scan", **params,
+        )(loc, self.a_last, init)
+
+
+def _forward(x, a, B, C, initial_state, cfg):
+    chunk_size, interpret, num_warps, _, mode = cfg
     _check(x, B, C, chunk_size)
     b, t, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     q = min(int(chunk_size), t)
-    (x, a, B, C), acum = _chunked(q, x, a, B, C)
-    tp = x.shape[1]
     s0 = jnp.zeros((b, h, p, n), F32) if initial_state is None else initial_state.astype(F32)
+    prec, params = _precision(x.dtype), _params(interpret, num_warps)
+    ch = _Chunks(q, x, a, B, C)
+    tp = ch.x.shape[1]
+    y_shape = jax.ShapeDtypeStruct((b, tp, h, p), F32)
+    if mode == "parallel":  # chunk-local states, the chunk scan, then every chunk's outputs in parallel
+        s_in, final = ch.scan(ch.local(ch.x, ch.x_spec, ch.B, True, prec, interpret, params), s0, False, interpret,
+                              params)
+        y = pl.pallas_call(
+            functools.partial(_outputs_kernel, q=q, prec=prec), grid=ch.grid,
+            in_specs=[ch.x_spec, ch.a_spec, ch.bc_spec, ch.bc_spec, ch.st_spec], out_specs=ch.x_spec,
+            out_shape=y_shape, interpret=interpret, name="ssd_chunk_outputs", **params,
+        )(ch.x, ch.acum, ch.B, ch.C, s_in)
+        return y[:, :t], final
     whole = pl.BlockSpec()
     y, final = pl.pallas_call(
-        functools.partial(_fwd_kernel, q=q, nc=tp // q, rep=h // g, prec=_precision(x.dtype)),
-        grid=(b, h),
-        in_specs=[whole] * 5,
-        out_specs=[whole, whole],
-        out_shape=[jax.ShapeDtypeStruct((b, tp, h, p), F32), jax.ShapeDtypeStruct((b, h, p, n), F32)],
-        interpret=interpret, name="ssd_chunked", **_params(interpret, num_warps),
-    )(x, acum, B, C, s0)
+        functools.partial(_fwd_kernel, q=q, nc=ch.nc, rep=h // g, prec=prec),
+        grid=(b, h), in_specs=[whole] * 5, out_specs=[whole, whole],
+        out_shape=[y_shape, jax.ShapeDtypeStruct((b, h, p, n), F32)],
+        interpret=interpret, name="ssd_chunked", **params,
+    )(ch.x, ch.acum, ch.B, ch.C, s0)
     return y[:, :t], final
 
 
-def _backward(x, a, B, C, initial_state, dy, dfinal, q, interpret, num_warps):
-    """The gradients of (x, a, B, C, initial_state) in three kernels (see the module docstring)."""
+def _backward(x, a, B, C, initial_state, dy, dfinal, cfg):
+    """The gradients of (x, a, B, C, initial_state) (see the module docstring)."""
+    chunk_size, interpret, num_warps, bwd_chunk, _ = cfg
     b, t, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
-    rep = h // g
-    prec = _precision(x.dtype)
-    (xp, _, Bp, Cp, dyp), acum = _chunked(q, x, a, B, C, dy.astype(F32))
-    tp = xp.shape[1]
-    nc = tp // q
-    s0 = jnp.zeros((b, h, p, n), F32) if initial_state is None else initial_state.astype(F32)
-    params = _params(interpret, num_warps)
+    q = min(int(chunk_size), t, int(bwd_chunk))
+    prec, params = _precision(x.dtype), _params(interpret, num_warps)
     grad_params = _params(interpret, max(num_warps, 8) if q * max(p, n) >= 64 * 128 else num_warps)  # 5 [Q, Q] tiles
+    s0 = jnp.zeros((b, h, p, n), F32) if initial_state is None else initial_state.astype(F32)
+    ch = _Chunks(q, x, a, B, C, dy.astype(F32))
+    dyp, = ch.extra
+    tp = ch.x.shape[1]
+    s_in, _ = ch.scan(ch.local(ch.x, ch.x_spec, ch.B, True, prec, interpret, params), s0, False, interpret, params)
+    g_out, g0 = ch.scan(ch.local(dyp, ch.x_spec, ch.C, False, prec, interpret, params), dfinal.astype(F32), True,
+                        interpret, params)
     sd = jax.ShapeDtypeStruct
-    grid = (b, h, nc)
-    x_spec = pl.BlockSpec((None, q, None, p), lambda bi, hi, ci: (bi, ci, hi, 0))
-    bc_spec = pl.BlockSpec((None, q, None, n), lambda bi, hi, ci: (bi, ci, hi // rep, 0))
-    head_n = pl.BlockSpec((None, q, None, n), lambda bi, hi, ci: (bi, ci, hi, 0))
-    a_spec = pl.BlockSpec((None, None, q), lambda bi, hi, ci: (bi, hi, ci))
-    st_spec = pl.BlockSpec((None, None, None, p, n), lambda bi, hi, ci: (bi, hi, ci, 0, 0))
-    states = sd((b, h, nc, p, n), F32)
-    st, gl = pl.pallas_call(
-        functools.partial(_local_states_kernel, q=q, prec=prec), grid=grid,
-        in_specs=[x_spec, a_spec, bc_spec, bc_spec, x_spec], out_specs=[st_spec, st_spec],
-        out_shape=[states, states], interpret=interpret, name="ssd_bwd_local_states", **params,
-    )(xp, acum, Bp, Cp, dyp)
-    whole = pl.BlockSpec()
-    a_last = acum.reshape(b, h, nc, q)[..., -1]
-    s_in, g_out, g0 = pl.pallas_call(
-        functools.partial(_pass_kernel, nc=nc), grid=(b, h), in_specs=[whole] * 5, out_specs=[whole] * 3,
-        out_shape=[states, states, sd((b, h, p, n), F32)], interpret=interpret, name="ssd_bwd_state_pass", **params,
-    )(st, gl, a_last, s0, dfinal.astype(F32))
     dx, db, dc, da = pl.pallas_call(
-        functools.partial(_chunk_grad_kernel, q=q, prec=prec), grid=grid,
-        in_specs=[x_spec, a_spec, bc_spec, bc_spec, x_spec, st_spec, st_spec],
-        out_specs=[x_spec, head_n, head_n, a_spec],
+        functools.partial(_chunk_grad_kernel, q=q, prec=prec), grid=ch.grid,
+        in_specs=[ch.x_spec, ch.a_spec, ch.bc_spec, ch.bc_spec, ch.x_spec, ch.st_spec, ch.st_spec],
+        out_specs=[ch.x_spec, ch.head_n, ch.head_n, ch.a_spec],
         out_shape=[sd((b, tp, h, p), F32), sd((b, tp, h, n), F32), sd((b, tp, h, n), F32), sd((b, h, tp), F32)],
         interpret=interpret, name="ssd_bwd_chunk_grads", **grad_params,
-    )(xp, acum, Bp, Cp, dyp, s_in, g_out)
-    per_group = lambda v: v.reshape(b, tp, g, rep, n).sum(3)[:, :t]  # heads of one group share B/C
+    )(ch.x, ch.acum, ch.B, ch.C, dyp, s_in, g_out)
+    per_group = lambda v: v.reshape(b, tp, g, h // g, n).sum(3)[:, :t]  # heads of one group share B/C
     ds0 = None if initial_state is None else g0.astype(initial_state.dtype)
     return (dx[:, :t].astype(x.dtype), jnp.moveaxis(da, 1, 2)[:, :t].astype(a.dtype),
             per_group(db).astype(B.dtype), per_group(dc).astype(C.dtype), ds0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 6, 7, 8))
-def _ssd(x, a, B, C, chunk_size, initial_state, interpret, num_warps, bwd_chunk):
-    return _forward(x, a, B, C, chunk_size, initial_state, interpret, num_warps)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _ssd(x, a, B, C, initial_state, cfg):
+    return _forward(x, a, B, C, initial_state, cfg)
 
 
-def _ssd_fwd(x, a, B, C, chunk_size, initial_state, interpret, num_warps, bwd_chunk):
-    out = _forward(x, a, B, C, chunk_size, initial_state, interpret, num_warps)
-    return out, (x, a, B, C, initial_state)  # only the inputs: the backward recomputes the chunk states
+def _ssd_fwd(x, a, B, C, initial_state, cfg):
+    return _forward(x, a, B, C, initial_state, cfg), (x, a, B, C, initial_state)  # only the inputs are saved
 
 
-def _ssd_bwd(chunk_size, interpret, num_warps, bwd_chunk, res, cts):
-    x, a, B, C, s0 = res
-    q = min(int(chunk_size), x.shape[1], int(bwd_chunk))
-    return _backward(x, a, B, C, s0, cts[0], cts[1], q, interpret, num_warps)
+def _ssd_bwd(cfg, res, cts):
+    return _backward(*res, cts[0], cts[1], cfg)
 
 
 _ssd.defvjp(_ssd_fwd, _ssd_bwd)
+FORWARD_MODES = ("sequential", "parallel")
 
 
 def ssd_pallas(x, a, B, C, chunk_size: int = 256, initial_state=None, *, interpret: bool = False,
-               num_warps: int = 4, bwd_chunk: int = 64):
-    """The chunked SSD kernel (see the module docstring); differentiable through the backward kernels.
-    bwd_chunk: the backward's chunk size (a power of two >= 16; min(chunk_size, T) when smaller)."""
+               num_warps: int = 4, bwd_chunk: int = 64, forward: str = "sequential"):
+    """The chunked SSD kernels (see the module docstring); differentiable through the backward kernels.
+    bwd_chunk: the backward's chunk size (a power of two >= 16; min(chunk_size, T) when smaller). forward:
+    "sequential" (one program per sequence and head walks the chunks) or "parallel" (chunk-local states, a chunk
+    scan of the states, then the outputs of every chunk in parallel: more programs at small batch x heads)."""
     _check(x, B, C, chunk_size)
     if not _pow2_ok(int(bwd_chunk)):
         raise shape_error(f"SSD kernel: bwd_chunk={bwd_chunk} needs a power of two >= 16")
-    return _ssd(x, a, B, C, int(chunk_size), initial_state, bool(interpret), int(num_warps), int(bwd_chunk))
+    if forward not in FORWARD_MODES:
+        raise config_error(f"SSD kernel: forward={forward!r} is not one of {FORWARD_MODES}")
+    cfg = (int(chunk_size), bool(interpret), int(num_warps), int(bwd_chunk), forward)
+    return _ssd(x, a, B, C, initial_state, cfg)
 
 
 def cross_lower(b: int, t: int, h: int, p: int, g: int, n: int, chunk_size: int = 64, dtype=jnp.float32,
-                with_state: bool = True, backward: bool = False):
+                with_state: bool = True, backward: bool = False, forward: str = "sequential"):
     """Lower the forward kernel (backward=True: forward and the three backward kernels, through jax.grad) for an
     H100 on this (CPU) machine (see kernels.flute.pallas.lower_for_gpu)."""
     sd = jax.ShapeDtypeStruct
     args = [sd((b, t, h, p), dtype), sd((b, t, h), jnp.float32), sd((b, t, g, n), dtype), sd((b, t, g, n), dtype)]
     if with_state:
         args.append(sd((b, h, p, n), jnp.float32))
-    fn = lambda *v: ssd_pallas(*v[:4], chunk_size, v[4] if with_state else None)
+    fn = lambda *v: ssd_pallas(*v[:4], chunk_size, v[4] if with_state else None, forward=forward)
     if backward:
         fwd = fn
         loss = lambda *v: sum(jnp.sum(o) for o in fwd(*v))
@@ -306,4 +358,4 @@ def cross_lower(b: int, t: int, h: int, p: int, g: int, n: int, chunk_size: int 
     return lower_for_gpu(fn, *args)
 
 
-__all__ = ["ssd_pallas", "cross_lower", "unsupported"]
+__all__ = ["ssd_pallas", "cross_lower", "unsupported", "FORWARD_MODES"]
