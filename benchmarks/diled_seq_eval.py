@@ -81,19 +81,20 @@ def text_eval(model, held, tr, seed, lm, gen_from: str, n_gen: int) -> dict:
     from jaxlm.models.diled import api
     from jaxlm.models.diled import data as D
 
+    dec = D.text_codec(model.cfg.ae).decode
     x = held["tokens"]
     mu = np.asarray(api.encode(model, {"tokens": x}))
     rec = np.asarray(api.decode(model, mu))
     tgt = x[:, 1:]
     mask = tgt != model.cfg.ae.pad_id
-    refs, hyps = D.decode_text(tgt), D.decode_text(rec)
+    refs, hyps = dec(tgt), dec(rec)
     out = {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
            "token_acc": float(((rec == tgt) & mask).sum() / mask.sum())}
     xt = tr["tokens"][:len(x)]   # training sentences: does it fit them (vs generalize to held-out ones)?
-    out["bleu_train"] = sacrebleu.corpus_bleu(D.decode_text(np.asarray(api.reconstruct(model, {"tokens": xt}))),
-                                              [D.decode_text(xt[:, 1:])]).score
+    out["bleu_train"] = sacrebleu.corpus_bleu(dec(np.asarray(api.reconstruct(model, {"tokens": xt}))),
+                                              [dec(xt[:, 1:])]).score
     mean_mu = np.asarray(api.encode(model, {"tokens": tr["tokens"][:512]})).mean(0, keepdims=True)
-    const = D.decode_text(np.asarray(api.decode(model, mean_mu)))[0]
+    const = dec(np.asarray(api.decode(model, mean_mu)))[0]
     out["bleu_constant_mean_latent"] = sacrebleu.corpus_bleu([const] * len(refs), [refs]).score
     out["examples"] = [{"input": r, "reconstruction": h} for r, h in list(zip(refs, hyps))[:4]]
     if gen_from != "none":
@@ -102,9 +103,9 @@ def text_eval(model, held, tr, seed, lm, gen_from: str, n_gen: int) -> dict:
             z = jax.random.normal(key, (n_gen, model.cfg.latent_dim))
         else:
             z = api.sample_latents(model, n_gen, key)
-        gen = D.decode_text(np.asarray(api.decode(model, z)))
+        gen = dec(np.asarray(api.decode(model, z)))
         out["distinct_1"], out["distinct_2"] = distinct(gen, 1), distinct(gen, 2)
-        train_set = set(D.decode_text(tr["tokens"][:, 1:]))
+        train_set = set(dec(tr["tokens"][:, 1:]))
         out["gen_novel"] = float(np.mean([g not in train_set for g in gen]))
         out["gen_unique"] = len(set(gen)) / len(gen)
         if lm is not None:
@@ -112,7 +113,7 @@ def text_eval(model, held, tr, seed, lm, gen_from: str, n_gen: int) -> dict:
         out["samples"] = gen[:6]
     a, b = {"tokens": x[:1]}, {"tokens": x[1:2]}
     inter, _ = api.interpolate(model, a, b, (0.2, 0.4, 0.6, 0.8))
-    out["interpolation"] = [refs[0]] + [D.decode_text(np.asarray(i))[0] for i in inter] + [refs[1]]
+    out["interpolation"] = [refs[0]] + [dec(np.asarray(i))[0] for i in inter] + [refs[1]]
     return out
 
 
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
     if lm is not None:
         from jaxlm.models.diled import data as D
 
-        real_ppl = lm.ppl(D.decode_text(held["tokens"][:, 1:]))
+        real_ppl = lm.ppl(D.text_codec(base.ae).decode(held["tokens"][:, 1:]))
     rows: dict[str, list[dict]] = {k: [] for k in names}
     t0 = time.time()
     need_ae = any(n in names for n in MODELS[:3])

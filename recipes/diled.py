@@ -83,9 +83,10 @@ def load_data(modality: str, cfg, data_dir=None, limit=None):
         tr, te = {"image": d["train"]["image"]}, {"image": d["heldout"]["image"], "label": d["heldout"]["label"]}
         tr_labels = d["train"]["label"]
     elif modality == "text":
-        s = D.doc_sentences(max_chars=cfg.ae.max_len - 2)
-        tr, te = {"tokens": D.encode_text(s["train"], cfg.ae.max_len)}, {"tokens": D.encode_text(s["heldout"],
-                                                                                                cfg.ae.max_len)}
+        s = D.doc_sentences(max_chars=cfg.ae.max_len - 2 if cfg.ae.tokenizer == "bytes" else 46)
+        codec = D.text_codec(cfg.ae)
+        tr, te = {"tokens": codec.encode(s["train"], cfg.ae.max_len)}, {"tokens": codec.encode(s["heldout"],
+                                                                                               cfg.ae.max_len)}
         tr_labels = None
     else:
         g = D.gifford(data_dir, limit=None if limit is None else max(limit, 1))
@@ -202,15 +203,16 @@ def evaluate_run(model, mod, te, n_samples, seed, api) -> dict:
     elif mod == "text":
         tgt = batch["tokens"][:, 1:]
         L = rec.shape[1]
-        mask = tgt[:, :L] != 256
+        mask = tgt[:, :L] != model.cfg.ae.pad_id
+        dec = D.text_codec(model.cfg.ae).decode
         out["recon_token_acc"] = float(((rec == tgt[:, :L]) & mask).sum() / mask.sum())
-        out["recon_exact"] = float(np.mean([p == t for p, t in zip(D.decode_text(rec), D.decode_text(tgt))]))
+        out["recon_exact"] = float(np.mean([p == t for p, t in zip(dec(rec), dec(tgt))]))
         out["examples"] = [{"input": t, "reconstruction": r} for t, r in
-                           zip(D.decode_text(tgt[:5]), D.decode_text(rec[:5]))]
-        out["samples"] = D.decode_text(gen)
-        out["interpolation"] = [D.decode_text(a["tokens"][:, 1:])[0]] + [D.decode_text(np.asarray(i))[0]
+                           zip(dec(tgt[:5]), dec(rec[:5]))]
+        out["samples"] = dec(gen)
+        out["interpolation"] = [dec(a["tokens"][:, 1:])[0]] + [dec(np.asarray(i))[0]
                                                                          for i in inter] + \
-            [D.decode_text(b["tokens"][:, 1:])[0]]
+            [dec(b["tokens"][:, 1:])[0]]
     else:
         x = batch["tokens"]
         out["recon_acc_per_position"] = float(np.mean(rec == x))

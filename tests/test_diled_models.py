@@ -1,6 +1,6 @@
 """DiLED modules and capabilities: MLPSkipNet against a numpy transcription of the original forward, the text
 decoder's two latent routes (token embeddings + one memory slot per layer) and its cached greedy decoding equal to
-teacher forcing, the EDDPM sampling path, reproducible generation, interpolation, and bad input."""
+teacher forcing, word dropout, the EDDPM sampling path, reproducible generation, interpolation, and bad input."""
 
 import math
 
@@ -94,6 +94,20 @@ def test_text_decoder_uses_the_latent_both_ways_and_greedy_decoding_matches_teac
         n = int(eos[0]) + 1 if eos.size else greedy.shape[1]
         np.testing.assert_array_equal(greedy[b, :n], am[b, :n])
     assert base.shape == (2, 12, ae.cfg.decoder.vocab_size)
+    # word dropout (training only): with an rng the dropped decoder inputs change the loss; without one
+    # (evaluation), or with word_dropout 0, the loss is the original's
+    drop = ae.cfg.__class__(**{**ae.cfg.__dict__, "word_dropout": 0.5})
+
+    @jax.jit
+    def rec_losses(p, k):
+        m = nnx.merge(g, p)
+        plain = m.rec_loss(z, {"tokens": ids}, k)
+        m.cfg = drop
+        return plain, m.rec_loss(z, {"tokens": ids}), m.rec_loss(z, {"tokens": ids}, k)
+
+    plain, off, on = (np.asarray(v) for v in rec_losses(p, jax.random.key(3)))
+    np.testing.assert_array_equal(off, plain)
+    assert on.shape == (2,) and np.abs(on - plain).max() > 1e-6
 
 
 @pytest.fixture(scope="module")

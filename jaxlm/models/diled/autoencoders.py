@@ -58,8 +58,15 @@ class TextAEConfig:
     pad_id: int = BYTE_PAD
     bos_id: int = BYTE_BOS
     eos_id: int = BYTE_EOS
+    tokenizer: str = "bytes"   # "bytes" | "bpe" (data.corpus_bpe(decoder.vocab_size): the tiny preset's)
+    word_dropout: float = 0.0  # training only: each decoder input token after BOS replaced by PAD with this
+                               # probability (Bowman et al. 2016), so the decoder must read z; 0 = the original
 
     def __post_init__(self):
+        if self.tokenizer not in ("bytes", "bpe"):
+            raise ConfigError(f"TextAEConfig.tokenizer={self.tokenizer!r}: expected 'bytes' or 'bpe'")
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ConfigError(f"TextAEConfig.word_dropout={self.word_dropout}: expected a probability in [0, 1)")
         if self.encoder.causal:
             raise ConfigError("TextAEConfig.encoder: causal=True; the DiLED text encoder is bidirectional")
         if not self.decoder.causal:
@@ -119,10 +126,16 @@ class TextAE(nnx.Module):
         logits, _ = self.decode_step(z, ids, self.memory_cache(z, ids.shape[1]))
         return logits
 
-    def rec_loss(self, z, batch):
+    def rec_loss(self, z, batch, rng=None):
+        """Per-sentence CE; with word_dropout > 0 and an rng (training) the decoder's inputs after BOS are dropped
+        to PAD at that rate (the labels stay the sentence)."""
         ids = batch["tokens"]
         self.check_tokens(ids)
-        return text_rec_loss(self.decode_logits(z, ids), ids, self.cfg.pad_id)
+        inp = ids
+        if self.cfg.word_dropout > 0 and rng is not None:
+            drop = jax.random.bernoulli(rng, self.cfg.word_dropout, ids.shape).at[:, 0].set(False)
+            inp = jnp.where(drop & (ids != self.cfg.pad_id), self.cfg.pad_id, ids)
+        return text_rec_loss(self.decode_logits(z, inp), ids, self.cfg.pad_id)
 
 
 # ------------------------------------------------------------------------------------------------ images

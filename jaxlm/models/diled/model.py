@@ -29,6 +29,7 @@ from jaxlm.models.diled.objective import (EDDPM_PROTEIN_DDPM_WEIGHT, DiLEDLossCo
                                           encoder_sample, latent_diffusion_loss)
 
 MODALITIES = ("text", "image", "protein")
+TINY_BPE_VOCAB = 1024
 _AE = {"text": (TextAEConfig, TextAE), "image": (ImageAEConfig, ImageAE), "protein": (ProteinAEConfig, ProteinAE)}
 
 
@@ -89,8 +90,13 @@ def diled_config(modality: str, size: str = "tiny", **loss_overrides) -> DiLEDCo
                                 max_position_embeddings=1024)
             ae = TextAEConfig(encoder=enc, decoder=dec, latent_dim=128, max_len=32, pad_id=50257, bos_id=50256,
                               eos_id=50256)
-        else:
-            ae = TextAEConfig()
+        else:   # the corpus BPE (1021 pieces + PAD, BOS, EOS): ~11 pieces a sentence, <= 26
+            ae = TextAEConfig(encoder=_tiny_decoder(False, vocab_size=TINY_BPE_VOCAB, bos_token_id=TINY_BPE_VOCAB - 2,
+                                                    eos_token_id=TINY_BPE_VOCAB - 1),
+                              decoder=_tiny_decoder(True, vocab_size=TINY_BPE_VOCAB, bos_token_id=TINY_BPE_VOCAB - 2,
+                                                    eos_token_id=TINY_BPE_VOCAB - 1),
+                              max_len=32, pad_id=TINY_BPE_VOCAB - 3, bos_id=TINY_BPE_VOCAB - 2,
+                              eos_id=TINY_BPE_VOCAB - 1, tokenizer="bpe")
         loss = DiLEDLossConfig(num_steps=1000 if paper else 200)
     elif modality == "image":
         ae = ImageAEConfig(width=64 if paper else 32, latent_dim=32 if paper else 16)
@@ -143,7 +149,7 @@ def diled_loss(model: DiLED, batch: dict, rng, *, t=None, noise=None, latent_noi
     mu = model.encode(batch)
     z = mu + jnp.exp(0.5 * lc.encoder_logvar) * latent_noise if latent_noise is not None else \
         encoder_sample(mu, k_enc, lc)
-    rec = model.ae.rec_loss(z, batch)
+    rec = _rec(model, z, batch, rng)
     dl, w, aux = latent_diffusion_loss(model.eps, z, mu, k_diff, eddpm_schedule(lc), lc, t=t, noise=noise)
     total = combine(rec, dl, w, lc)
     metrics = {"rec": rec.mean(), "ddpm": dl.mean(), "align_frac": (aux["t"] == 1).mean()}
@@ -154,11 +160,19 @@ def diled_loss(model: DiLED, batch: dict, rng, *, t=None, noise=None, latent_noi
     return total, metrics
 
 
+def _rec(model, z, batch, rng):
+    """The autoencoder's per-example reconstruction term; text with word_dropout gets its own key (fold_in, so the
+    encoder / diffusion draws are those of the original form)."""
+    if model.cfg.modality == "text" and model.cfg.ae.word_dropout > 0:
+        return model.ae.rec_loss(z, batch, jax.random.fold_in(rng, 7))
+    return model.ae.rec_loss(z, batch)
+
+
 def _vae_loss(model, batch, rng):
     """The VAE baseline: rec(z) + kl_weight · KL(q(z|x) || N(0, I)) (summed over latent dims, batch mean)."""
     mu, logvar = model.ae.encode_stats(batch)
     z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mu.shape, mu.dtype)
-    rec = model.ae.rec_loss(z, batch)
+    rec = _rec(model, z, batch, rng)
     kl = 0.5 * jnp.sum(mu * mu + jnp.exp(logvar) - logvar - 1.0, axis=-1)
     return jnp.mean(rec) + model.cfg.kl_weight * jnp.mean(kl), {"rec": rec.mean(), "kl": kl.mean()}
 
