@@ -14,7 +14,8 @@ Sections (each guarded: a failure is reported and the suite goes on; the exit co
    M in {1, 16, 64}, N = K = 8192, 4 and 3 bits, G = 128 (weights rotated over 8 sets; benchmarks/flute_kernel.py).
 4. attention: flash (Pallas) vs cuDNN vs plain XLA, causal bf16, forward and forward+backward, at 2k/8k/32k tokens.
 5. decode: batch-1 and batch-16 decode of the ~1B mobillama-1b preset vs the HBM roofline (benchmarks/generate_gpu.py).
-6. ssd: the Pallas SSD kernels vs XLA's chunked SSD vs flash attention at 16k, forward and forward+backward.
+6. ssd: the Pallas SSD kernels (both forward variants) vs XLA's chunked SSD vs flash attention at 16k, forward and
+   forward+backward.
 Rows go to one BENCHMARKS.md section with the device and versions.
 """
 
@@ -170,36 +171,49 @@ def _ssd_operands(T, H=4, P=16, N=16, G=1, dtype=None, seed=0):
     return x, a, Bm, Cm, s0, wy, wf
 
 
-def _ssd_loss_grad(impl, chunk):
+def _ssd_fn(impl, chunk, forward="sequential"):
+    """(x, a, B, C, s0) -> (y, final state) through kernels.ssd's dispatcher, or the Pallas kernels with the given
+    forward variant when impl is "pallas"/"interpret"."""
+    import kernels.ssd as kss
+
+    if impl in ("pallas", "interpret"):
+        return lambda x, a, B, C, s0: kss.ssd_pallas(x, a, B, C, chunk, s0, interpret=impl == "interpret",
+                                                     forward=forward)
+    return lambda x, a, B, C, s0: kss.ssd(x, a, B, C, chunk, s0, impl=impl)
+
+
+def _ssd_loss_grad(fn):
     """jit(value_and_grad) of sum(y * wy) + sum(final * wf) in all five inputs (x, a, B, C, initial state)."""
     import jax
     import jax.numpy as jnp
 
-    import kernels.ssd as kss
-
     def loss(x, a, B, C, s0, wy, wf):
-        y, fin = kss.ssd(x, a, B, C, chunk, s0, impl=impl)
+        y, fin = fn(x, a, B, C, s0)
         return jnp.sum(y * wy) + jnp.sum(fin * wf), (y, fin)
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))
 
 
 def check_ssd(s: Suite):
-    """The Pallas SSD forward (y, final state) and backward kernels (gradients of x, a, B, C and the initial state)
-    against the sequential scan (float32, highest matmul precision), 4 heads over 2 groups, T not a multiple of
-    the chunk; float32 inputs (IEEE dots in the kernels) and bfloat16 ones (TF32 dots)."""
+    """The Pallas SSD forward (y, final state; sequential and parallel variants) and backward kernels (gradients of
+    x, a, B, C and the initial state) against the sequential scan (float32, highest matmul precision), 4 heads
+    over 2 groups, T not a multiple of the chunk; float32 inputs (IEEE dots in the kernels) and bfloat16 ones (TF32
+    dots)."""
     import jax
     import jax.numpy as jnp
 
     impl = "interpret" if s.interpret else "pallas"
     T = 100 if s.interpret else 1000
-    for dt, tol in ((jnp.float32, 1e-4), (jnp.bfloat16, 2e-2)):
+    chunk = 32 if s.interpret else 64
+    for dt, tol, forward in ((jnp.float32, 1e-4, "sequential"), (jnp.bfloat16, 2e-2, "sequential"),
+                             (jnp.float32, 1e-4, "parallel")):
         ops = _ssd_operands(T, H=4, P=16 if s.interpret else 64, N=16 if s.interpret else 64, G=2, dtype=dt)
-        (_, (y, fin)), g = _ssd_loss_grad(impl, 32 if s.interpret else 64)(*ops)
+        (_, (y, fin)), g = _ssd_loss_grad(_ssd_fn(impl, chunk, forward))(*ops)
         up = [v.astype(jnp.float32) for v in ops]
         with jax.default_matmul_precision("highest"):
-            (_, (y_r, fin_r)), g_r = _ssd_loss_grad("scan", 64)(*up)
-        name = f"ssd {impl} T={T} H/G=4/2 P={ops[0].shape[-1]} N={ops[2].shape[-1]} {jnp.dtype(dt).name}"
+            (_, (y_r, fin_r)), g_r = _ssd_loss_grad(_ssd_fn("scan", chunk))(*up)
+        name = (f"ssd {impl} ({forward} forward) T={T} H/G=4/2 P={ops[0].shape[-1]} N={ops[2].shape[-1]} "
+                f"{jnp.dtype(dt).name}")
         s.check(name + " forward y", _rel(y, y_r), tol)
         s.check(name + " final state", _rel(fin, fin_r), tol)
         for nm, a, b in zip(("dx", "da", "dB", "dC", "d initial_state"), g, g_r):
@@ -354,12 +368,11 @@ def bench_decode(s: Suite, steps: int):
 
 # ------------------------------------------------------------------------------------------------------ 6. ssd
 def bench_ssd(s: Suite, reps: int):
-    """SSD forward and forward+backward (all five gradients) at 16k tokens: the Pallas kernels (forward chunk 64 /
-    128, backward chunk 64) vs XLA's chunked path (chunk 256) vs causal flash attention with as many heads."""
+    """SSD forward and forward+backward (all five gradients) at 16k tokens: the Pallas kernels (sequential and
+    parallel forward, chunk 64 / 128; backward chunk 64) vs XLA's chunked path (chunk 256) vs causal flash
+    attention with as many heads."""
     import jax
     import jax.numpy as jnp
-
-    import kernels.ssd as kss
 
     T = 256 if s.interpret else 16384
     H, P, N = (4, 16, 16) if s.interpret else (32, 64, 128)
@@ -367,15 +380,19 @@ def bench_ssd(s: Suite, reps: int):
     ops = _ssd_operands(T, H, P, N, G=1, dtype=jnp.bfloat16)
     header = "| tokens | op | shape | forward ms | fwd+bwd ms |"
     shape = f"H={H} P={P} N={N} G=1 bf16"
-    for impl, chunk in ((kernel, 32 if s.interpret else 64), (kernel, 64 if s.interpret else 128), ("chunked", 256)):
-        fwd = jax.jit(lambda x, a, B, C, s0, impl=impl, chunk=chunk: kss.ssd(x, a, B, C, chunk, s0, impl=impl))
+    small, large = (32, 64) if s.interpret else (64, 128)
+    runs = [(kernel, small, "sequential"), (kernel, large, "sequential"), (kernel, small, "parallel"),
+            (kernel, large, "parallel"), ("chunked", 256, "")]
+    for impl, chunk, forward in runs:
+        fn = _ssd_fn(impl, chunk, forward)
         cells = []
-        for fn in (fwd, _ssd_loss_grad(impl, chunk)):
+        for timed, args in ((jax.jit(fn), ops[:5]), (_ssd_loss_grad(fn), ops)):
             try:
-                cells.append(f"{_time(fn, ops[:5] if fn is fwd else ops, reps) * 1e3:.2f}")
+                cells.append(f"{_time(timed, args, reps) * 1e3:.2f}")
             except Exception as e:  # out of memory or a compile failure: report the cell, go on
                 cells.append(f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}")
-        s.row("ssd", header, [T, f"ssd {impl} chunk {chunk}", shape] + cells)
+        label = f"ssd {impl} chunk {chunk}" + (f" ({forward} forward)" if forward else "")
+        s.row("ssd", header, [T, label, shape] + cells)
     q, k, v, _ = _attn_operands(1, T, H, H, P, jnp.bfloat16)
     fwd, bwd = _attn_fns("interpret" if s.interpret else "pallas")
     s.row("ssd", header, [T, "flash attention (causal)", f"H={H} D={P} bf16",
