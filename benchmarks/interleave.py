@@ -109,20 +109,23 @@ class Pool:
             raise
 
     def measure(self, rounds: int, per_round: int, warmup: int = 1) -> dict:
-        """{name: {"s": total seconds over rounds*per_round units, "n": units, "last": last value, "values": every
-        measured unit's value in order, **info}}."""
+        """{name: {"s": total seconds over rounds*per_round units, "n": units, "round_s": seconds of each round,
+        "last": last value, "values": every measured unit's value in order, **info}}."""
         for w in self.workers.values():
             if warmup:
                 w.run(0, warmup)
         tot = {k: 0.0 for k in self.workers}
+        per = {k: [] for k in self.workers}
         last, values = {}, {k: [] for k in self.workers}
         for r in range(rounds):
             for k, w in self.workers.items():
                 res = w.run(warmup + r * per_round, per_round)
                 tot[k] += res["s"]
+                per[k].append(res["s"])
                 last[k] = res["last"]
                 values[k] += res["values"]
-        return {k: {"s": tot[k], "n": rounds * per_round, "last": last[k], "values": values[k], **w.info}
+        return {k: {"s": tot[k], "n": rounds * per_round, "round_s": per[k], "last": last[k], "values": values[k],
+                    **w.info}
                 for k, w in self.workers.items()}
 
     def close(self):

@@ -8,7 +8,10 @@ threads use the cores like torch's do. Prints a table and appends a dated row to
     python benchmarks/train_throughput.py [--steps 10] [--batch 8] [--seq 256] [--mesh 1x1]
 
 Four worker processes (jaxlm and torch, each at all cores and pinned to one core) run interleaved rounds
-(benchmarks/interleave.py); the ratio is the faster jaxlm setting over the faster torch setting.
+(benchmarks/interleave.py); each setting's rate is the median over rounds and the ratio is the faster jaxlm setting
+over the faster torch setting. `--baseline DIR` adds jaxlm workers running another source tree (e.g. the last
+commit, `git archive HEAD | tar -x -C DIR`) in the same rounds, for an A/B of a change under the same load;
+`--threads all|1` keeps one thread setting.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,6 +43,8 @@ def parse():
     from jaxlm.cli import add_mesh_argument
 
     add_mesh_argument(p, "1x1")
+    p.add_argument("--threads", choices=("both", "all", "1"), default="both")
+    p.add_argument("--baseline", metavar="DIR", help="also time jaxlm from this source tree (A/B in the same rounds)")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--worker", choices=("jaxlm", "torch"), help=argparse.SUPPRESS)  # child: one implementation
     return p.parse_args()
@@ -158,30 +164,38 @@ def main():
             "--seq", str(a.seq), "--hidden", str(a.hidden), "--layers", str(a.layers), "--heads", str(a.heads),
             "--ffn", str(a.ffn), "--vocab", str(a.vocab), "--mesh", a.mesh]
     ncpu = os.cpu_count()
-    specs = {f"{impl} {t or ncpu}t": (base + ["--worker", impl], t) for t in (None, 1) for impl in ("jaxlm", "torch")}
+    threads = {"both": (None, 1), "all": (None,), "1": (1,)}[a.threads]
+    impls = {"jaxlm": base, "torch": base}
+    if a.baseline:
+        impls["jaxlm-base"] = [sys.executable, str(Path(a.baseline) / "benchmarks" / "train_throughput.py")] + base[2:]
+    specs = {f"{impl} {t or ncpu}t": (argv + ["--worker", impl.split("-")[0]], t) for t in threads
+             for impl, argv in impls.items()}
     load0 = load_average()
     per_round = max(1, a.steps // a.rounds)
     with Pool(specs) as pool:
         res = pool.measure(a.rounds, per_round, warmup=max(0, a.warmup - 1))
     load1 = load_average()
-    tok = {k: a.batch * a.seq * r["n"] / r["s"] for k, r in res.items()}
-    j = res[f"jaxlm {ncpu}t"]
+    tok = {k: statistics.median(a.batch * a.seq * per_round / s for s in r["round_s"]) for k, r in res.items()}
+    j = res[next(k for k in res if k.startswith("jaxlm "))]
     print(f"model: Llama {a.layers}L d{a.hidden} h{a.heads} ffn{a.ffn} vocab{a.vocab} ({j['params'] / 1e6:.2f}M params), "
-          f"batch {a.batch}x{a.seq}, float32, AdamW + clip; {a.rounds} interleaved rounds of {per_round} steps; "
+          f"batch {a.batch}x{a.seq}, float32, AdamW + clip; median of {a.rounds} interleaved rounds of {per_round} "
+          f"steps; "
           f"load average {load0:.2f} -> {load1:.2f}")
     print(f"{'impl (threads)':<20}{'tokens/s':>12}{'s/step':>10}{'final loss':>12}")
     for k, r in res.items():
         extra = f"   (compile+first step {r['compile_s']:.1f} s)" if "compile_s" in r else ""
         print(f"{k:<20}{tok[k]:>12.0f}{r['s'] / r['n']:>10.3f}{r['last']:>12.4f}{extra}")
-    bj = max(v for k, v in tok.items() if k.startswith("jaxlm"))
-    bt = max(v for k, v in tok.items() if k.startswith("torch"))
-    ratio = bj / bt
+    best = lambda impl: max(v for k, v in tok.items() if k.split()[0] == impl)  # noqa: E731
+    ratio = best("jaxlm") / best("torch")
     print(f"best jaxlm / best torch tokens/s: {ratio:.2f}x")
-    if a.no_write:
+    if a.baseline:
+        print(f"best jaxlm-base / best torch: {best('jaxlm-base') / best('torch'):.2f}x; "
+              f"jaxlm / jaxlm-base: {best('jaxlm') / best('jaxlm-base'):.2f}x")
+    if a.no_write or a.baseline or a.threads != "both":
         return
     from benchmarks.record import record, utc_now
 
-    fmt = lambda impl: ", ".join(f"{tok[k]:.0f} ({k.split()[1]})" for k in tok if k.startswith(impl))  # noqa: E731
+    fmt = lambda impl: ", ".join(f"{tok[k]:.0f} ({k.split()[1]})" for k in tok if k.split()[0] == impl)  # noqa: E731
     machine = f"{platform.machine()} {ncpu} cpus ({platform.system()}), load avg {load0:.1f} -> {load1:.1f}"
     versions = f"{j['version']}, {res[f'torch {ncpu}t']['version']}"
     intro = ("Same Llama-architecture model and batch, float32, AdamW (0.9, 0.95, wd 0.1) + clip 1.0; "
