@@ -31,10 +31,12 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 
-def compile_step(preset_name: str, layers: int, batch: int, capacity: int):
-    """The generation decode step compiled for a random-weight model: (compiled, step fn, its arguments, cache)."""
+def compile_step(preset_name: str, layers: int, batch: int, capacity: int, loop: str | None = None):
+    """The generation decode step compiled for a random-weight model: (compiled, step fn, its arguments, cache).
+    loop: the layer loop ("scan", "unrolled"; None = what `DecodeBatch` picks here)."""
     from jaxlm.config import preset
     from jaxlm.infer import cache as cache_lib
+    from jaxlm.infer import layers as layers_lib
     from jaxlm.infer.generate import compiled_steps
     from jaxlm.infer.sampling import SamplingFlags, SamplingParams, pack_params
     from jaxlm.models.decoder import DecoderLM
@@ -42,10 +44,16 @@ def compile_step(preset_name: str, layers: int, batch: int, capacity: int):
     cfg = preset(preset_name, num_layers=layers)
     model = DecoderLM(cfg, rngs=nnx.Rngs(0))
     gd, st = nnx.split(model)
-    _, dec = compiled_steps(gd)
-    cache = cache_lib.with_lengths(cache_lib.init_cache(model, batch, capacity), jnp.full((batch,), capacity // 2))
+    loop = layers_lib.layer_loop(model, None, loop)
+    _, dec = compiled_steps(gd, None, loop)
+    if loop == "unrolled":
+        cache = layers_lib.LayerListCache.zeros(cfg, batch, capacity)
+        weights = (st, layers_lib.split_layers(gd, st))
+    else:
+        cache, weights = cache_lib.init_cache(model, batch, capacity), (st,)
+    cache = cache_lib.with_lengths(cache, jnp.full((batch,), capacity // 2))
     params = {k: jnp.asarray(v) for k, v in pack_params([SamplingParams()] * batch).items()}
-    args = (st, cache, jnp.zeros((batch, cfg.vocab_size), bool), jnp.zeros((batch, 2), jnp.uint32), params,
+    args = (*weights, cache, jnp.zeros((batch, cfg.vocab_size), bool), jnp.zeros((batch, 2), jnp.uint32), params,
             jnp.zeros((batch,), jnp.int32))
     return dec.lower(*args, flags=SamplingFlags()).compile(), dec, args, cache
 
@@ -56,35 +64,63 @@ def bytes_accessed(compiled) -> float:
 
 
 def hlo_facts(hlo: str, cache_shape) -> tuple[bool, list[str]]:
-    """(are the donated cache.k / cache.v parameters aliased to outputs, the ops that copy the full stacked cache)."""
+    """(are the donated cache parameters (cache.k / cache.v, or cache.k[i] / cache.v[i] per layer) all aliased to
+    outputs, the ops that copy a whole cache buffer of shape `cache_shape`)."""
     alias = hlo.splitlines()[0]  # HloModule ..., input_output_alias={ {0}: (11, {}, may-alias), ... }
-    aliased = True
-    for name in ("cache.k", "cache.v"):
-        m = re.search(r"parameter\((\d+)\), metadata=\{op_name=\"%s\"" % re.escape(name), hlo)
-        aliased &= bool(m and re.search(r": \(%s, \{\}, \w+-alias\)" % m.group(1), alias))
+    params = re.findall(r"parameter\((\d+)\), metadata=\{op_name=\"cache\.[kv](?:\[\d+\])?\"", hlo)
+    aliased = bool(params) and all(re.search(r": \(%s, \{\}, \w+-alias\)" % i, alias) for i in params)
     full = re.escape("f32[%s]" % ",".join(map(str, cache_shape)))
     return aliased, [ln.strip() for ln in hlo.splitlines() if re.search(rf"= {full}\S* copy\(", ln)]
 
 
-def measure(preset_name: str, layers: int, batch: int, capacity: int, steps: int = 20):
+def materialised(hlo: str, shapes) -> list[str]:
+    """Ops that write a fresh copy of a buffer of one of `shapes` (a layer's weight matrix, a layer's cache): a
+    copy, a slice, or a fusion named after one (XLA CPU's dynamic-slice fusions that copy a layer out of a stack
+    before its dot; not the in-place dynamic-update-slice of the new slot). Empty when every weight and cache byte
+    is read where it lies."""
+    want = {",".join(map(str, s)) for s in shapes}
+    out = []
+    for ln in hlo.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%([\w.-]+) = f32\[([\d,]*)\]\S* ([\w-]+)\(", ln)
+        if m and m.group(2) in want and (m.group(3) in ("copy", "slice", "dynamic-slice") or (
+                m.group(3) == "fusion" and re.search(r"(?<!update-)slice|copy|transpose", m.group(1)))):
+            out.append(f"{m.group(1)} f32[{m.group(2)}]")
+    return out
+
+
+def layer_shapes(args, cache) -> set:
+    """Shapes of one layer's weight matrices and of one layer's cache (with and without a leading axis of 1)."""
+    st = args[0]
+    lstate = st["layers"] if "layers" in st else st
+    per_layer = {tuple(x.shape[1:]) for x in jax.tree.leaves(lstate) if x.ndim >= 3}
+    one = tuple(jax.tree.leaves(cache.k)[0].shape[-4:])
+    return per_layer | {one, (1,) + one}
+
+
+def measure(preset_name: str, layers: int, batch: int, capacity: int, loop: str | None = None, steps: int = 20):
     from jaxlm.infer import cache as cache_lib
     from jaxlm.infer.sampling import SamplingFlags
 
-    compiled, dec, args, cache = compile_step(preset_name, layers, batch, capacity)
-    aliased, copies = hlo_facts(compiled.as_text(), cache.k.shape)
-    st, cache, seen, keys, params, tok = args
+    t0 = time.perf_counter()
+    compiled, dec, args, cache = compile_step(preset_name, layers, batch, capacity, loop)
+    compile_s = time.perf_counter() - t0
+    hlo = compiled.as_text()
+    shape = jax.tree.leaves(cache.k)[0].shape
+    aliased, copies = hlo_facts(hlo, shape)
+    copied = materialised(hlo, layer_shapes(args, cache))
+    weights, (cache, seen, keys, params, tok) = args[:-5], args[-5:]
     flags = SamplingFlags()
-    cache, seen, tok = dec(st, cache, seen, keys, params, tok, flags=flags)  # warm
+    cache, seen, tok = dec(*weights, cache, seen, keys, params, tok, flags=flags)  # warm
     jax.block_until_ready(tok)
     t0 = time.perf_counter()
     for _ in range(steps):
-        cache, seen, tok = dec(st, cache, seen, keys, params, tok, flags=flags)
+        cache, seen, tok = dec(*weights, cache, seen, keys, params, tok, flags=flags)
         cache = cache_lib.with_lengths(cache, jnp.full((batch,), capacity // 2))
     jax.block_until_ready(tok)
     step_ms = (time.perf_counter() - t0) / steps * 1e3
-    weights = sum(x.nbytes for x in jax.tree.leaves(st))
-    return dict(bytes=bytes_accessed(compiled), cache=2 * cache.k.nbytes, weights=weights, copies=len(copies),
-                aliased=aliased, step_ms=step_ms)
+    return dict(bytes=bytes_accessed(compiled), cache=sum(x.nbytes for x in jax.tree.leaves((cache.k, cache.v))),
+                weights=sum(x.nbytes for x in jax.tree.leaves(args[0])), copies=len(copies), copied=len(copied),
+                aliased=aliased, step_ms=step_ms, compile_s=compile_s, loop="unrolled" if len(weights) > 1 else "scan")
 
 
 def main(argv=None):
@@ -93,32 +129,48 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--capacities", default="256,1024")
+    ap.add_argument("--loops", default="scan,unrolled", help="layer loops to measure (jaxlm/infer/layers.py)")
     ap.add_argument("--label", default="this tree")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
     c1, c2 = (int(v) for v in args.capacities.split(","))
-    r1 = measure(args.preset, args.layers, args.batch, c1)
-    r2 = measure(args.preset, args.layers, args.batch, c2)
-    passes = (r2["bytes"] - r1["bytes"]) / (r2["cache"] - r1["cache"])
-    print(f"{args.preset} x{args.layers} layers, batch {args.batch}: weights {r1['weights'] / 2**20:.1f} MiB; "
-          f"cache {r1['cache'] / 2**20:.1f} / {r2['cache'] / 2**20:.1f} MiB at {c1} / {c2} slots")
-    print(f"  cost-model cache passes per step {passes:.2f}; full-cache copies {r1['copies']}/{r2['copies']}; "
-          f"cache aliased {r1['aliased']}; step {r1['step_ms']:.1f} / {r2['step_ms']:.1f} ms")
+    lines = []
+    for loop in args.loops.split(","):
+        r1 = measure(args.preset, args.layers, args.batch, c1, loop)
+        r2 = measure(args.preset, args.layers, args.batch, c2, loop)
+        passes = (r2["bytes"] - r1["bytes"]) / (r2["cache"] - r1["cache"])
+        # the rest of the bytes (intercept): weights and activations; only meaningful without a loop (the cost
+        # model counts a while loop's body once)
+        wpasses = (r1["bytes"] - passes * r1["cache"]) / r1["weights"] if r1["loop"] == "unrolled" else float("nan")
+        print(f"{args.preset} x{args.layers} layers, batch {args.batch}, {r1['loop']}: weights "
+              f"{r1['weights'] / 2**20:.1f} MiB; cache {r1['cache'] / 2**20:.1f} / {r2['cache'] / 2**20:.1f} MiB at "
+              f"{c1} / {c2} slots")
+        print(f"  cost-model cache passes per step {passes:.2f}, weight passes {wpasses:.3f}; full-cache copies "
+              f"{r1['copies']}/{r2['copies']}; layer weights/cache copied out {r1['copied']}/{r2['copied']}; "
+              f"cache aliased {r1['aliased'] and r2['aliased']}; step {r1['step_ms']:.1f} / {r2['step_ms']:.1f} ms; "
+              f"compile {r1['compile_s']:.1f} / {r2['compile_s']:.1f} s")
+        lines.append((r1, r2, passes, wpasses))
     if args.no_record:
         return
     from benchmarks.record import record, utc_now
 
     load = os.getloadavg()[0]
     intro = ("One jitted decode step (jaxlm.infer.generate), float32, random weights. Cache passes = slope of XLA's "
-             "cost-model bytes accessed over two capacities (the in-place scatter of the new slot is charged as a "
-             "full read + write, so ~3 = one real read). Step time under the load noted (shared machine).\n\n"
-             "| date (UTC) | machine | code | model | batch | capacities | cache passes | full-cache copies | "
-             "cache aliased | step ms |\n|---|---|---|---|---|---|---|---|---|---|")
-    line = (f"| {utc_now('%Y-%m-%d %H:%M')} | {os.cpu_count()}-core {platform.machine()} CPU, load {load:.1f}, "
-            f"jax {jax.__version__} | {args.label} | {args.preset} x{args.layers} layers | {args.batch} | {c1}, {c2} | "
-            f"{passes:.2f} | {r1['copies']}, {r2['copies']} | {r1['aliased']} | "
-            f"{r1['step_ms']:.1f}, {r2['step_ms']:.1f} |\n")
-    record("Decode bytes: what one decode step touches (benchmarks/decode_bytes.py)", intro, line)
+             "cost-model bytes accessed over two capacities; weight passes = the rest of the bytes over the weight "
+             "bytes (unrolled layers only: the cost model counts a loop body once). Copied out = ops that copy a "
+             "layer's weight matrix or cache before reading it. Step and compile time under the load noted "
+             "(shared machine).\n\n"
+             "| date (UTC) | machine | code | model | layer loop | batch | capacities | cache passes | weight passes | "
+             "full-cache copies | layer copies | cache aliased | step ms | compile s |\n"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    now = utc_now("%Y-%m-%d %H:%M")
+    machine = f"{os.cpu_count()}-core {platform.machine()} CPU, load {load:.1f}, jax {jax.__version__}"
+    rows = "".join(
+        f"| {now} | {machine} | {args.label} | {args.preset} x{args.layers} layers | {r1['loop']} | {args.batch} | "
+        f"{c1}, {c2} | {p:.2f} | {w:.3f} | {r1['copies']}, {r2['copies']} | {r1['copied']}, {r2['copied']} | "
+        f"{r1['aliased'] and r2['aliased']} | {r1['step_ms']:.1f}, {r2['step_ms']:.1f} | "
+        f"{r1['compile_s']:.1f}, {r2['compile_s']:.1f} |\n" for r1, r2, p, w in lines)
+    record("Decode bytes per layer loop: what one decode step touches (benchmarks/decode_bytes.py)", intro, rows)
 
 
 if __name__ == "__main__":

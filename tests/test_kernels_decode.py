@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks.decode_bytes import bytes_accessed, compile_step, hlo_facts
+from benchmarks.decode_bytes import bytes_accessed, compile_step, hlo_facts, layer_shapes, materialised
 from jaxlm.errors import ConfigError, ShapeError
 from jaxlm.nn.attention import attend
 from jaxlm.nn.decode import LayerCache, decode_attend, decode_attend_xla, use_impl
@@ -89,11 +89,42 @@ def test_cross_lowering_for_cuda():
 def test_decode_step_updates_the_cache_in_place():
     """From the compiled decode step: the donated cache is aliased to the output and no op copies the stacked cache
     (the old slice-in / stack-out scan copied it twice per step outside the loop). Batch 1 too: there XLA would
-    turn the one-slot scatter into a dynamic-update-slice and copy the cache around it."""
-    for batch in (1, 4):
-        compiled, _, _, cache = compile_step("smollm2-tiny", 2, batch, 64)
-        aliased, copies = hlo_facts(compiled.as_text(), cache.k.shape)
-        assert aliased and not copies, (batch, copies[:2])
+    turn the one-slot scatter into a dynamic-update-slice and copy the cache around it. The layer scan still copies
+    each layer's weights (and cache) out of the stack; the unrolled step over per-layer buffers copies nothing."""
+    for loop, batch in (("scan", 1), ("unrolled", 1), ("unrolled", 4)):
+        compiled, _, args, cache = _step(loop, batch, 64)
+        hlo = compiled.as_text()
+        aliased, copies = hlo_facts(hlo, jax.tree.leaves(cache.k)[0].shape)
+        assert aliased and not copies, (batch, loop, copies[:2])
+        copied = materialised(hlo, layer_shapes(args, cache))
+        assert bool(copied) == (loop == "scan"), (batch, loop, copied)
+
+
+_STEPS = {}
+
+
+def _step(loop, batch, capacity):
+    key = (loop, batch, capacity)
+    if key not in _STEPS:
+        _STEPS[key] = compile_step("smollm2-tiny", 2, batch, capacity, loop)
+    return _STEPS[key]
+
+
+def test_unrolled_step_reads_weights_and_cache_once():
+    """Unrolled step, from XLA's cost model (no loop, so every op counts): bytes accessed = one read of the weights
+    (each layer's copy and the tied embedding as the head) + one read of the cache (slope over two capacities) +
+    a little; the scan's cost model counts its loop body once, so only the unrolled step can be checked so. Batch 1:
+    the new slot is a dynamic-update-slice, charged as what it writes (a multi-row scatter is charged as a full read +
+    write of its operand, though it runs in place on the aliased buffer)."""
+    (c1, _, a1, k1), (c2, _, _, k2) = (_step("unrolled", 1, s) for s in (64, 128))
+    cache = lambda k: sum(x.nbytes for x in jax.tree.leaves((k.k, k.v)))
+    passes = (bytes_accessed(c2) - bytes_accessed(c1)) / (cache(k2) - cache(k1))
+    weights = sum(x.nbytes for x in jax.tree.leaves(a1[0]))
+    wpasses = (bytes_accessed(c1) - passes * cache(k1)) / weights
+    # one read, plus the softmax's [B, S, KV, G] intermediates (0.6 of a pass at this tiny head_dim; 0.2 at
+    # SmolLM2's); a copy of a layer's cache would add 2 (read + write)
+    assert 0.9 < passes < 2.0, passes
+    assert 0.95 < wpasses < 1.3, wpasses
 
 
 @pytest.mark.slow
@@ -101,6 +132,6 @@ def test_decode_step_cache_passes():
     """Bytes XLA's cost model charges per byte of cache (slope over two capacities) stay below 4: the in-place
     scatter (charged as a full read + write of its operand) and about one read of the layer. The old per-layer
     slice-in / stack-out path measured 8.3 here."""
-    (c1, _, _, k1), (c2, _, _, k2) = (compile_step("smollm2-tiny", 2, 4, s) for s in (64, 256))
+    (c1, _, _, k1), (c2, _, _, k2) = (compile_step("smollm2-tiny", 2, 4, s, "scan") for s in (64, 256))
     passes = (bytes_accessed(c2) - bytes_accessed(c1)) / (2 * (k2.k.nbytes - k1.k.nbytes))
     assert passes < 4.0, passes

@@ -30,6 +30,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 
+from jaxlm.infer.layers import LayerListCache
 from jaxlm.models.decoder import DecoderLM, KVCache
 
 
@@ -94,52 +95,66 @@ def with_lengths(cache, lengths):
     return dataclasses.replace(cache, lengths=jnp.asarray(lengths, jnp.int32))
 
 
+# A cache field is one array or a pytree of arrays sharing its axes (LayerListCache: a tuple of per-layer arrays).
+def map_fields(cache, axes: dict[str, int], fn, *others):
+    """The cache with fn(array, axis, *matching arrays of `others`) applied to every array of the fields in `axes`."""
+    upd = {n: jax.tree.map(lambda a, *o, ax=ax: fn(a, ax, *o), getattr(cache, n), *(getattr(c, n) for c in others))
+           for n, ax in axes.items()}
+    return dataclasses.replace(cache, **upd)
+
+
 def capacity(cache) -> int | None:
     """Token slots per row, or None for a cache without a token axis (recurrent state)."""
     spec = spec_of(cache)
     for name, ax in spec.seq_axes.items():
-        return getattr(cache, name).shape[ax]
+        return jax.tree.leaves(getattr(cache, name))[0].shape[ax]
     return None
+
+
+def _fit(a, ax: int, max_len: int):
+    n = a.shape[ax]
+    if max_len > n:
+        pad = [(0, 0)] * a.ndim
+        pad[ax] = (0, max_len - n)
+        return jnp.pad(a, pad)
+    return jax.lax.slice_in_dim(a, 0, max_len, axis=ax) if max_len < n else a
 
 
 def resize(cache, max_len: int):
     """Pad (with zeros) or cut every token axis to `max_len` slots. Slots >= lengths hold nothing of value."""
     spec = spec_of(cache)
-    upd = {}
-    for name, ax in spec.seq_axes.items():
-        a = getattr(cache, name)
-        n = a.shape[ax]
-        if max_len > n:
-            pad = [(0, 0)] * a.ndim
-            pad[ax] = (0, max_len - n)
-            upd[name] = jnp.pad(a, pad)
-        elif max_len < n:
-            upd[name] = jax.lax.slice_in_dim(a, 0, max_len, axis=ax)
-    return dataclasses.replace(cache, **upd) if upd else cache
+    if capacity(cache) in (None, max_len):
+        return cache
+    return map_fields(cache, spec.seq_axes, lambda a, ax: _fit(a, ax, max_len))
 
 
 def take_rows(cache, rows):
-    spec = spec_of(cache)
     rows = jnp.asarray(rows, jnp.int32)
-    upd = {n: jnp.take(getattr(cache, n), rows, axis=ax) for n, ax in spec.batch_axes.items()}
-    return dataclasses.replace(cache, lengths=cache.lengths[rows], **upd)
+    out = map_fields(cache, spec_of(cache).batch_axes, lambda a, ax: jnp.take(a, rows, axis=ax))
+    return dataclasses.replace(out, lengths=cache.lengths[rows])
+
+
+def _put(a, ax: int, s, rows):
+    a_t, s_t = jnp.moveaxis(a, ax, 0), jnp.moveaxis(s, ax, 0)
+    return jnp.moveaxis(a_t.at[rows].set(s_t.astype(a.dtype)), 0, ax)
 
 
 def put_rows(cache, rows, sub):
-    """Write the rows of `sub` (a cache of the same kind, same capacity) into rows `rows` of `cache`."""
-    spec = spec_of(cache)
+    """Write the rows of `sub` (a cache of the same kind, same capacity; a stacked KVCache into a LayerListCache
+    is converted) into rows `rows` of `cache`."""
+    if isinstance(cache, LayerListCache) and isinstance(sub, KVCache):
+        sub = LayerListCache.from_stacked(sub)
     rows = jnp.asarray(rows, jnp.int32)
-    upd = {}
-    for n, ax in spec.batch_axes.items():
-        a, s = getattr(cache, n), getattr(sub, n)
-        a_t, s_t = jnp.moveaxis(a, ax, 0), jnp.moveaxis(s, ax, 0)
-        upd[n] = jnp.moveaxis(a_t.at[rows].set(s_t.astype(a.dtype)), 0, ax)
-    return dataclasses.replace(cache, lengths=cache.lengths.at[rows].set(sub.lengths), **upd)
+    out = map_fields(cache, spec_of(cache).batch_axes, lambda a, ax, s: _put(a, ax, s, rows), sub)
+    return dataclasses.replace(out, lengths=cache.lengths.at[rows].set(sub.lengths))
 
 
 # The decoder's attention cache: k/v [L, B, S, KV, D].
 register_cache(KVCache, CacheSpec(batch_axes={"k": 1, "v": 1}, seq_axes={"k": 2, "v": 2}, ragged_prefill=True,
                                   init=lambda cfg, b, s: KVCache.zeros(cfg, b, s)), model_cls=DecoderLM)
+# The same per layer (the unrolled decode step, jaxlm/infer/layers.py): tuples of L arrays [B, S, KV, D].
+register_cache(LayerListCache, CacheSpec(batch_axes={"k": 0, "v": 0}, seq_axes={"k": 1, "v": 1},
+                                         ragged_prefill=True, init=LayerListCache.zeros))
 
 
 def _register_mamba2():

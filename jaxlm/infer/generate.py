@@ -38,6 +38,7 @@ from jax.sharding import NamedSharding
 from jaxlm.errors import (ConfigError, PromptTooLongError, RequestError,  # PromptTooLongError: also importable here
                           ShapeError)
 from jaxlm.infer import cache as cache_lib
+from jaxlm.infer import layers as layers_lib
 from jaxlm.infer.sampling import (SamplingFlags, SamplingParams, pack_params, row_keys, sample, seen_from_ids,
                                   update_seen)
 from jaxlm.infer.text import TextStream, normalize_stop, render_chat
@@ -107,23 +108,36 @@ def _decode(graphdef, mesh, state, cache, seen, keys, params, tok, *, flags, wit
     with _Mesh(mesh):
         model = nnx.merge(graphdef, state)
         logits, cache = model(tok[:, None], cache=cache)
-        logits = logits[:, 0]
-        nxt = sample(logits, params, flags, keys, cache.lengths, seen)
-        seen = update_seen(seen, nxt)
+        return _draw(logits[:, 0], cache, seen, keys, params, flags, with_logits)
+
+
+def _decode_unrolled(graphdef, mesh, state, layers, cache, seen, keys, params, tok, *, flags, with_logits=False):
+    """`_decode` over per-layer weights `layers` and a LayerListCache (jaxlm/infer/layers.py); `state`'s stacked
+    layer weights are not read."""
+    with _Mesh(mesh):
+        logits, cache = layers_lib.decode_forward(nnx.merge(graphdef, state), layers, tok, cache)
+        return _draw(logits, cache, seen, keys, params, flags, with_logits)
+
+
+def _draw(logits, cache, seen, keys, params, flags, with_logits):
+    nxt = sample(logits, params, flags, keys, cache.lengths, seen)
+    seen = update_seen(seen, nxt)
     return (cache, seen, nxt, logits) if with_logits else (cache, seen, nxt)
 
 
 _COMPILED: dict = {}
 
 
-def compiled_steps(graphdef, mesh=None):
+def compiled_steps(graphdef, mesh=None, loop: str = "scan"):
     """(prefill, decode) jitted for one model structure (and mesh). The graphdef is bound here, once, instead of being
-    a static argument hashed on every call (that hash costs more than a small model's decode step)."""
-    key = (graphdef, mesh)
+    a static argument hashed on every call (that hash costs more than a small model's decode step).
+    loop="unrolled": decode takes (state, per-layer states, LayerListCache, ...) (jaxlm/infer/layers.py)."""
+    key = (graphdef, mesh, loop)
     if key not in _COMPILED:
         kw = dict(static_argnames=("flags", "with_logits"), donate_argnames=("cache", "seen"))
+        dec = _decode_unrolled if loop == "unrolled" else _decode
         _COMPILED[key] = (jax.jit(partial(_prefill, graphdef, mesh), **kw),
-                          jax.jit(partial(_decode, graphdef, mesh), **kw))
+                          jax.jit(partial(dec, graphdef, mesh), **kw))
     return _COMPILED[key]
 
 
@@ -151,10 +165,14 @@ class DecodeBatch:
 
     Host-side bookkeeping (`lengths`, `active`) mirrors the device cache so capacity can grow before a step without
     reading device memory. Not thread-safe: one thread drives a batch.
+
+    layer_loop: "auto" (default), "scan" or "unrolled": how the decode step runs a DecoderLM's layers (see
+    jaxlm/infer/layers.py; "unrolled" keeps per-layer copies of the layer weights and a per-layer cache);
+    `layers`: those copies when already made (`split_layers(graphdef, state)`, e.g. by a Generator).
     """
 
     def __init__(self, model, *, rows: int = 1, capacity: int = MIN_LEN_BUCKET, context_len: int | None = None,
-                 mesh=None, graphdef=None, state=None):
+                 mesh=None, graphdef=None, state=None, layer_loop: str | None = None, layers=None):
         self.cfg = model.cfg
         if graphdef is None:
             graphdef, state = nnx.split(model)
@@ -163,14 +181,21 @@ class DecodeBatch:
         self.context_len = int(context_len or model_context(self.cfg))
         self.vocab = self.cfg.vocab_size
         self.hidden = getattr(getattr(model, "shell", None), "hidden_size", None)
+        self.loop = layers_lib.layer_loop(model, mesh, layer_loop)
+        self.layers = None
+        if self.loop == "unrolled":
+            self.layers = layers_lib.split_layers(graphdef, state) if layers is None else layers
         self.spec = cache_lib.spec_of(cache_lib.cache_class_for(model))
-        self._prefill_fn, self._decode_fn = compiled_steps(graphdef, mesh)
+        self._prefill_fn, self._decode_fn = compiled_steps(graphdef, mesh, self.loop)
         self._alloc(bucket(rows), bucket(capacity, MIN_LEN_BUCKET, self.context_len))
 
     # -- allocation
     def _alloc(self, rows: int, capacity: int):
         self.rows = rows
-        self.cache = self._place(cache_lib.init_cache(self.model, rows, capacity))
+        if self.loop == "unrolled":
+            self.cache = self._place(layers_lib.LayerListCache.zeros(self.cfg, rows, capacity))
+        else:
+            self.cache = self._place(cache_lib.init_cache(self.model, rows, capacity))
         self.seen = jnp.zeros((rows, self.vocab), bool)
         self.keys = jnp.zeros((rows, 2), jnp.uint32)
         self.tok = jnp.zeros((rows,), jnp.int32)
@@ -185,11 +210,11 @@ class DecodeBatch:
             return cache
         axes = cache_lib.cache_logical_axes(cache)
         upd = {}
+        put = lambda x, names: jax.device_put(x, NamedSharding(self.mesh, logical_to_spec(names, x.shape, self.mesh)))
         for f in dataclasses.fields(cache):
-            a = getattr(cache, f.name)
             names = axes.get(f.name)
-            if names is not None and hasattr(a, "shape"):
-                upd[f.name] = jax.device_put(a, NamedSharding(self.mesh, logical_to_spec(names, a.shape, self.mesh)))
+            if names is not None:  # one array, or a tuple of per-layer arrays (LayerListCache)
+                upd[f.name] = jax.tree.map(lambda x, names=names: put(x, names), getattr(cache, f.name))
         return dataclasses.replace(cache, **upd)
 
     @property
@@ -206,13 +231,14 @@ class DecodeBatch:
             return
         pad = rows - self.rows
         c = self.cache
-        upd = {}
-        for n, ax in self.spec.batch_axes.items():
-            a = getattr(c, n)
+
+        def widen(a, ax):
             widths = [(0, 0)] * a.ndim
             widths[ax] = (0, pad)
-            upd[n] = jnp.pad(a, widths)
-        self.cache = self._place(dataclasses.replace(c, lengths=_pad_rows(c.lengths, rows), **upd))
+            return jnp.pad(a, widths)
+
+        c = cache_lib.map_fields(c, cache_lib.spec_of(c).batch_axes, widen)
+        self.cache = self._place(dataclasses.replace(c, lengths=_pad_rows(c.lengths, rows)))
         self.seen, self.keys, self.tok = (_pad_rows(x, rows) for x in (self.seen, self.keys, self.tok))
         self.params = self.params + [SamplingParams()] * pad
         self._settings = None
@@ -325,7 +351,8 @@ class DecodeBatch:
         self.ensure_capacity(int(self.lengths[self.active].max()) + 1)
         feed = self.tok if tokens is None else jnp.asarray(tokens, jnp.int32)
         flags, packed = self._current()
-        out = self._decode_fn(self.state, self.cache, self.seen, self.keys, packed, feed, flags=flags,
+        weights = (self.state,) if self.layers is None else (self.state, self.layers)
+        out = self._decode_fn(*weights, self.cache, self.seen, self.keys, packed, feed, flags=flags,
                               with_logits=with_logits)
         self.cache, self.seen, self.tok = out[:3]
         self.lengths += 1
@@ -434,7 +461,7 @@ class Generator:
     """
 
     def __init__(self, model, tokenizer=None, *, mesh=None, context_len: int | None = None,
-                 truncate: str = "error", eos_ids: Sequence[int] | None = None):
+                 truncate: str = "error", eos_ids: Sequence[int] | None = None, layer_loop: str | None = None):
         if truncate not in ("error", "left"):
             raise ConfigError(f"truncate={truncate!r}: expected 'error' or 'left'")
         self.model, self.tokenizer, self.mesh, self.truncate = model, tokenizer, mesh, truncate
@@ -445,6 +472,8 @@ class Generator:
             check_mesh_for_model(mesh, self.cfg)  # heads must split evenly over the tensor axis
             state = jax.device_put(state, state_shardings(state, mesh))
         self.graphdef, self.state = graphdef, state
+        self.layer_loop = layers_lib.layer_loop(model, mesh, layer_loop)  # DecodeBatch's layer_loop
+        self._layers = None  # per-layer weight copies for the unrolled decode step, made once
         if eos_ids is None:
             eos_ids = {i for i in (getattr(tokenizer, "eos_id", None), getattr(self.cfg, "eos_token_id", None))
                        if i is not None}
@@ -464,8 +493,11 @@ class Generator:
         return cls(model, tok, **kw)
 
     def new_batch(self, rows: int = 1, capacity: int = MIN_LEN_BUCKET) -> DecodeBatch:
+        if self.layer_loop == "unrolled" and self._layers is None:
+            self._layers = layers_lib.split_layers(self.graphdef, self.state)
         return DecodeBatch(self.model, rows=rows, capacity=capacity, context_len=self.context_len, mesh=self.mesh,
-                           graphdef=self.graphdef, state=self.state)
+                           graphdef=self.graphdef, state=self.state, layer_loop=self.layer_loop,
+                           layers=self._layers)
 
     # ---- prompts
     def encode_prompt(self, prompt) -> list[int]:

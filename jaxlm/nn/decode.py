@@ -37,23 +37,33 @@ IMPLS = ("auto", "xla", "pallas", "interpret")
 @jax.tree_util.register_dataclass
 @dataclass
 class LayerCache:
-    """k/v [L, B, S, KV, D] (every layer) and `layer`, the int32 index of the layer being run."""
+    """Keys/values of a layer stack and the layer being run: either the stacked k/v [L, B, S, KV, D] with `layer`
+    the int32 index of the layer (the layer scan's carry), or one layer's own k/v [B, S, KV, D] with layer=None
+    (separate per-layer buffers, as the unrolled decode step of jaxlm/infer/layers.py passes them)."""
 
     k: jax.Array
     v: jax.Array
-    layer: jax.Array
+    layer: jax.Array | None = None
+
+    @property
+    def stacked(self) -> bool:
+        return self.layer is not None
 
     def at_layer(self, layer) -> "LayerCache":
         return replace(self, layer=jnp.asarray(layer, jnp.int32))
 
     def write(self, k_new, v_new, lengths) -> "LayerCache":
-        """k_new/v_new [B, T, KV, D] go to slots lengths[b] + t of this layer (a scatter; in place under a scan)."""
+        """k_new/v_new [B, T, KV, D] go to slots lengths[b] + t of this layer (a scatter; in place under a scan or on
+        a donated per-layer buffer)."""
         B, T = k_new.shape[:2]
         rows = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, T))
         slots = jnp.asarray(lengths, jnp.int32)[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
+        if not self.stacked:  # a buffer of its own: a one-slot write is a dynamic-update-slice, in place
+            put = lambda c, n: c.at[rows, slots].set(n.astype(c.dtype), unique_indices=True, mode="drop")
+            return replace(self, k=put(self.k, k_new), v=put(self.v, v_new))
         unique = True
         if B * T == 1:  # one index: XLA would rewrite the scatter as a dynamic-update-slice, which its CPU backend
-            # then copies the whole cache around; the same slot written twice (same value) stays a scatter
+            # then copies the whole cache around inside the scan; the same slot written twice stays a scatter
             rows, slots, unique = jnp.concatenate([rows, rows], 1), jnp.concatenate([slots, slots], 1), False
             k_new, v_new = jnp.concatenate([k_new, k_new], 1), jnp.concatenate([v_new, v_new], 1)
         put = lambda c, n: c.at[self.layer, rows, slots].set(n.astype(c.dtype), unique_indices=unique, mode="drop")
@@ -61,8 +71,14 @@ class LayerCache:
 
     def layer_kv(self):
         """This layer's keys and values [B, S, KV, D]."""
+        if not self.stacked:
+            return self.k, self.v
         take = lambda c: jax.lax.dynamic_index_in_dim(c, self.layer, 0, keepdims=False)
         return take(self.k), take(self.v)
+
+    def as_stacked(self) -> "LayerCache":
+        """The stacked form (a per-layer buffer gets a leading axis of 1, a free reshape; layer 0)."""
+        return self if self.stacked else LayerCache(self.k[None], self.v[None], jnp.zeros((), jnp.int32))
 
 
 CHOICE = ImplChoice("decode attention", IMPLS, "JAXLM_DECODE_IMPL")
@@ -98,9 +114,10 @@ def decode_attend_xla(q, k, v, layer, lengths, scale: float, bf16_round: bool = 
     vl = jax.lax.dynamic_index_in_dim(v, layer, 0, keepdims=False)
     cdt = q.dtype  # attend() casts the cache to q's dtype and accumulates in float32
     f32 = jnp.float32
-    if bf16_round:  # MobiLlama: inputs rounded to bfloat16, computed in float32
-        cdt = jnp.bfloat16
     up = lambda t: t.astype(cdt).astype(f32)
+    if bf16_round:  # MobiLlama: inputs rounded to bfloat16, computed in float32. reduce_precision, not a convert
+        # pair: XLA may drop f32 -> bf16 -> f32 round trips (excess precision), depending on how the step fuses
+        up = lambda t: jax.lax.reduce_precision(t.astype(f32), exponent_bits=8, mantissa_bits=7)
     qg = up(q[:, 0].reshape(B, 1, KV, G, D))
     s = jnp.sum(qg * up(kl)[:, :, :, None, :], axis=-1) * scale  # [B, S, KV, G]
     valid = jnp.arange(S, dtype=jnp.int32)[None, :] < jnp.asarray(lengths, jnp.int32)[:, None]
@@ -114,20 +131,20 @@ def decode_attend_xla(q, k, v, layer, lengths, scale: float, bf16_round: bool = 
     if v_new is not None:
         o = o + p[:, S, ..., None] * up(v_new)[:, 0, :, None, :]
     o = o.reshape(B, 1, H, D)
-    if bf16_round:
-        o = o.astype(jnp.bfloat16)
-    return o
+    return up(o) if bf16_round else o  # bf16-rounded values in float32
 
 
 def decode_attend(q, cache: LayerCache, lengths, scale: float | None = None, bf16_round: bool = False, *,
                   k_new=None, v_new=None, impl: str | None = None):
     """Attention of one new query per row q [B, 1, H, D] over the filled slots (< lengths[b]) of the current layer
-    of `cache`, then the new token's own key/value k_new/v_new [B, 1, KV, D] when given (so the cache can be read
+    of `cache` (stacked, or one layer's own buffers), then the new token's own key/value k_new/v_new [B, 1, KV, D] when given (so the cache can be read
     before the new slot is written: the write then only goes to the carried buffer). Returns [B, 1, H, D] in q's
     dtype."""
     B, T, H, D = q.shape
     if T != 1:
         raise ShapeError(f"decode_attend takes one query per row; q has shape {tuple(q.shape)}")
+    if cache.k.ndim == 4 and not cache.stacked:
+        cache = cache.as_stacked()
     if cache.k.ndim != 5 or cache.k.shape[1] != B or cache.k.shape[4] != D or H % cache.k.shape[3]:
         raise ShapeError(f"decode_attend: cache k has shape {tuple(cache.k.shape)}; expected [L, {B}, S, KV, {D}] "
                          f"with KV dividing {H} query heads (q {tuple(q.shape)})")

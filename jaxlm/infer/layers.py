@@ -1,0 +1,107 @@
+"""Decode with one buffer per layer: the layer weights and the KV cache as separate arrays, the layers unrolled.
+
+A `DecoderLM` stacks its layers ([L, ...] parameters) and runs them with `lax.scan`. Inside that loop XLA's CPU
+backend copies each layer's weights out of the stack before its dots (a dynamic-slice fusion per matrix, then the
+dot reads the copy): one decode step reads the layer weights twice and writes them once, and the cache likewise
+(the layer's slice is copied out before attention reads it). With one array per layer and the layers unrolled,
+every dot and the attention read their operands where they lie: one step reads each weight and each filled cache
+byte once and writes only the new slot of each layer's donated cache (`benchmarks/decode_bytes.py` shows it from
+the compiled program).
+
+- `LayerListCache`: per-layer keys/values, tuples of L arrays [B, S, KV, D], and the lengths [B]; a generation
+  cache (jaxlm.infer.cache) like the stacked `KVCache`, which prefill still fills (then `from_stacked`).
+- `split_layers(graphdef, state)`: the per-layer parameter states (copies: one more copy of the layer weights in
+  memory while a batch holds them).
+- `decode_forward(model, layers, tok, cache)`: the DecoderLM forward for one token per row over them.
+- `layer_loop(model, mesh, choice)`: "unrolled" or "scan" for a model; "auto" picks the unrolled step on CPU for a
+  DecoderLM of at most `MAX_UNROLLED` layers without a multi-device mesh (compile time grows with the layers; the
+  scan stays for sharded runs and accelerators, where it is not measured). Override with `layer_loop=` on
+  `DecodeBatch` / `Generator`, `use_layer_loop(...)` or JAXLM_DECODE_LAYERS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm.models.decoder import DecoderLM, KVCache
+from jaxlm.models.shell import sequence_positions
+from jaxlm.nn.decode import LayerCache
+from kernels.impl import ImplChoice
+
+MAX_UNROLLED = 64
+LOOPS = ("auto", "scan", "unrolled")
+CHOICE = ImplChoice("decode layer loop", LOOPS, "JAXLM_DECODE_LAYERS")
+set_layer_loop, use_layer_loop = CHOICE.set, CHOICE.use
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class LayerListCache:
+    """k/v: tuples of L per-layer arrays [B, S, KV, D]; lengths [B] filled slots per row."""
+
+    k: tuple
+    v: tuple
+    lengths: jax.Array
+    logical_axes: ClassVar[dict] = {"k": ("batch", "length", "kv", "head_dim"),
+                                    "v": ("batch", "length", "kv", "head_dim"), "lengths": ("batch",)}
+
+    @classmethod
+    def from_stacked(cls, c: KVCache) -> "LayerListCache":
+        L = c.k.shape[0]
+        return cls(tuple(c.k[i] for i in range(L)), tuple(c.v[i] for i in range(L)), c.lengths)
+
+    @classmethod
+    def zeros(cls, cfg, batch: int, max_len: int, dtype=None) -> "LayerListCache":
+        dtype = jnp.dtype(cfg.dtype) if dtype is None else dtype
+        shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        z = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+        return cls(z(), z(), jnp.zeros((batch,), jnp.int32))
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[1]
+
+
+def layer_loop(model, mesh=None, choice: str | None = None) -> str:
+    """The decode step's layer loop for `model`: "unrolled" (per-layer buffers) or "scan" (see the module doc)."""
+    choice = CHOICE.get(choice)
+    fits = isinstance(model, DecoderLM)
+    if choice == "unrolled" and not fits:
+        from jaxlm.errors import ConfigError
+
+        raise ConfigError(f"layer_loop='unrolled' needs a DecoderLM (stacked layers, KVCache); got "
+                          f"{type(model).__name__}")
+    if choice != "auto":
+        return choice
+    sharded = mesh is not None and mesh.size > 1
+    small = fits and model.cfg.num_layers <= MAX_UNROLLED
+    return "unrolled" if small and not sharded and jax.default_backend() == "cpu" else "scan"
+
+
+def split_layers(graphdef, state) -> tuple:
+    """Per-layer parameter states of a DecoderLM's stacked `layers` (each array a copy of its slice)."""
+    lstate = nnx.split(nnx.merge(graphdef, state).layers)[1]
+    L = jax.tree.leaves(lstate)[0].shape[0]
+    return tuple(jax.tree.map(lambda a, i=i: a[i], lstate) for i in range(L))
+
+
+def decode_forward(model: DecoderLM, layers: tuple, tok, cache: LayerListCache):
+    """tok [B] at slots cache.lengths -> (float32 logits [B, V], the cache with each layer's new slot written)."""
+    h = model.embed_inputs(tok[:, None])
+    positions = sequence_positions(h.shape[0], 1, cache.lengths)
+    gdef = nnx.graphdef(model.layers)
+    ks, vs = [], []
+    for st, k, v in zip(layers, cache.k, cache.v):
+        h, kv = nnx.merge(gdef, st)(h, positions, LayerCache(k, v), cache.lengths, model.shared_mlp)
+        ks.append(kv.k)
+        vs.append(kv.v)
+    return model.head(h)[:, 0], LayerListCache(tuple(ks), tuple(vs), cache.lengths + 1)
+
+
+__all__ = ["LayerListCache", "decode_forward", "layer_loop", "split_layers", "set_layer_loop", "use_layer_loop",
+           "MAX_UNROLLED", "LOOPS"]
