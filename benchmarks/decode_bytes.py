@@ -24,6 +24,13 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+DUMP = None
+if "--buffers" in sys.argv:  # XLA's buffer assignment of the decode steps, dumped before the backend starts
+    import tempfile
+
+    DUMP = tempfile.mkdtemp(prefix="decode_bytes_")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={DUMP} --xla_dump_hlo_as_text"
+                               " --xla_dump_hlo_module_re=.*_decode.*").strip()
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: an older checkout can be measured
 
 import jax  # noqa: E402
@@ -88,6 +95,18 @@ def materialised(hlo: str, shapes) -> list[str]:
     return out
 
 
+def in_place_writes(dump_dir: str, module: str) -> tuple[int, int]:
+    """From XLA's buffer assignment of the last dumped `module` ("_decode" or "_decode_unrolled"): (cache parameters
+    whose allocation also holds the scatter / dynamic-update-slice that writes the new slot, cache parameters). Equal
+    numbers: every new slot is written into the donated buffer itself, nothing else of the cache is written."""
+    files = sorted(Path(dump_dir).glob(f"*jit_{module}.cpu_after_optimizations-buffer-assignment.txt"))
+    if not files:
+        return 0, 0
+    blocks = re.split(r"\nallocation \d+:", files[-1].read_text())
+    cache = [b for b in blocks if re.search(r"value: <\d+ cache_[kv]", b)]
+    return sum(bool(re.search(r"value: <\d+ \S*(scatter|dynamic-update-slice)", b)) for b in cache), len(cache)
+
+
 def layer_shapes(args, cache) -> set:
     """Shapes of one layer's weight matrices and of one layer's cache (with and without a leading axis of 1)."""
     st = args[0]
@@ -118,7 +137,8 @@ def measure(preset_name: str, layers: int, batch: int, capacity: int, loop: str 
         cache = cache_lib.with_lengths(cache, jnp.full((batch,), capacity // 2))
     jax.block_until_ready(tok)
     step_ms = (time.perf_counter() - t0) / steps * 1e3
-    return dict(bytes=bytes_accessed(compiled), cache=sum(x.nbytes for x in jax.tree.leaves((cache.k, cache.v))),
+    inplace = in_place_writes(DUMP, "_decode_unrolled" if len(weights) > 1 else "_decode") if DUMP else None
+    return dict(inplace=inplace, bytes=bytes_accessed(compiled), cache=sum(x.nbytes for x in jax.tree.leaves((cache.k, cache.v))),
                 weights=sum(x.nbytes for x in jax.tree.leaves(args[0])), copies=len(copies), copied=len(copied),
                 aliased=aliased, step_ms=step_ms, compile_s=compile_s, loop="unrolled" if len(weights) > 1 else "scan")
 
@@ -130,6 +150,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--capacities", default="256,1024")
     ap.add_argument("--loops", default="scan,unrolled", help="layer loops to measure (jaxlm/infer/layers.py)")
+    ap.add_argument("--buffers", action="store_true", help="also read XLA's buffer assignment (dumped to a temp dir)")
     ap.add_argument("--label", default="this tree")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
@@ -149,6 +170,9 @@ def main(argv=None):
               f"{r1['copies']}/{r2['copies']}; layer weights/cache copied out {r1['copied']}/{r2['copied']}; "
               f"cache aliased {r1['aliased'] and r2['aliased']}; step {r1['step_ms']:.1f} / {r2['step_ms']:.1f} ms; "
               f"compile {r1['compile_s']:.1f} / {r2['compile_s']:.1f} s")
+        if r1["inplace"]:
+            print(f"  buffer assignment: {r1['inplace'][0]} of {r1['inplace'][1]} cache buffers share their allocation "
+                  f"with the write of the new slot (in place)")
         lines.append((r1, r2, passes, wpasses))
     if args.no_record:
         return

@@ -143,7 +143,8 @@ def main():
              "| date (UTC) | machine | versions | batch | jaxlm tok/s (threads) | transformers tok/s (threads) | ratio |\n"
              "|---|---|---|---|---|---|---|")
     now = utc_now("%Y-%m-%d %H:%M")
-    machine = f"{ncpu}-core {platform.machine()} CPU, load {load0:.1f} -> {load1:.1f}, interleaved workers"
+    busy = " (under load: shared machine)" if max(load0, load1) > 1.5 else ""
+    machine = f"{ncpu}-core {platform.machine()} CPU, load {load0:.1f} -> {load1:.1f}{busy}, interleaved workers"
     lines = "".join(f"| {now} | {machine} | {jv}, {tv} | {B} | {fmt('jaxlm', B)} | {fmt('transformers', B)} | "
                     f"{best('jaxlm', B) / best('transformers', B):.2f} |\n" for B in args.batches)
     record("Generation: SmolLM2-135M decode on CPU (benchmarks/generate.py)", intro, lines)

@@ -70,7 +70,7 @@ class LayerListCache:
 def layer_loop(model, mesh=None, choice: str | None = None) -> str:
     """The decode step's layer loop for `model`: "unrolled" (per-layer buffers) or "scan" (see the module doc)."""
     choice = CHOICE.get(choice)
-    fits = isinstance(model, DecoderLM)
+    fits = type(model) is DecoderLM  # decode_forward is DecoderLM's forward: a subclass may run another one
     if choice == "unrolled" and not fits:
         from jaxlm.errors import ConfigError
 
@@ -84,20 +84,24 @@ def layer_loop(model, mesh=None, choice: str | None = None) -> str:
 
 
 def split_layers(graphdef, state) -> tuple:
-    """Per-layer parameter states of a DecoderLM's stacked `layers` (each array a copy of its slice)."""
-    lstate = nnx.split(nnx.merge(graphdef, state).layers)[1]
-    L = jax.tree.leaves(lstate)[0].shape[0]
-    return tuple(jax.tree.map(lambda a, i=i: a[i], lstate) for i in range(L))
+    """Per-layer parameters of a DecoderLM's stacked `layers`: one tuple of arrays per layer (each a copy of its
+    slice), in the leaf order of the layers' state. Plain tuples, not nnx States: a jitted call flattens its
+    arguments every step, and 30 layers of States cost more there than a small model's step."""
+    leaves = jax.tree.leaves(nnx.split(nnx.merge(graphdef, state).layers)[1])
+    return tuple(tuple(a[i] for a in leaves) for i in range(leaves[0].shape[0]))
 
 
 def decode_forward(model: DecoderLM, layers: tuple, tok, cache: LayerListCache):
-    """tok [B] at slots cache.lengths -> (float32 logits [B, V], the cache with each layer's new slot written)."""
+    """tok [B] at slots cache.lengths -> (float32 logits [B, V], the cache with each layer's new slot written).
+    layers: `split_layers`' per-layer arrays (the stacked layer weights in `model` are not read)."""
     h = model.embed_inputs(tok[:, None])
     positions = sequence_positions(h.shape[0], 1, cache.lengths)
-    gdef = nnx.graphdef(model.layers)
+    gdef, stacked = nnx.split(model.layers)
+    tree = jax.tree.structure(stacked)
     ks, vs = [], []
-    for st, k, v in zip(layers, cache.k, cache.v):
-        h, kv = nnx.merge(gdef, st)(h, positions, LayerCache(k, v), cache.lengths, model.shared_mlp)
+    for arrays, k, v in zip(layers, cache.k, cache.v):
+        blk = nnx.merge(gdef, jax.tree.unflatten(tree, arrays))
+        h, kv = blk(h, positions, LayerCache(k, v), cache.lengths, model.shared_mlp)
         ks.append(kv.k)
         vs.append(kv.v)
     return model.head(h)[:, 0], LayerListCache(tuple(ks), tuple(vs), cache.lengths + 1)
