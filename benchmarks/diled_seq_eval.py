@@ -146,6 +146,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ft-steps", type=int, default=None, help="joint steps of the warm start")
     ap.add_argument("--ft-lr", type=float, default=None, help="learning rate of the warm start's joint phase")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--ddpm-weight", type=float, default=None, help="joint models' diffusion weight (default: "
+                    "the original's, 8 text / 1 protein)")
+    ap.add_argument("--word-dropout", type=float, default=0.0, help="text decoder word dropout in training")
     ap.add_argument("--kl-weight", type=float, default=0.1)
     ap.add_argument("--models", nargs="*", default=None, help=f"a subset of {list(MODELS)}")
     ap.add_argument("--n-gen", type=int, default=256)
@@ -172,7 +175,11 @@ def main(argv=None) -> int:
     from jaxlm.models.diled.model import diled_config
     from recipes.diled import load_data
 
-    base = diled_config(mod)
+    base = diled_config(mod, **({} if args.ddpm_weight is None else {"ddpm_weight": args.ddpm_weight}))
+    if args.word_dropout:
+        import dataclasses
+
+        base = base.replace(ae=dataclasses.replace(base.ae, word_dropout=args.word_dropout))
     if saved is not None:
         names, rows, real_ppl = list(saved["rows"]), saved["rows"], saved["real_ppl"]
         return report(args, mod, names, rows, real_ppl, jax)
@@ -235,8 +242,18 @@ def main(argv=None) -> int:
     return report(args, mod, names, rows, real_ppl, jax)
 
 
+def _tokenizer_note(args) -> str:
+    from jaxlm.models.diled.model import diled_config
+
+    ae = diled_config("text").ae
+    note = f"{ae.tokenizer} (vocab {ae.decoder.vocab_size}, max_len {ae.max_len})"
+    return note + (f", word dropout {args.word_dropout}" if getattr(args, "word_dropout", 0) else "")
+
+
 def report(args, mod, names, rows, real_ppl, jax) -> int:
     names = [n for n in names if rows.get(n)]
+    label = {n: n if len(rows[n]) == len(args.seeds) else f"{n} ({len(rows[n])} seed{'s' * (len(rows[n]) > 1)})"
+             for n in names}
 
     def ms(name, key, fmt="{:.2f}"):
         v = np.asarray([r.get(key, np.nan) for r in rows[name]], float)
@@ -249,7 +266,7 @@ def report(args, mod, names, rows, real_ppl, jax) -> int:
                  "recon BLEU | generated ppl (SmolLM2) | distinct-1 / 2 | generated unique / novel |",
                  "|---|---|---|---|---|---|---|---|"]
         for n in names:
-            table.append(f"| {n} | {ms(n, 'bleu')} | {ms(n, 'token_acc', '{:.3f}')} | "
+            table.append(f"| {label[n]} | {ms(n, 'bleu')} | {ms(n, 'token_acc', '{:.3f}')} | "
                          f"{ms(n, 'bleu_constant_mean_latent')} | {ms(n, 'bleu_train')} | "
                          f"{ms(n, 'ppl_generated', '{:.1f}')} | "
                          f"{ms(n, 'distinct_1', '{:.3f}')} / {ms(n, 'distinct_2', '{:.3f}')} | "
@@ -262,7 +279,7 @@ def report(args, mod, names, rows, real_ppl, jax) -> int:
         table = ["| model | recon acc / position ↑ | fitness Spearman ↑ | Pearson ↑ | MSE ↓ | validity | novelty |",
                  "|---|---|---|---|---|---|---|"]
         for n in names:
-            table.append(f"| {n} | {ms(n, 'recon_acc', '{:.3f}')} | {ms(n, 'fitness_spearman', '{:.3f}')} | "
+            table.append(f"| {label[n]} | {ms(n, 'recon_acc', '{:.3f}')} | {ms(n, 'fitness_spearman', '{:.3f}')} | "
                          f"{ms(n, 'fitness_pearson', '{:.3f}')} | {ms(n, 'fitness_mse', '{:.3f}')} | "
                          f"{ms(n, 'validity', '{:.2f}')} | {ms(n, 'novelty', '{:.2f}')} |")
         inter = []
@@ -281,7 +298,8 @@ def report(args, mod, names, rows, real_ppl, jax) -> int:
         head = (f"### {utc_now()} — {platform.machine()} {jax.device_count()} x {jax.devices()[0].platform}; "
                 f"{args.steps} steps (lr {args.lr}), two-stage DDPM {args.ddpm_steps} steps, warm start + "
                 f"{args.ft_steps} joint steps (lr {args.ft_lr}), "
-                f"seeds {args.seeds}" + (f", VAE kl_weight {args.kl_weight}" if mod == "text" else "")
+                f"seeds {args.seeds}" + (f", VAE kl_weight {args.kl_weight}, tokenizer {_tokenizer_note(args)}"
+                                         if mod == "text" else "")
                 + f"; jax {jax.__version__}; CPU shared with other agents (under load: load average "
                 f"{os.getloadavg()[0]:.1f} at the end)")
         record(TITLE[mod], intro, head + "\n\n" + text + ("\n\nInterpolations (α = 0.2 .. 0.8):\n\n" + "\n".join(inter)

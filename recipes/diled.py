@@ -19,6 +19,7 @@ Options of the objective (see docs/diled.md): --ddpm-weight (0 = the autoencoder
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -58,6 +59,8 @@ def build_parser():
     p.add_argument("--criterion", default="mse", choices=["mse", "l1"])
     p.add_argument("--t1-form", default="code", choices=["code", "exact"])
     p.add_argument("--rec-weighting", default="code", choices=["code", "per_example"])
+    p.add_argument("--word-dropout", type=float, default=0.0, help="text: drop decoder input tokens to PAD with "
+                   "this probability in training (Bowman et al.; forces the decoder to read z; 0 = the original)")
     p.add_argument("--diffusion-steps", type=int, default=None, help="T (default 200 tiny, 1000 paper)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="protein data folder with train.csv / test.csv")
@@ -115,6 +118,11 @@ def run(args) -> int:
     if args.diffusion_steps is not None:
         over["num_steps"] = args.diffusion_steps
     cfg = diled_config(mod, args.size, **over)
+    if args.word_dropout:
+        if mod != "text":
+            raise ConfigError(f"--word-dropout {args.word_dropout}: only the text decoder has word dropout "
+                              f"(--modality {mod})")
+        cfg = cfg.replace(ae=dataclasses.replace(cfg.ae, word_dropout=args.word_dropout))
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[mod]
     lr = args.lr if args.lr is not None else DEFAULT_LR[mod]
     tr, te, _ = load_data(mod, cfg, args.data, args.limit)
