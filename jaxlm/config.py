@@ -470,11 +470,16 @@ class PandoraConfig:
     bow_buckets: int = 1024
     bow_hidden: int = 128
     diffusion_steps: int = 1000
-    sample_steps: int = 20
+    sample_steps: int = 10                # [50]
     guidance_scale: float = 2.0
     guidance_rescale: float = 0.7
     p_uncond: float = 0.1                 # null-conditioning dropout at train time
     align_weight: float = 1.0             # stage (b): MSE of adapter tokens to the stage-(a) action tokens
+    align_normalized: bool = True         # ... divided by the batch variance of those targets (their action part)
+    residual: bool = True                 # diffuse (next clip - last context frame), not the clip itself
+    high_t_fraction: float = 0.0          # share of training timesteps drawn from the noisiest 20% (t >= 0.8 T)
+    target_scale: float = 4.0             # ... times this (input scaling: sprite frames have std ~0.07 per pixel)
+    action_adaln: bool = True             # the pooled action tokens also enter the DiT's adaLN (timestep) embedding
     max_rounds: int = 8                   # rollout horizon (Open-Pandora's demo: 5 rounds)
 
     @property

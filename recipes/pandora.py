@@ -32,7 +32,7 @@ def build_parser():
                        "idm/, rollout.gif, metrics.json, metrics.md")
     p.add_argument("--world", default="sprites", choices=["sprites", "babyai"])
     p.add_argument("--size", default="tiny", choices=["tiny", "paper"])
-    p.add_argument("--steps", default="400,150,250", help="steps of stages a,b,c")
+    p.add_argument("--steps", default="400,100,150", help="steps of stages a,b,c")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--llm-layers", type=int, default=None, help="keep SmolLM2's first N layers (tiny default 4)")

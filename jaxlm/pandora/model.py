@@ -42,6 +42,26 @@ def schedule_of(cfg: PandoraConfig):
     return make_schedule("scaled_linear", cfg.diffusion_steps, zero_terminal_snr=True)
 
 
+def clip_target(cfg: PandoraConfig, before, after):
+    """What the video model diffuses: with cfg.residual, the clip minus the last context frame (copying the last
+    frame is the zero target, so only what moves has to be learned), else the clip; times cfg.target_scale (input
+    scaling, Chen 2023: the frames are mostly flat background, std ~0.07 a pixel for the residual, so unscaled the
+    noise would hide them at almost every timestep)."""
+    x = after - before[:, -1:] if cfg.residual else after
+    return x * cfg.target_scale
+
+
+def target_range(cfg: PandoraConfig) -> float:
+    """|target| bound (the DDIM x0 clip): residuals lie in [-2, 2], clips in [-1, 1], times target_scale."""
+    return (2.0 if cfg.residual else 1.0) * cfg.target_scale
+
+
+def clip_from_target(cfg: PandoraConfig, before, x):
+    """The inverse of `clip_target`: the clip in [-1, 1]."""
+    x = x / cfg.target_scale
+    return jnp.clip(before[:, -1:] + x if cfg.residual else x, -1.0, 1.0)
+
+
 class Projector(nnx.Module):
     """ViT width -> LLM width: Linear · GELU · Linear (LLaVA-1.5's mlp2x_gelu)."""
 
@@ -153,8 +173,8 @@ class WorldModel(nnx.Module):
         k0, k1 = jax.random.split(rng)
         x = jax.random.normal(k0, (B, cfg.clip_len, cfg.frame_size, cfg.frame_size, 3), jnp.float32)
         out = ddim_sample(fn, schedule_of(cfg), x, k1, steps=steps or cfg.sample_steps, spacing="trailing",
-                          eta=eta, cond=cond, parametrization="v", clip_x0=1.0)
-        return jnp.clip(out, -1.0, 1.0)
+                          eta=eta, cond=cond, parametrization="v", clip_x0=target_range(cfg))
+        return clip_from_target(cfg, before, out)
 
     # ------------------------------------------------------------------------------------------ host API
     def tokenizer(self):
@@ -330,5 +350,5 @@ def _smollm2():
     return m, c
 
 
-__all__ = ["WorldModel", "BagOfWords", "Projector", "check_config", "schedule_of", "encode_actions",
+__all__ = ["WorldModel", "BagOfWords", "Projector", "check_config", "schedule_of", "clip_target", "clip_from_target", "encode_actions",
            "prepare_frames", "to_uint8", "load_llm", "default_tokenizer", "build_world_model"]

@@ -28,7 +28,7 @@ from flax import nnx
 from jaxlm.diffusion import cfg_dropout, diffusion_loss
 from jaxlm.errors import CheckpointError, ConfigError
 from jaxlm.config import PandoraConfig
-from jaxlm.pandora.model import WorldModel, build_world_model, load_llm, schedule_of
+from jaxlm.pandora.model import WorldModel, build_world_model, clip_target, load_llm, schedule_of
 from jaxlm.train.task import Task
 
 STAGES = ("dynamics", "align", "instruct")
@@ -48,21 +48,32 @@ def batch_spec_of(cfg: PandoraConfig) -> dict:
             "action_ids": ("batch", None), "action_mask": ("batch", None)}
 
 
+def train_timesteps(cfg: PandoraConfig, k_t, k_hi, b: int):
+    """Uniform timesteps [b], a `high_t_fraction` share of them redrawn from the noisiest 20% (t >= 0.8 T): there the
+    clip is mostly unseen, so the action decides the target (what the first sampling steps need)."""
+    T = cfg.diffusion_steps
+    t = jax.random.randint(k_t, (b,), 0, T, jnp.int32)
+    hi = jax.random.randint(jax.random.fold_in(k_hi, 1), (b,), int(0.8 * T), T, jnp.int32)
+    return jnp.where(jax.random.uniform(k_hi, (b,)) < cfg.high_t_fraction, hi, t)
+
+
 def stage_loss(model: WorldModel, batch: dict, rng, stage: str):
     """(per-example total [B], {metric: per-example [B]}) of one stage's objective."""
     cfg = model.cfg
     before = batch["before"][:, -cfg.context_frames:]
     ids, mask = batch["action_ids"], batch["action_mask"]
-    k_drop, k_diff = jax.random.split(rng)
+    k_drop, k_diff, k_t, k_hi = jax.random.split(rng, 4)
     ctx = model.bow_tokens(ids, mask) if stage == "dynamics" else model.action_tokens(before, ids, mask)
     ctx_d = cfg_dropout({"ctx": ctx}, {"ctx": jnp.zeros((), ctx.dtype)}, k_drop, cfg.p_uncond)["ctx"]
-    per_ex = diffusion_loss(lambda x, t, c: model.video(x, t, c), batch["after"], k_diff, schedule_of(cfg), "v",
-                            cond={"frames": before, "ctx": ctx_d})
+    per_ex = diffusion_loss(lambda x, t, c: model.video(x, t, c), clip_target(cfg, before, batch["after"]), k_diff,
+                            schedule_of(cfg), "v", cond={"frames": before, "ctx": ctx_d}, t=train_timesteps(cfg, k_t, k_hi, before.shape[0]))
     metrics = {"diffusion": per_ex}
     total = per_ex
     if stage == "align" and cfg.align_weight > 0:
         target = jax.lax.stop_gradient(model.bow_tokens(ids, mask))
         al = jnp.mean(jnp.square(ctx - target), axis=(1, 2))
+        if cfg.align_normalized:  # relative to how much the targets vary across the batch's actions
+            al = al / (jnp.mean(jnp.square(target - target.mean(0, keepdims=True))) + 1e-8)
         metrics["align"] = al
         total = total + cfg.align_weight * al
     return total, metrics

@@ -8,7 +8,9 @@ by the initial frame's tokens (patches of the first context frame, projected to 
 
 Each block factorises attention in space and time (Ho et al. 2022's video diffusion, Latte's "factorised" DiT):
 spatial self-attention inside every frame, temporal self-attention across the frames of every patch position,
-cross-attention to the memory, an MLP; adaLN-Zero modulation from the timestep (Peebles & Xie 2023). The output
+cross-attention to the memory, an MLP; adaLN-Zero modulation from the timestep (Peebles & Xie 2023), to which
+`action_adaln` adds a projection of the mean action token (a global action pathway next to cross-attention; the
+null condition's zeros add nothing). The output
 is a v-prediction (Salimans & Ho 2022) of the clip, trained on the zero-terminal-SNR schedule (Lin et al. 2024).
 """
 
@@ -82,6 +84,8 @@ class VideoDiT(nnx.Module):
         self.pos_space = param(rngs, (n, D), (None, "embed"), 0.02)
         self.pos_time = param(rngs, (cfg.clip_len, D), (None, "embed"), 0.02)
         self.temb = TimestepEmbedder(min(256, 4 * D), D, rngs=rngs)
+        if cfg.action_adaln:  # a global action pathway: mean action token -> added to the timestep embedding
+            self.action_emb = Linear(cfg.context_dim, D, (None, "embed"), bias=False, rngs=rngs)
         self.frame_tokens = Linear(q * q * 3, cfg.context_dim, (None, "embed"), bias=True, rngs=rngs)
         self.frame_pos = param(rngs, ((S // q) ** 2, cfg.context_dim), (None, "embed"), 0.02)
         self.blocks = nnx.List([SpaceTimeBlock(D, cfg.video_heads, cfg.context_dim, rngs=rngs)
@@ -110,6 +114,8 @@ class VideoDiT(nnx.Module):
         h = self.patch_in(patchify(jnp.concatenate([x_t, ctx_frames.astype(x_t.dtype)], axis=-1), p))
         h = h + self.pos_space[...][None, None] + self.pos_time[...][None, :, None]
         temb = self.temb(t)
+        if cfg.action_adaln:
+            temb = temb + self.action_emb(ctx.astype(jnp.float32).mean(axis=1))
         mem = self.memory(frames, ctx)
         for blk in self.blocks:
             h = blk(h, temb, mem)
