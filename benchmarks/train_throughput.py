@@ -196,7 +196,8 @@ def main():
     from benchmarks.record import record, utc_now
 
     fmt = lambda impl: ", ".join(f"{tok[k]:.0f} ({k.split()[1]})" for k in tok if k.split()[0] == impl)  # noqa: E731
-    machine = f"{platform.machine()} {ncpu} cpus ({platform.system()}), load avg {load0:.1f} -> {load1:.1f}"
+    loaded = ", under load (other jobs)" if max(load0, load1) > ncpu / 2 else ""
+    machine = f"{platform.machine()} {ncpu} cpus ({platform.system()}), load avg {load0:.1f} -> {load1:.1f}{loaded}"
     versions = f"{j['version']}, {res[f'torch {ncpu}t']['version']}"
     intro = ("Same Llama-architecture model and batch, float32, AdamW (0.9, 0.95, wd 0.1) + clip 1.0; "
              "steady-state tokens/s after warm-up; jaxlm = its jitted train step on a 1-device mesh, torch = "
