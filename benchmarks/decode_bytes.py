@@ -41,11 +41,23 @@ from flax import nnx  # noqa: E402
 def compile_step(preset_name: str, layers: int, batch: int, capacity: int, loop: str | None = None):
     """The generation decode step compiled for a random-weight model: (compiled, step fn, its arguments, cache).
     loop: the layer loop ("scan", "unrolled"; None = what `DecodeBatch` picks here)."""
+    dec, args, cache = build_step(preset_name, layers, batch, capacity, loop)
+    return compile_args(dec, args), dec, args, cache
+
+
+def compile_args(dec, args):
+    from jaxlm.infer.sampling import SamplingFlags
+
+    return dec.lower(*args, flags=SamplingFlags()).compile()
+
+
+def build_step(preset_name: str, layers: int, batch: int, capacity: int, loop: str | None = None):
+    """(the jitted decode step, its arguments, the cache) for a random-weight model."""
     from jaxlm.config import preset
     from jaxlm.infer import cache as cache_lib
     from jaxlm.infer import layers as layers_lib
     from jaxlm.infer.generate import compiled_steps
-    from jaxlm.infer.sampling import SamplingFlags, SamplingParams, pack_params
+    from jaxlm.infer.sampling import SamplingParams, pack_params
     from jaxlm.models.decoder import DecoderLM
 
     cfg = preset(preset_name, num_layers=layers)
@@ -62,7 +74,7 @@ def compile_step(preset_name: str, layers: int, batch: int, capacity: int, loop:
     params = {k: jnp.asarray(v) for k, v in pack_params([SamplingParams()] * batch).items()}
     args = (*weights, cache, jnp.zeros((batch, cfg.vocab_size), bool), jnp.zeros((batch, 2), jnp.uint32), params,
             jnp.zeros((batch,), jnp.int32))
-    return dec.lower(*args, flags=SamplingFlags()).compile(), dec, args, cache
+    return dec, args, cache
 
 
 def bytes_accessed(compiled) -> float:
@@ -120,8 +132,9 @@ def measure(preset_name: str, layers: int, batch: int, capacity: int, loop: str 
     from jaxlm.infer import cache as cache_lib
     from jaxlm.infer.sampling import SamplingFlags
 
+    dec, args, cache = build_step(preset_name, layers, batch, capacity, loop)
     t0 = time.perf_counter()
-    compiled, dec, args, cache = compile_step(preset_name, layers, batch, capacity, loop)
+    compiled = compile_args(dec, args)  # lowering + XLA compile of the step alone
     compile_s = time.perf_counter() - t0
     hlo = compiled.as_text()
     shape = jax.tree.leaves(cache.k)[0].shape
