@@ -1,6 +1,6 @@
 """Web2Code end to end: build the data, train a LLaVA-1.5-style MLLM in two stages, evaluate it with its baselines.
 
-    python -m recipes.web2code                       # CPU default ("tiny"): 31 min measured on 2 shared cores (load ~20)
+    python -m recipes.web2code                       # CPU default ("tiny"): 18.5 min measured on 2 shared cores (load ~10)
     python -m recipes.web2code --quick               # a smoke run (minutes): fewer pages and steps
     python -m recipes.web2code --preset paper --llm /path/CrystalChat --clip /path/clip-vit-large-patch14-336
 
@@ -48,7 +48,7 @@ PYDOC_EVAL = ("colorsys", "bisect", "fnmatch", "glob")
 # grad_accum: micro-batches per step (engine); remat: DecoderConfig.remat (each decoder layer's activations are
 # recomputed in the backward pass); attention: DecoderConfig.attention_impl ("" = auto)
 PRESETS = {
-    # CPU default: 31 minutes measured on 2 cores shared at load ~20 (docs/web2code.md)
+    # CPU default: 18.5 minutes measured on 2 cores shared at load ~10 (docs/web2code.md)
     "tiny": dict(pages=192, eval_pages=24, image_size=96, patch=12, vit_width=128, vit_layers=2, llm="tiny",
                  width=128, layers=4, vocab=1024, steps0=150, steps1=60, steps2=200, batch=8, lr0=3e-3, lr1=1e-3,
                  lr2=1e-3, vision_in_stage1=True, code_len=576, qa_len=192, seq0=256, pydoc=2, grad_accum=1,
