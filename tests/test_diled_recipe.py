@@ -79,3 +79,14 @@ def jax_leaves(tree):
     import numpy as np
 
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.slow  # the Python-doc corpus (~5-10 s), its BPE and three compiles; the BPE itself is test_diled_text's
+def test_text_recipe_default_tokenizer_trains_and_reports(tmp_path):
+    out = tmp_path / "txt"
+    assert diled.main(["--modality", "text", "--out", str(out), "--steps", "2", "--ddpm-steps", "2", "--ft-steps", "2",
+                       "--batch", "32", "--limit", "64", "--diffusion-steps", "8", "--samples", "2",
+                       "--word-dropout", "0.25", "--no-progress"]) == 0
+    rep = json.loads((out / "samples.json").read_text())
+    assert rep["schedule"] == "warm" and 0 <= rep["recon_token_acc"] <= 1 and len(rep["samples"]) == 2
+    assert len(rep["interpolation"]) == 6 and rep["interpolation"][0][:1].isupper()
