@@ -477,8 +477,8 @@ class PandoraConfig:
     align_weight: float = 1.0             # stage (b): MSE of adapter tokens to the stage-(a) action tokens
     align_normalized: bool = True         # ... divided by the batch variance of those targets (their action part)
     residual: bool = True                 # diffuse (next clip - last context frame), not the clip itself
-    high_t_fraction: float = 0.0          # share of training timesteps drawn from the noisiest 20% (t >= 0.8 T)
     target_scale: float = 4.0             # ... times this (input scaling: sprite frames have std ~0.07 per pixel)
+    high_t_fraction: float = 0.0          # share of training timesteps drawn from the noisiest 20% (t >= 0.8 T)
     action_adaln: bool = True             # the pooled action tokens also enter the DiT's adaLN (timestep) embedding
     max_rounds: int = 8                   # rollout horizon (Open-Pandora's demo: 5 rounds)
 

@@ -107,3 +107,18 @@ def test_rollout_through_the_llm_is_deterministic(model):
     # the action reaches the frames through LLM -> queries -> Q-Former -> cross-attention
     other = model.rollout(frames(), ["turn right", "drop it"], seed=3)
     assert not np.allclose(a[:, 2:], other[:, 2:])
+
+
+def test_residual_target_round_trips_and_copy_is_zero():
+    """The video model diffuses target_scale x (clip - last context frame): copying the last frame is the zero
+    target, and clip_from_target inverts clip_target (clipped to [-1, 1]); without `residual` the clip is scaled."""
+    from jaxlm.pandora.model import clip_from_target, clip_target, target_range
+
+    x = frames(t=4, seed=1).astype(np.float32) / 127.5 - 1.0
+    before, after = jnp.asarray(x[:, :2]), jnp.asarray(x[:, 2:])
+    for c in (CFG, CFG.replace(residual=False, target_scale=2.0)):
+        y = clip_target(c, before, after)
+        assert float(jnp.abs(y).max()) <= target_range(c) + 1e-6
+        np.testing.assert_allclose(np.asarray(clip_from_target(c, before, y)), x[:, 2:], atol=1e-6)
+    copy = jnp.broadcast_to(before[:, -1:], after.shape)
+    assert float(jnp.abs(clip_target(CFG, before, copy)).max()) == 0.0

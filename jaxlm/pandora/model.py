@@ -350,5 +350,6 @@ def _smollm2():
     return m, c
 
 
-__all__ = ["WorldModel", "BagOfWords", "Projector", "check_config", "schedule_of", "clip_target", "clip_from_target", "encode_actions",
+__all__ = ["WorldModel", "BagOfWords", "Projector", "check_config", "schedule_of", "clip_target", "clip_from_target",
+           "target_range", "encode_actions",
            "prepare_frames", "to_uint8", "load_llm", "default_tokenizer", "build_world_model"]

@@ -65,8 +65,9 @@ def stage_loss(model: WorldModel, batch: dict, rng, stage: str):
     k_drop, k_diff, k_t, k_hi = jax.random.split(rng, 4)
     ctx = model.bow_tokens(ids, mask) if stage == "dynamics" else model.action_tokens(before, ids, mask)
     ctx_d = cfg_dropout({"ctx": ctx}, {"ctx": jnp.zeros((), ctx.dtype)}, k_drop, cfg.p_uncond)["ctx"]
+    t = train_timesteps(cfg, k_t, k_hi, before.shape[0])
     per_ex = diffusion_loss(lambda x, t, c: model.video(x, t, c), clip_target(cfg, before, batch["after"]), k_diff,
-                            schedule_of(cfg), "v", cond={"frames": before, "ctx": ctx_d}, t=train_timesteps(cfg, k_t, k_hi, before.shape[0]))
+                            schedule_of(cfg), "v", cond={"frames": before, "ctx": ctx_d}, t=t)
     metrics = {"diffusion": per_ex}
     total = per_ex
     if stage == "align" and cfg.align_weight > 0:
