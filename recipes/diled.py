@@ -2,7 +2,7 @@
 data, then reconstruct, generate and interpolate from it.
 
     python -m recipes.diled --modality image               # sklearn digits, ~minutes on a laptop CPU
-    python -m recipes.diled --modality text                # sentences of the Python docs, byte tokens
+    python -m recipes.diled --modality text                # sentences of the Python docs, corpus BPE
     python -m recipes.diled --modality protein             # Gifford CDR3 antibodies (+ fitness head)
     python -m recipes.diled --modality image --resume      # continue the run in --out
     python -m recipes.diled --modality text --size paper --mesh 8x1   # the original's scale (a GPU/TPU job)
