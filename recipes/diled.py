@@ -30,7 +30,7 @@ from jaxlm.errors import ConfigError
 
 MODULE = "recipes.diled"
 MODALITIES = ("text", "image", "protein")
-DEFAULT_STEPS = {"image": 1500, "text": 1000, "protein": 2000}
+DEFAULT_STEPS = {"image": 1500, "text": 3000, "protein": 2000}
 DEFAULT_LR = {"image": 2e-3, "text": 5e-3, "protein": 1e-3}
 DEFAULT_SCHEDULE = {"image": "joint", "text": "warm", "protein": "joint"}
 WARM = {"ddpm_steps": 300, "ft_steps": 300, "ft_lr_factor": 0.1}   # stage 2 steps, stage 3 steps, lr_3 = lr * f
@@ -44,7 +44,7 @@ def build_parser():
                        "for images samples.png")
     p.add_argument("--modality", required=True, help="text | image | protein")
     p.add_argument("--size", default="tiny", choices=["tiny", "paper"], help="model preset")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: 1500 image, 1000 text, "
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: 1500 image, 3000 text, "
                    "2000 protein); with --schedule warm the autoencoder stage's")
     p.add_argument("--schedule", default=None, choices=["joint", "warm"], help="joint from scratch, or the "
                    "original's warm start (AE, then DDPM on frozen latents, then joint); default warm for text")
