@@ -29,6 +29,7 @@ from flax import nnx
 
 from jaxlm.errors import ShapeError
 from jaxlm.nn import Linear, Norm, param
+from jaxlm.nn.linear import dense
 from jaxlm.sharding import shard
 
 
@@ -123,7 +124,7 @@ class LMShell(nnx.Module):
         h = self.final_norm(h)
         if self.lm_head is None:
             dt = jnp.dtype(self.shell.dtype)
-            logits = jnp.dot(h.astype(dt), self.embed[...].astype(dt).T)
+            logits = dense(h.astype(dt), self.embed[...].astype(dt).T)  # 2-D product: no transposed grad copy
         else:
             logits = self.lm_head(h)
         logits = logits.astype(jnp.float32)
