@@ -101,3 +101,19 @@ def test_stages_freeze_their_parts_and_resume_exactly(tmp_path):
     train_stage("instruct", 4, tmp_path / "c2", init=tmp_path / "b", stop_at=2)
     c2 = train_stage("instruct", 4, tmp_path / "c2", init=tmp_path / "b", resume=True)
     assert same(flat(c2.state.params), pc, set(k.split("/")[0] for k in pc))
+
+
+def test_align_normalizer_is_floored_for_identical_rows():
+    """A batch whose rows share one action (or a micro-batch of one) has target variance 0: the floor keeps the
+    normalised alignment loss O(1), not x1e8; a varied batch is still divided by its variance."""
+    import jax.numpy as jnp
+
+    from jaxlm.pandora.task import align_normalizer
+
+    row = jax.random.normal(jax.random.key(0), (1, 4, 8))
+    for same_rows in (row, jnp.tile(row, (4, 1, 1))):
+        n = float(align_normalizer(same_rows))
+        assert np.isclose(n, 1e-3 * float(jnp.mean(row ** 2)), rtol=1e-4), n
+    varied = jax.random.normal(jax.random.key(1), (8, 4, 8))
+    var = float(jnp.mean((varied - varied.mean(0)) ** 2))
+    assert np.isclose(float(align_normalizer(varied)), var, rtol=1e-5)

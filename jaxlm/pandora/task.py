@@ -57,6 +57,14 @@ def train_timesteps(cfg: PandoraConfig, k_t, k_hi, b: int):
     return jnp.where(jax.random.uniform(k_hi, (b,)) < cfg.high_t_fraction, hi, t)
 
 
+def align_normalizer(target, floor: float = 1e-3):
+    """The stage-(b) alignment's denominator: the targets' variance across the batch [B, K, C] -> scalar, floored
+    at `floor` x their mean square, so a micro-batch of one row, or a batch whose rows all carry the same action
+    (variance 0), does not scale the loss by ~1e8 (and the scale depends less on how a batch is split)."""
+    var = jnp.mean(jnp.square(target - target.mean(0, keepdims=True)))
+    return jnp.maximum(var, floor * jnp.mean(jnp.square(target))) + 1e-12
+
+
 def stage_loss(model: WorldModel, batch: dict, rng, stage: str):
     """(per-example total [B], {metric: per-example [B]}) of one stage's objective."""
     cfg = model.cfg
@@ -74,7 +82,7 @@ def stage_loss(model: WorldModel, batch: dict, rng, stage: str):
         target = jax.lax.stop_gradient(model.bow_tokens(ids, mask))
         al = jnp.mean(jnp.square(ctx - target), axis=(1, 2))
         if cfg.align_normalized:  # relative to how much the targets vary across the batch's actions
-            al = al / (jnp.mean(jnp.square(target - target.mean(0, keepdims=True))) + 1e-8)
+            al = al / align_normalizer(target)
         metrics["align"] = al
         total = total + cfg.align_weight * al
     return total, metrics
@@ -176,4 +184,4 @@ def random_llm(cfg: PandoraConfig, seed: int = 0) -> dict:
 
 
 __all__ = ["PandoraTask", "STAGES", "STAGE_TRAINABLE", "TRAINED", "stage_loss", "stage_phase", "load_world_model",
-           "batch_spec_of"]
+           "batch_spec_of", "align_normalizer"]
