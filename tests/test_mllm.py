@@ -176,3 +176,14 @@ def test_multi_turn_targets_and_staged_batches(tok):
     assert all(g.max() < 8 for g in got[:2]) and [int(g.min()) // 100 for g in got[2:]] == [1, 2, 1, 2]
     pipe.set_state({"step": 3})
     np.testing.assert_array_equal(pipe.next()["v"], got[3])
+
+
+def test_a_bos_adding_tokenizer_puts_bos_only_at_the_start():
+    """Llama-family tokenizers add BOS on every encode: the text after the image and the answer must not get one."""
+    tk = train_bpe(TEXTS, 320)
+    bos = 1  # a special (FIM) token that plain text never produces
+    bos_tok = HFTokenizer(tk, eos_id=tk.token_to_id(EOS_TOKEN), bos_id=bos, add_bos=True, parse_special=True)
+    pre, post = split_at_image(bos_tok, "Please generate html code for the given image.")
+    assert pre[0] == bos and post and bos not in post + pre[1:]
+    x, y, _ = encode_example(bos_tok, "Does the webpage have a table?", "Yes", 64)
+    assert x[0] == bos and bos not in list(x[1:]) and bos not in list(y)

@@ -129,7 +129,8 @@ def split_at_image(tokenizer, instruction: str) -> tuple[list[int], list[int]]:
     if not tag:
         raise DataError(f"split_at_image: the chat template of {getattr(tokenizer, 'name', tokenizer)!r} dropped the "
                         f"{IMAGE_TAG} tag")
-    return list(tokenizer.encode(pre)), list(tokenizer.encode(post))
+    # only the start of the sequence may carry BOS: the text after the image and the answers never do
+    return list(tokenizer.encode(pre)), list(tokenizer.encode(post, add_bos=False))
 
 
 def encode_turns(tokenizer, turns, max_len: int, *, image: bool = False):
@@ -150,7 +151,7 @@ def encode_turns(tokenizer, turns, max_len: int, *, image: bool = False):
             image_pos, p = len(pre), pre + post
         else:
             p = list(tokenizer.encode(prompt_text(tokenizer, instruction)))
-        a = list(tokenizer.encode(answer)) + [int(eos)]
+        a = list(tokenizer.encode(answer, add_bos=False)) + [int(eos)]
         seq += p + a
         learn += [False] * len(p) + [True] * len(a)
     if not seq:
