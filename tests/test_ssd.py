@@ -2,6 +2,8 @@
 forward and gradients (the backward kernels), CUDA cross-lowering of all four kernels, the dispatcher and its
 fallbacks, conv/state plumbing, recurrent step == forward, materialized mixing matrices reproduce the mixer."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ from flax import nnx
 from jaxlm.nn.ssd import DiscreteMamba2Mixer, Mamba2Mixer, causal_conv1d, gated_rms_norm, mixing_matrix
 from jaxlm.errors import ConfigError, ShapeError
 from kernels.ssd import resolve_impl, ssd, ssd_chunked, ssd_pallas, ssd_scan, use_impl
+import kernels.ssd as kss
 from kernels.ssd import pallas as ssd_kernel
 
 
@@ -152,10 +155,15 @@ def test_pallas_kernel_forward_and_gradients_match_scan(g, chunk, bwd_chunk, wit
             return jnp.sum(y * wy) + jnp.sum(fin * wf), (y, fin)
         return jax.value_and_grad(go, argnums=(0, 1, 2, 3, 4) if with_state else (0, 1, 2, 3), has_aux=True)
 
-    kernel = lambda x, a, B, C, s0: ssd_pallas(x, a, B, C, chunk, s0, interpret=True, bwd_chunk=bwd_chunk,
-                                               forward=forward)
-    both = jax.jit(lambda *v: (loss(kernel)(*v), loss(ssd_scan)(*v)))
-    ((_, (y, fin)), g), ((_, (yr, finr)), gr) = both(x, a, B, C, s0)
+    kernel = lambda x, a, B, C, s0, bwd="pallas": ssd_pallas(x, a, B, C, chunk, s0, interpret=True,
+                                                             bwd_chunk=bwd_chunk, forward=forward, bwd=bwd)
+    xla_bwd = with_state  # once: the Pallas forward with XLA's chunked backward (what "auto" takes on GPU)
+    both = jax.jit(lambda *v: (loss(kernel)(*v), loss(ssd_scan)(*v),
+                               loss(functools.partial(kernel, bwd="xla"))(*v) if xla_bwd else None))
+    ((_, (y, fin)), g), ((_, (yr, finr)), gr), g_xla = both(x, a, B, C, s0)
+    if xla_bwd:
+        for name, got, want in zip(("x", "a", "B", "C", "initial_state"), g_xla[1], gr):
+            np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4, err_msg=f"bwd=xla d{name}")
     np.testing.assert_allclose(y, yr, atol=3e-5, rtol=1e-5)
     np.testing.assert_allclose(fin, finr, atol=3e-5, rtol=1e-5)
     assert len(g) == (5 if with_state else 4)
@@ -181,7 +189,15 @@ def test_auto_dispatch_on_gpu_falls_back(monkeypatch):
     forcing "pallas" on bad input raises a ShapeError naming the shape or dtype."""
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     ok, f32, bf16 = ((2, 64, 4, 16), (2, 64, 2, 16)), jnp.float32, jnp.bfloat16
-    assert resolve_impl(None, *ok, 16, dtype=(f32, bf16)) == "pallas"
+    # the Pallas forward with XLA's backward until benchmarks/gpu_suite.py has run the backward kernels on a device
+    assert resolve_impl(None, *ok, 16, dtype=(f32, bf16)) == "pallas_fwd"
+    assert resolve_impl("pallas", *ok, 16) == "pallas"  # explicit: forward and backward kernels
+    seen, xo, ao, Bo, Co = [], *_inputs(t=64, p=16, n=16)[:4]
+    with monkeypatch.context() as m:
+        m.setattr(kss, "ssd_pallas", lambda *v, **kw: seen.append(kw["bwd"]))
+        ssd(xo, ao, Bo, Co, 16)
+        ssd(xo, ao, Bo, Co, 16, impl="pallas")
+    assert seen == ["xla", "pallas"]
     assert resolve_impl(None, *ok, 16, sharded=True) == "chunked"
     assert resolve_impl(None, *ok, 16, dtype=(jnp.int32, f32)) == "chunked"
     assert resolve_impl(None, (2, 64, 4, 24), ok[1], 16) == "chunked"  # P = 24
@@ -193,6 +209,8 @@ def test_auto_dispatch_on_gpu_falls_back(monkeypatch):
         ssd_pallas(x, a, B, C, 16, bwd_chunk=24)
     with pytest.raises(ConfigError, match="forward='fast'"):
         ssd_pallas(x, a, B, C, 16, forward="fast")
+    with pytest.raises(ConfigError, match="bwd='cuda'"):
+        ssd_pallas(x, a, B, C, 16, bwd="cuda")
 
 
 def test_dispatcher_and_bad_shapes():

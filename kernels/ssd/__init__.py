@@ -2,8 +2,10 @@
 
 `ssd(x, a, B, C, chunk_size, initial_state, impl)` -> (y [B,T,H,P] float32, final_state [B,H,P,N]).
 impl:
-- "auto" (default): the Pallas kernel on GPU when it takes the shapes and dtypes and no multi-device mesh is active
-  (else "chunked"); "hybrid" elsewhere;
+- "auto" (default): "pallas_fwd" on GPU when the kernels take the shapes and dtypes and no multi-device mesh is
+  active (else "chunked"); "hybrid" elsewhere. The Pallas backward kernels have not run on a GPU yet (only
+  interpret mode and cross-lowering on CPU), so "auto" keeps XLA's backward until benchmarks/gpu_suite.py (which
+  checks the Pallas backward explicitly) has passed on a device;
 - "hybrid": the sequential scan forward with the chunked algorithm's backward (recomputed): on CPU the scan
   forward is ~10x faster than the chunked one, but its backward is 8-15x slower than the chunked backward
   (BENCHMARKS.md, benchmarks/ssd.py);
@@ -11,6 +13,7 @@ impl:
 - "scan": the sequential reference, one step per token (kernels/ssd/reference.py);
 - "pallas": the Pallas GPU kernels (kernels/ssd/pallas.py), forward and backward (a custom_vjp whose backward is
   three Pallas kernels; ShapeError naming the shape or dtype when they cannot take it);
+- "pallas_fwd": the Pallas forward kernel with XLA's chunked backward (`ssd_pallas(..., bwd="xla")`);
 - "interpret": that kernel in interpret mode (CPU testing; slow).
 Override per call with `impl=`, process-wide with `use_impl(...)`, or with the environment variable JAXLM_SSD_IMPL.
 """
@@ -26,7 +29,7 @@ from kernels.ssd.chunked import chunked_backward, segsum, ssd_chunked
 from kernels.ssd.pallas import ssd_pallas, unsupported
 from kernels.ssd.reference import expand_groups, ssd_scan, ssd_step
 
-IMPLS = ("auto", "hybrid", "chunked", "scan", "pallas", "interpret")
+IMPLS = ("auto", "hybrid", "chunked", "scan", "pallas", "pallas_fwd", "interpret")
 CHOICE = ImplChoice("SSD", IMPLS, "JAXLM_SSD_IMPL")
 set_impl, use_impl = CHOICE.set, CHOICE.use
 
@@ -39,7 +42,7 @@ def resolve_impl(impl: str | None, x_shape, B_shape, chunk_size: int, *, sharded
     if impl == "auto":
         if jax.default_backend() == "gpu":  # the kernel is not partitioned: XLA's chunked path under a mesh
             fits = unsupported(x_shape, B_shape, chunk_size, dtype) is None and not sharded
-            return "pallas" if fits else "chunked"
+            return "pallas_fwd" if fits else "chunked"  # XLA's backward until the kernels' has run on a GPU
         return "hybrid"
     return impl
 
@@ -61,7 +64,8 @@ def ssd(x, a, B, C, chunk_size: int = 256, initial_state=None, impl: str | None 
         return ssd_scan(x, a, B, C, initial_state)
     if which == "hybrid":
         return ssd_hybrid(x, a, B, C, int(chunk_size), initial_state)
-    return ssd_pallas(x, a, B, C, chunk_size, initial_state, interpret=(which == "interpret"))
+    return ssd_pallas(x, a, B, C, chunk_size, initial_state, interpret=(which == "interpret"),
+                      bwd="xla" if which == "pallas_fwd" else "pallas")
 
 
 __all__ = ["ssd", "ssd_chunked", "ssd_scan", "ssd_hybrid", "ssd_pallas", "ssd_step", "segsum", "expand_groups", "IMPLS",

@@ -57,6 +57,7 @@ from jax.experimental import pallas as pl
 
 from kernels.errors import config_error, shape_error
 from kernels.flute.pallas import lower_for_gpu
+from kernels.ssd.chunked import chunked_backward
 
 F32 = jnp.float32
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -252,7 +253,7 @@ class _Chunks:
 
 
 def _forward(x, a, B, C, initial_state, cfg):
-    chunk_size, interpret, num_warps, _, mode = cfg
+    chunk_size, interpret, num_warps, _, mode = cfg[:5]
     _check(x, B, C, chunk_size)
     b, t, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
@@ -283,7 +284,7 @@ def _forward(x, a, B, C, initial_state, cfg):
 
 def _backward(x, a, B, C, initial_state, dy, dfinal, cfg):
     """The gradients of (x, a, B, C, initial_state) (see the module docstring)."""
-    chunk_size, interpret, num_warps, bwd_chunk, _ = cfg
+    chunk_size, interpret, num_warps, bwd_chunk, _ = cfg[:5]
     b, t, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     q = min(int(chunk_size), t, int(bwd_chunk))
@@ -320,25 +321,32 @@ def _ssd_fwd(x, a, B, C, initial_state, cfg):
 
 
 def _ssd_bwd(cfg, res, cts):
+    if cfg[5] == "xla":  # XLA's chunked backward, recomputed from the inputs (kernels/ssd/chunked.py)
+        return chunked_backward(cfg[0], res, cts)
     return _backward(*res, cts[0], cts[1], cfg)
 
 
 _ssd.defvjp(_ssd_fwd, _ssd_bwd)
 FORWARD_MODES = ("sequential", "parallel")
+BACKWARD_MODES = ("pallas", "xla")
 
 
 def ssd_pallas(x, a, B, C, chunk_size: int = 256, initial_state=None, *, interpret: bool = False,
-               num_warps: int = 4, bwd_chunk: int = 64, forward: str = "sequential"):
+               num_warps: int = 4, bwd_chunk: int = 64, forward: str = "sequential", bwd: str = "pallas"):
     """The chunked SSD kernels (see the module docstring); differentiable through the backward kernels.
     bwd_chunk: the backward's chunk size (a power of two >= 16; min(chunk_size, T) when smaller). forward:
     "sequential" (one program per sequence and head walks the chunks) or "parallel" (chunk-local states, a chunk
-    scan of the states, then the outputs of every chunk in parallel: more programs at small batch x heads)."""
+    scan of the states, then the outputs of every chunk in parallel: more programs at small batch x heads). bwd:
+    "pallas" (the backward kernels) or "xla" (XLA's chunked backward, `kernels.ssd.chunked.chunked_backward`,
+    recomputed from the inputs; what the dispatcher's "auto" uses on GPU until the backward kernels have run there)."""
     _check(x, B, C, chunk_size)
     if not _pow2_ok(int(bwd_chunk)):
         raise shape_error(f"SSD kernel: bwd_chunk={bwd_chunk} needs a power of two >= 16")
     if forward not in FORWARD_MODES:
         raise config_error(f"SSD kernel: forward={forward!r} is not one of {FORWARD_MODES}")
-    cfg = (int(chunk_size), bool(interpret), int(num_warps), int(bwd_chunk), forward)
+    if bwd not in BACKWARD_MODES:
+        raise config_error(f"SSD kernel: bwd={bwd!r} is not one of {BACKWARD_MODES}")
+    cfg = (int(chunk_size), bool(interpret), int(num_warps), int(bwd_chunk), forward, bwd)
     return _ssd(x, a, B, C, initial_state, cfg)
 
 
@@ -358,4 +366,4 @@ def cross_lower(b: int, t: int, h: int, p: int, g: int, n: int, chunk_size: int 
     return lower_for_gpu(fn, *args)
 
 
-__all__ = ["ssd_pallas", "cross_lower", "unsupported", "FORWARD_MODES"]
+__all__ = ["ssd_pallas", "cross_lower", "unsupported", "FORWARD_MODES", "BACKWARD_MODES"]
