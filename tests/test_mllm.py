@@ -187,3 +187,12 @@ def test_a_bos_adding_tokenizer_puts_bos_only_at_the_start():
     assert pre[0] == bos and post and bos not in post + pre[1:]
     x, y, _ = encode_example(bos_tok, "Does the webpage have a table?", "Yes", 64)
     assert x[0] == bos and bos not in list(x[1:]) and bos not in list(y)
+
+
+def test_generator_token_embeddings_follow_a_model_update(tok):
+    model = MLLM(CFG, rngs=nnx.Rngs(0))
+    gen = MLLMGenerator(model, tok, batch=1)
+    ids = tok.encode("Hello world")
+    np.testing.assert_array_equal(gen.token_embeds(ids), np.asarray(model.llm.embed.get_value())[ids])
+    model.llm.embed.set_value(model.llm.embed.get_value() * 2.0)  # an in-place update (an optimizer, nnx.update)
+    np.testing.assert_array_equal(gen.token_embeds(ids), np.asarray(model.llm.embed.get_value())[ids])

@@ -221,6 +221,9 @@ class MLLMGenerator:
     def token_embeds(self, ids) -> np.ndarray:
         """The LLM's input embeddings [T, D] float32 of token ids (cached: the part before the tag repeats)."""
         key = tuple(int(t) for t in ids)
+        table = self.model.llm.embed.get_value()
+        if getattr(self, "_tok_table", None) is not table:  # the model was updated: cached embeddings are stale
+            self._tok_cache, self._tok_table = {}, table
         cache = self._tok_cache
         if key not in cache:
             cache[key] = (np.asarray(embed_prompt_tokens(self._graph, self._state, np.asarray([key], np.int32))[0],
