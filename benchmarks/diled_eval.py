@@ -69,6 +69,10 @@ def train_one(cfg, data, steps, seed, out, lr, init=None, trainable=(), batch=64
     from jaxlm.train import ArrayPipeline, LRSchedule, OptimConfig, PhaseConfig, RunConfig, TrainConfig, train
 
     task = DiLEDTask(cfg, init=init)
+    if cfg.modality == "text":
+        from jaxlm.models.diled.data import save_codec
+
+        save_codec(cfg.ae, out)
     run = RunConfig(name="diled-bench", model=None, optim=OptimConfig(weight_decay=0.0, clip_norm=1.0, b2=0.999),
                     train=TrainConfig(global_batch=batch, seed=seed, data_seed=seed, log_every=100, eval_batches=0,
                                       ckpt_every=steps, keep_latest=1, async_ckpt=False),

@@ -143,6 +143,10 @@ def run(args) -> int:
                             phases=(PhaseConfig(name, n, lr=LRSchedule("cosine", lr_s, lr_s * 0.1,
                                                                         warmup=min(50, n // 10)),
                                                 trainable=tuple(trainable)),))
+        if mod == "text":
+            from jaxlm.models.diled.data import save_codec
+
+            save_codec(cfg_s.ae, out_s)   # the piece table with the run (it is rebuilt from the interpreter's docs)
         return train(run_cfg, ArrayPipeline({k: tr[k] for k in spec_keys}, B, seed=args.seed), mesh, out_s,
                      task=DiLEDTask(cfg_s, init=init), eval_batches=eval_batches, resume=args.resume, stop_at=stop_at,
                      progress=not args.no_progress)

@@ -91,7 +91,12 @@ def load_diled(run_dir, cfg: DiLEDConfig | None = None, step: int | None = None)
     restored = restore_recorded_params(run_dir, "diled", "DiLED", "recipes.diled", abstract_for, step)
     g, params, rest = built["split"]
     nnx.replace_by_pure_dict(params, jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored))
-    return nnx.merge(g, params, rest)
+    model = nnx.merge(g, params, rest)
+    if model.cfg.modality == "text":   # the corpus BPE rebuilt here must be the one saved with the run
+        from jaxlm.models.diled.data import check_saved_codec
+
+        check_saved_codec(model.cfg.ae, run_dir)
+    return model
 
 
 def _diff(a, b, prefix="") -> list[str]:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import json
 import os
+import platform
 import re
 from pathlib import Path
 
@@ -163,12 +165,36 @@ class CorpusBPE:
                     pairs[p] = pairs.get(p, 0) + freq[i]
                     where.setdefault(p, set()).add(i)
             pairs = {p: c for p, c in pairs.items() if c > 0}
-        self.pieces = pieces
-        self.merges = merges
+        self._set(pieces, merges)
+
+    def _set(self, pieces, merges):
+        self.pieces = list(pieces)
+        self.merges = dict(merges)
         self.ids = {p: i for i, p in enumerate(pieces)}
         self.pad_id, self.bos_id, self.eos_id = len(pieces), len(pieces) + 1, len(pieces) + 2
         self.vocab_size = len(pieces) + 3
         self._cache: dict[str, list[int]] = {}
+
+    def spec(self) -> dict:
+        """The whole codec as JSON-able data: {"kind", "pieces", "merges" (in rank order), "sha256"}."""
+        body = {"kind": "corpus_bpe", "pieces": self.pieces,
+                "merges": [list(p) for p, _ in sorted(self.merges.items(), key=lambda kv: kv[1])]}
+        return {**body, "sha256": _spec_sha(body)}
+
+    @classmethod
+    def from_spec(cls, spec: dict, where: str = "the tokenizer spec") -> "CorpusBPE":
+        """The codec `spec()` wrote (its sha256 checked: an edited piece table raises DataError naming `where`)."""
+        try:
+            body = {"kind": spec["kind"], "pieces": list(spec["pieces"]), "merges": [list(m) for m in spec["merges"]]}
+            sha = spec["sha256"]
+        except (KeyError, TypeError) as e:
+            raise DataError(f"{where}: not a corpus BPE spec (missing {e})") from None
+        if body["kind"] != "corpus_bpe" or sha != _spec_sha(body):
+            raise DataError(f"{where}: the corpus BPE spec's sha256 does not match its pieces / merges (the file was "
+                            f"edited or is corrupt)")
+        self = cls.__new__(cls)
+        self._set(body["pieces"], {tuple(m): i for i, m in enumerate(body["merges"])})
+        return self
 
     def _word(self, w: str) -> list[int]:
         if w not in self._cache:
@@ -237,12 +263,73 @@ def text_codec(ae_cfg):
         codec = ByteCodec()
     else:
         codec = corpus_bpe(ae_cfg.decoder.vocab_size)
+    return _checked(codec, ae_cfg)
+
+
+def _checked(codec, ae_cfg):
     got = (codec.vocab_size, codec.pad_id, codec.bos_id, codec.eos_id)
     want = (ae_cfg.decoder.vocab_size, ae_cfg.pad_id, ae_cfg.bos_id, ae_cfg.eos_id)
     if got != want:
         raise ConfigError(f"TextAEConfig(tokenizer={ae_cfg.tokenizer!r}): the tokenizer has (vocab, pad, bos, eos) "
                           f"= {got}, the config {want}")
     return codec
+
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def _spec_sha(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def save_codec(ae_cfg, run_dir) -> Path | None:
+    """Write the corpus BPE a text config uses (its pieces and merges, rebuilt from this interpreter's docs) to
+    run_dir/tokenizer.json, with the Python version; None (nothing written) for the byte tokenizer. A file already
+    there (a resumed run) is kept and checked: check_saved_codec."""
+    if ae_cfg.tokenizer != "bpe":
+        return None
+    f = Path(run_dir) / TOKENIZER_FILE
+    if f.is_file():
+        check_saved_codec(ae_cfg, run_dir)
+        return f
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps({**text_codec(ae_cfg).spec(), "python": platform.python_version()}))
+    return f
+
+
+def load_codec(ae_cfg, run_dir):
+    """The codec saved with a run (run_dir/tokenizer.json), checked against ae_cfg's vocab / specials; the
+    byte tokenizer for tokenizer="bytes". A run saved without the file falls back to text_codec(ae_cfg)."""
+    f = Path(run_dir) / TOKENIZER_FILE
+    if ae_cfg.tokenizer != "bpe" or not f.is_file():
+        return text_codec(ae_cfg)
+    try:
+        spec = json.loads(f.read_text())
+    except ValueError as e:
+        raise DataError(f"{f}: not JSON ({e})") from None
+    return _checked(CorpusBPE.from_spec(spec, str(f)), ae_cfg)
+
+
+def check_saved_codec(ae_cfg, run_dir) -> None:
+    """Raise TokenizerMismatchError naming run_dir/tokenizer.json when the codec text_codec(ae_cfg) rebuilds in
+    this interpreter is not the one the run was trained with (a different Python: other docstrings, other pieces
+    of the same vocab size, silently remapped tokens)."""
+    f = Path(run_dir) / TOKENIZER_FILE
+    if ae_cfg.tokenizer != "bpe" or not f.is_file():
+        return
+    saved = load_codec(ae_cfg, run_dir)
+    now = text_codec(ae_cfg)
+    if saved.spec()["sha256"] != now.spec()["sha256"]:
+        py = json.loads(f.read_text()).get("python", "?")
+        diff = sum(a != b for a, b in zip(saved.pieces, now.pieces)) + abs(len(saved.pieces) - len(now.pieces))
+        raise TokenizerMismatchError(
+            f"{f}: the run's corpus BPE (built under Python {py}) differs from the one this interpreter (Python "
+            f"{platform.python_version()}) rebuilds from its docs in {diff} of {len(saved.pieces)} pieces; decode "
+            f"with data.load_codec(ae_cfg, run_dir) (the saved pieces) or run under Python {py}")
+
+
+class TokenizerMismatchError(DataError):
+    """The tokenizer rebuilt at load is not the one saved with the run."""
 
 
 # ----------------------------------------------------------------------------------------------- digits
@@ -316,5 +403,6 @@ def gifford(path=None, limit: int | None = None) -> dict[str, dict[str, np.ndarr
     return out
 
 
-__all__ = ["encode_text", "decode_text", "doc_sentences", "CorpusBPE", "ByteCodec", "corpus_bpe", "text_codec", "digits", "encode_protein", "decode_protein", "gifford",
+__all__ = ["encode_text", "decode_text", "doc_sentences", "CorpusBPE", "ByteCodec", "corpus_bpe", "text_codec", "save_codec", "load_codec", "check_saved_codec",
+           "TokenizerMismatchError", "TOKENIZER_FILE", "digits", "encode_protein", "decode_protein", "gifford",
            "default_gifford_dir"]
