@@ -80,6 +80,18 @@ def test_recurrent_cache_generation():
     assert batched[2] == naive_greedy(model, prompts[2], 6)  # same length as prompts[0]: one prefill group
 
 
+def test_generator_follows_updated_weights():
+    """nnx.update of the model's weights after a generation: the next one (prefill and the unrolled decode step's
+    per-layer weight copies) uses the new weights, like a fresh Generator."""
+    model, prompt = tiny("smollm2-tiny", seed=2), [[5, 17, 99, 3]]
+    g = Generator(model)
+    before = g.generate_ids(prompt, max_new_tokens=8, ignore_eos=True)
+    nnx.update(model, nnx.state(tiny("smollm2-tiny", seed=4)))
+    after = g.generate_ids(prompt, max_new_tokens=8, ignore_eos=True)
+    assert after == Generator(model).generate_ids(prompt, max_new_tokens=8, ignore_eos=True)
+    assert after != before
+
+
 def test_context_policy(small):
     model, _ = small
     g = Generator(model, context_len=32)

@@ -473,7 +473,10 @@ class Generator:
             state = jax.device_put(state, state_shardings(state, mesh))
         self.graphdef, self.state = graphdef, state
         self.layer_loop = layers_lib.layer_loop(model, mesh, layer_loop)  # DecodeBatch's layer_loop
-        self._layers = None  # per-layer weight copies for the unrolled decode step, made once
+        # per-layer weight copies for the unrolled decode step, and the stacked leaves they were copied from: the
+        # state holds the model's live Variables, so after nnx.update(model, ...) its leaves are new arrays and
+        # the copies are made again (new_batch)
+        self._layers, self._layers_from = None, None
         if eos_ids is None:
             eos_ids = {i for i in (getattr(tokenizer, "eos_id", None), getattr(self.cfg, "eos_token_id", None))
                        if i is not None}
@@ -493,8 +496,10 @@ class Generator:
         return cls(model, tok, **kw)
 
     def new_batch(self, rows: int = 1, capacity: int = MIN_LEN_BUCKET) -> DecodeBatch:
-        if self.layer_loop == "unrolled" and self._layers is None:
-            self._layers = layers_lib.split_layers(self.graphdef, self.state)
+        if self.layer_loop == "unrolled":
+            leaves = jax.tree.leaves(self.state)
+            if self._layers_from is None or any(a is not b for a, b in zip(leaves, self._layers_from)):
+                self._layers, self._layers_from = layers_lib.split_layers(self.graphdef, self.state), leaves
         return DecodeBatch(self.model, rows=rows, capacity=capacity, context_len=self.context_len, mesh=self.mesh,
                            graphdef=self.graphdef, state=self.state, layer_loop=self.layer_loop,
                            layers=self._layers)
