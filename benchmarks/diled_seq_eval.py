@@ -8,7 +8,8 @@ networks and steps, in one script (mean ± std over --seeds):
   VAE and a pretrained DDPM: `--use_pretrained_model --ddpm_pretrain 1`), then the joint objective
   (ddpm_weight 8 text / 1 protein) for --ft-steps at the low --ft-lr (the original fine-tunes at 5e-5);
 - DiLED joint from scratch (the same objective, every part from random init, --steps);
-- text only: a VAE (Optimus-style learned variance, KL weight --kl-weight, samples from the N(0, I) prior).
+- a VAE (learned variance: Optimus-style for text, a log-variance head next to μ for proteins; KL weight
+  --kl-weight; samples from the N(0, I) prior).
 
 Text metrics on 256 held-out sentences: reconstruction BLEU (sacrebleu corpus BLEU, greedy decode from μ) and token
 accuracy (and BLEU on 256 training sentences: fitting vs generalizing), next to a trivial baseline (every held-out sentence "reconstructed" as the decode of the mean training
@@ -46,7 +47,7 @@ DEFAULTS = {"text": dict(steps=3000,  # the 2026-12-02 table: --steps 1000 (time
                                   lr=5e-3, ddpm_steps=300, ft_steps=300, ft_lr=5e-4),
             "protein": dict(steps=2000, lr=1e-3, ddpm_steps=500, ft_steps=500, ft_lr=1e-4)}
 TITLE = {"text": "DiLED on Python-doc sentences: joint vs autoencoder, two-stage, VAE (benchmarks/diled_seq_eval.py)",
-         "protein": "DiLED on Gifford CDR3: joint vs autoencoder, two-stage (benchmarks/diled_seq_eval.py)"}
+         "protein": "DiLED on Gifford CDR3: joint vs autoencoder, two-stage, VAE (benchmarks/diled_seq_eval.py)"}
 
 
 def distinct(sents, n: int) -> float:
@@ -128,7 +129,9 @@ def protein_eval(model, held, tr, seed, gen_from: str, n_gen: int) -> dict:
     rec = np.concatenate([np.asarray(api.reconstruct(model, {"tokens": x[i:i + 512]})) for i in range(0, len(x), 512)])
     out = {"recon_acc": float(np.mean(rec == x))}
     gen = None
-    if gen_from != "none":
+    if gen_from == "prior":
+        gen = api.decode(model, jax.random.normal(jax.random.key(1000 + seed), (n_gen, model.cfg.latent_dim)))
+    elif gen_from != "none":
         _, gen = api.generate(model, n_gen, jax.random.key(1000 + seed))
     m = protein_metrics(model, tr, held, np.asarray(gen) if gen is not None else np.zeros((0, x.shape[1]), np.int32),
                         api)
@@ -173,7 +176,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    from jaxlm.models.diled.model import diled_config
+    from jaxlm.models.diled.model import diled_config, vae_config
     from recipes.diled import load_data
 
     base = diled_config(mod, **({} if args.ddpm_weight is None else {"ddpm_weight": args.ddpm_weight}))
@@ -187,8 +190,6 @@ def main(argv=None) -> int:
     tr, te, _ = load_data(mod, base)
     held = {k: v[:256] for k, v in te.items()} if mod == "text" else te
     names = [n for n in MODELS if n in args.models] if args.models else list(MODELS)
-    if mod == "protein":
-        names = [n for n in names if n != "VAE"]
     lm = None if (mod != "text" or args.no_lm) else LMScorer()
     real_ppl = None
     if lm is not None:
@@ -230,8 +231,7 @@ def main(argv=None) -> int:
             elif name == MODELS[3]:
                 m, gen = fit(base, args.steps, seed, root / "joint", args.lr), "ddpm"
             else:
-                m, gen = fit(base.replace(objective="vae", kl_weight=args.kl_weight), args.steps, seed, root / "vae",
-                             args.lr), "prior"
+                m, gen = fit(vae_config(base, args.kl_weight), args.steps, seed, root / "vae", args.lr), "prior"
             r = (text_eval(m, held, tr, seed, lm, gen, args.n_gen) if mod == "text" else
                  protein_eval(m, held, tr, seed, gen, args.n_gen))
             rows[name].append(r)
@@ -299,8 +299,8 @@ def report(args, mod, names, rows, real_ppl, jax) -> int:
         head = (f"### {utc_now()} — {platform.machine()} {jax.device_count()} x {jax.devices()[0].platform}; "
                 f"{args.steps} steps (lr {args.lr}), two-stage DDPM {args.ddpm_steps} steps, warm start + "
                 f"{args.ft_steps} joint steps (lr {args.ft_lr}), "
-                f"seeds {args.seeds}" + (f", VAE kl_weight {args.kl_weight}, tokenizer {_tokenizer_note(args)}"
-                                         if mod == "text" else "")
+                f"seeds {args.seeds}, VAE kl_weight {args.kl_weight}"
+                + (f", tokenizer {_tokenizer_note(args)}" if mod == "text" else "")
                 + f"; jax {jax.__version__}; CPU shared with other agents (under load: load average "
                 f"{os.getloadavg()[0]:.1f} at the end)")
         record(TITLE[mod], intro, head + "\n\n" + text + ("\n\nInterpolations (α = 0.2 .. 0.8):\n\n" + "\n".join(inter)

@@ -166,5 +166,31 @@ def test_presets_construct_and_round_trip_through_the_checkpoint_record():
     assert (paper.latent_dim, paper.loss.num_steps, paper.loss.ddpm_weight, paper.ae.max_len) == (128, 1000, 8.0, 32)
     assert (paper.denoiser.hidden, paper.denoiser.num_layers) == (2048, 20)
     assert diled_config("protein", "paper").latent_dim == 30 and diled_config("protein").joint_regressor
-    with pytest.raises(ConfigError, match="objective='vae' is the image / text baseline; modality='protein'"):
+    with pytest.raises(ConfigError, match=r"objective='vae' with modality='protein' needs ae.learned_variance=True"):
         diled_config("protein").replace(objective="vae")
+
+
+def test_protein_vae_baseline_adds_a_log_variance_head_and_trains_the_fitness_head():
+    """vae_config(protein): the same networks plus a log-variance head; loss = rec + kl_weight * KL + fitness MSE
+    (the joint_regressor term every protein model trains); the DiLED preset has no head and says so."""
+    from jaxlm.models.diled.model import DiLED, loss_jit, vae_config
+
+    base = diled_config("protein")
+    cfg = vae_config(base, 0.1)
+    assert (cfg.objective, cfg.kl_weight, cfg.ae.learned_variance, cfg.joint_regressor) == ("vae", 0.1, True, True)
+    abstract = nnx.eval_shape(lambda: DiLED(base, rngs=nnx.Rngs(0)))
+    assert "to_logvar" not in nnx.to_pure_dict(nnx.state(abstract))["ae"]
+    with pytest.raises(ConfigError, match="learned_variance=False"):
+        abstract.ae.encode_stats({"tokens": jnp.zeros((2, 20), jnp.int32)})
+    import dataclasses
+
+    small = dataclasses.replace(cfg.ae.encoder, num_layers=1, hidden_size=32, intermediate_size=32)
+    rng = np.random.default_rng(0)
+    g, st = nnx.split(nnx.eval_shape(lambda: DiLED(cfg.replace(ae=dataclasses.replace(cfg.ae, encoder=small, hidden=32)),
+                                                   rngs=nnx.Rngs(0))))
+    st = jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.2, x.shape), x.dtype), st)   # no init compile
+    batch = {"tokens": jnp.asarray(rng.integers(0, 22, (4, 20)), jnp.int32),
+             "fitness": jnp.asarray(rng.normal(size=4), jnp.float32)}
+    total, m = loss_jit(g, st, batch, jax.random.key(0))
+    assert set(m) == {"rec", "kl", "fitness_mse"} and float(m["kl"]) > 0
+    np.testing.assert_allclose(float(total), float(m["rec"] + 0.1 * m["kl"] + m["fitness_mse"]), rtol=1e-6)

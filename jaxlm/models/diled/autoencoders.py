@@ -226,6 +226,7 @@ class ProteinAEConfig:
     groups: int = 8
     fitness_head: bool = True
     pad_weight: float = EDDPM_PROTEIN_PAD_WEIGHT
+    learned_variance: bool = False   # + a log-variance head next to to_mu (the VAE baseline; DiLED fixes it)
 
     def __post_init__(self):
         if self.encoder.vocab_size != len(PROTEIN_ALPHABET):
@@ -240,6 +241,8 @@ class ProteinAE(nnx.Module):
         self.encoder = DecoderLM(cfg.encoder, rngs=rngs)
         self.attn_pool = Linear(E, 1, ("embed", None), bias=True, rngs=rngs)
         self.to_mu = Linear(E, d, ("embed", None), bias=True, rngs=rngs, std=1.0 / math.sqrt(E))
+        if cfg.learned_variance:
+            self.to_logvar = Linear(E, d, ("embed", None), bias=True, rngs=rngs, std=1.0 / math.sqrt(E))
         self.d_in = Linear(d, L * (H // 2), (None, "mlp"), bias=True, rngs=rngs, std=1.0 / math.sqrt(d))
         self.d_c1 = Conv(H // 2, H, (3,), bias=False, rngs=rngs)
         self.d_n1 = GroupNorm(H, cfg.groups)
@@ -255,13 +258,23 @@ class ProteinAE(nnx.Module):
         if ids.ndim != 2 or ids.shape[1] != self.cfg.seq_len:
             raise ShapeError(f"protein tokens have shape {tuple(ids.shape)}; expected [B, {self.cfg.seq_len}]")
 
-    def encode(self, batch):
+    def _pooled(self, batch):
         ids = batch["tokens"]
         self.check_tokens(ids)
         _, _, _, h = self.encoder(ids, return_hidden=True)
         h = self.encoder.final_norm(h)
         a = jax.nn.softmax(self.attn_pool(h), axis=1)      # [B, L, 1]
-        return self.to_mu((a * h).sum(1))
+        return (a * h).sum(1)
+
+    def encode(self, batch):
+        return self.to_mu(self._pooled(batch))
+
+    def encode_stats(self, batch):
+        """(μ, log-variance) [B, d] each; needs learned_variance=True (the VAE baseline)."""
+        if not self.cfg.learned_variance:
+            raise ConfigError("ProteinAE.encode_stats: ProteinAEConfig.learned_variance=False (no log-variance head)")
+        p = self._pooled(batch)
+        return self.to_mu(p), self.to_logvar(p)
 
     def decode(self, z):
         c = self.cfg

@@ -46,8 +46,8 @@ class DiLEDConfig:
     denoiser: MLPSkipNetConfig = field(default_factory=lambda: MLPSkipNetConfig(16, **MLPSKIPNET_TINY))
     loss: DiLEDLossConfig = field(default_factory=DiLEDLossConfig)
     joint_regressor: bool = False     # proteins: + MSE(fitness(z), y) (the original's --joint_regressor)
-    objective: str = "diled"          # "diled" | "vae" (image / text baseline: learned variance, kl_weight * KL,
-                                      # prior samples)
+    objective: str = "diled"          # "diled" | "vae" (the baseline: learned variance, kl_weight * KL,
+                                      # prior samples; proteins need ae.learned_variance: vae_config)
     kl_weight: float = 1.0
 
     def __post_init__(self):
@@ -61,9 +61,9 @@ class DiLEDConfig:
                               f"ae.latent_dim={self.ae.latent_dim}")
         if self.objective not in ("diled", "vae"):
             raise ConfigError(f"objective={self.objective!r}: expected 'diled' or 'vae'")
-        if self.objective == "vae" and self.modality == "protein":
-            raise ConfigError(f"objective='vae' is the image / text baseline; modality={self.modality!r} has no "
-                              f"learned-variance encoder")
+        if self.objective == "vae" and self.modality == "protein" and not self.ae.learned_variance:
+            raise ConfigError("objective='vae' with modality='protein' needs ae.learned_variance=True (a "
+                              "log-variance head); see vae_config()")
         if self.joint_regressor and not (self.modality == "protein" and self.ae.fitness_head):
             raise ConfigError("DiLEDConfig.joint_regressor needs modality='protein' with ae.fitness_head=True")
 
@@ -110,6 +110,13 @@ def diled_config(modality: str, size: str = "tiny", **loss_overrides) -> DiLEDCo
         loss = DiLEDLossConfig(num_steps=1000 if paper else 200, ddpm_weight=EDDPM_PROTEIN_DDPM_WEIGHT)
     den = MLPSkipNetConfig(ae.latent_dim, **(MLPSKIPNET_PAPER if paper else MLPSKIPNET_TINY))
     return DiLEDConfig(modality, ae, den, loss.replace(**loss_overrides), joint_regressor=modality == "protein")
+
+
+def vae_config(cfg: DiLEDConfig, kl_weight: float | None = None) -> DiLEDConfig:
+    """The VAE baseline of a preset: the same networks, objective='vae' (proteins: + the log-variance head)."""
+    if cfg.modality == "protein":
+        cfg = cfg.replace(ae=dataclasses.replace(cfg.ae, learned_variance=True))
+    return cfg.replace(objective="vae", kl_weight=cfg.kl_weight if kl_weight is None else kl_weight)
 
 
 class DiLED(nnx.Module):
@@ -174,7 +181,13 @@ def _vae_loss(model, batch, rng):
     z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mu.shape, mu.dtype)
     rec = _rec(model, z, batch, rng)
     kl = 0.5 * jnp.sum(mu * mu + jnp.exp(logvar) - logvar - 1.0, axis=-1)
-    return jnp.mean(rec) + model.cfg.kl_weight * jnp.mean(kl), {"rec": rec.mean(), "kl": kl.mean()}
+    total = jnp.mean(rec) + model.cfg.kl_weight * jnp.mean(kl)
+    metrics = {"rec": rec.mean(), "kl": kl.mean()}
+    if model.cfg.joint_regressor:   # proteins: the fitness head trains on z as in every other protein model
+        reg = jnp.mean((model.ae.fitness(z) - batch["fitness"]) ** 2)
+        total = total + reg
+        metrics["fitness_mse"] = reg
+    return total, metrics
 
 
 def _loss_pure(graphdef, state, batch, rng):
@@ -183,4 +196,4 @@ def _loss_pure(graphdef, state, batch, rng):
 
 loss_jit = jax.jit(_loss_pure, static_argnums=0)
 
-__all__ = ["DiLED", "DiLEDConfig", "diled_config", "diled_loss", "loss_jit", "init_diled", "jit_init", "MODALITIES", "check_modality"]
+__all__ = ["DiLED", "DiLEDConfig", "diled_config", "vae_config", "diled_loss", "loss_jit", "init_diled", "jit_init", "MODALITIES", "check_modality"]
