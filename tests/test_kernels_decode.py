@@ -127,6 +127,30 @@ def test_unrolled_step_reads_weights_and_cache_once():
     assert 0.95 < wpasses < 1.3, wpasses
 
 
+def test_auto_layer_loop_byte_cap(monkeypatch):
+    """"auto" unrolls (a second copy of the layer weights) only up to MAX_UNROLLED layers and
+    min(MAX_UNROLLED_BYTES, host RAM / 8) bytes of layer weights."""
+    from flax import nnx
+
+    import jaxlm.infer.layers as layers_lib
+    from jaxlm.config import preset
+    from jaxlm.infer.layers import MAX_UNROLLED, MAX_UNROLLED_BYTES, layer_loop, unrolled_fits
+    from jaxlm.models.decoder import DecoderLM
+
+    model = DecoderLM(preset("smollm2-tiny"), rngs=nnx.Rngs(0))
+    assert layer_loop(model, None, "auto") == "unrolled"  # CPU
+    monkeypatch.setattr(layers_lib, "MAX_UNROLLED_BYTES", 1024)  # below this model's layer weights
+    assert layer_loop(model, None, "auto") == "scan"
+    monkeypatch.undo()
+
+    gib = 1 << 30
+    assert unrolled_fits(30, 540 << 20, 64 * gib)  # SmolLM2-135M-sized f32 layers
+    assert not unrolled_fits(32, 27 * gib, 128 * gib)  # a 7B model in float32
+    assert unrolled_fits(4, MAX_UNROLLED_BYTES, None) and not unrolled_fits(4, MAX_UNROLLED_BYTES + 1, None)
+    assert not unrolled_fits(4, gib + 1, 8 * gib) and unrolled_fits(4, gib, 8 * gib)  # RAM / 8
+    assert not unrolled_fits(MAX_UNROLLED + 1, 1, None)
+
+
 @pytest.mark.slow
 def test_decode_step_cache_passes():
     """Bytes XLA's cost model charges per byte of cache (slope over two capacities) stay below 4: the in-place

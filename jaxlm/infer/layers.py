@@ -14,13 +14,16 @@ the compiled program).
   memory while a batch holds them).
 - `decode_forward(model, layers, tok, cache)`: the DecoderLM forward for one token per row over them.
 - `layer_loop(model, mesh, choice)`: "unrolled" or "scan" for a model; "auto" picks the unrolled step on CPU for a
-  DecoderLM of at most `MAX_UNROLLED` layers without a multi-device mesh (compile time grows with the layers; the
-  scan stays for sharded runs and accelerators, where it is not measured). Override with `layer_loop=` on
+  DecoderLM of at most `MAX_UNROLLED` layers without a multi-device mesh whose layer weights fit
+  `unrolled_fits` (at most min(`MAX_UNROLLED_BYTES` = 2 GiB, 1/8 of host RAM): the per-layer copies double the
+  layer weights' memory, e.g. ~27 GB more for a 7B model in float32). Compile time grows with the layers; the
+  scan stays for sharded runs and accelerators, where it is not measured. Override with `layer_loop=` on
   `DecodeBatch` / `Generator`, `use_layer_loop(...)` or JAXLM_DECODE_LAYERS.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -34,6 +37,7 @@ from jaxlm.nn.decode import LayerCache
 from kernels.impl import ImplChoice
 
 MAX_UNROLLED = 64
+MAX_UNROLLED_BYTES = 2 << 30  # "auto"'s cap on the layer weights copied per layer (see unrolled_fits)
 LOOPS = ("auto", "scan", "unrolled")
 CHOICE = ImplChoice("decode layer loop", LOOPS, "JAXLM_DECODE_LAYERS")
 set_layer_loop, use_layer_loop = CHOICE.set, CHOICE.use
@@ -67,6 +71,21 @@ class LayerListCache:
         return self.k[0].shape[1]
 
 
+def host_memory_bytes() -> int | None:
+    """Physical memory of this host (None where os.sysconf cannot tell)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def unrolled_fits(num_layers: int, layer_bytes: int, host_bytes: int | None = None) -> bool:
+    """Whether "auto" may unroll: at most MAX_UNROLLED layers, and layer weights (which the unrolled step holds a
+    second copy of) of at most min(MAX_UNROLLED_BYTES, host_bytes / 8)."""
+    cap = MAX_UNROLLED_BYTES if host_bytes is None else min(MAX_UNROLLED_BYTES, host_bytes // 8)
+    return num_layers <= MAX_UNROLLED and layer_bytes <= cap
+
+
 def layer_loop(model, mesh=None, choice: str | None = None) -> str:
     """The decode step's layer loop for `model`: "unrolled" (per-layer buffers) or "scan" (see the module doc)."""
     choice = CHOICE.get(choice)
@@ -79,7 +98,10 @@ def layer_loop(model, mesh=None, choice: str | None = None) -> str:
     if choice != "auto":
         return choice
     sharded = mesh is not None and mesh.size > 1
-    small = fits and model.cfg.num_layers <= MAX_UNROLLED
+    if not fits:
+        return "scan"
+    layer_bytes = sum(a.size * jnp.dtype(a.dtype).itemsize for a in jax.tree.leaves(nnx.state(model.layers)))
+    small = unrolled_fits(model.cfg.num_layers, layer_bytes, host_memory_bytes())
     return "unrolled" if small and not sharded and jax.default_backend() == "cpu" else "scan"
 
 
@@ -108,4 +130,4 @@ def decode_forward(model: DecoderLM, layers: tuple, tok, cache: LayerListCache):
 
 
 __all__ = ["LayerListCache", "decode_forward", "layer_loop", "split_layers", "set_layer_loop", "use_layer_loop",
-           "MAX_UNROLLED", "LOOPS"]
+           "MAX_UNROLLED", "MAX_UNROLLED_BYTES", "unrolled_fits", "host_memory_bytes", "LOOPS"]
