@@ -90,14 +90,16 @@ def test_decode_step_updates_the_cache_in_place():
     """From the compiled decode step: the donated cache is aliased to the output and no op copies the stacked cache
     (the old slice-in / stack-out scan copied it twice per step outside the loop). Batch 1 too: there XLA would
     turn the one-slot scatter into a dynamic-update-slice and copy the cache around it. The layer scan still copies
-    each layer's weights (and cache) out of the stack; the unrolled step over per-layer buffers copies nothing."""
+    each layer's weights (and cache) out of the stack today; the unrolled step over per-layer buffers copies
+    nothing (asserted; the scan's copies are XLA's to remove)."""
     for loop, batch in (("scan", 1), ("unrolled", 1), ("unrolled", 4)):
         compiled, _, args, cache = _step(loop, batch, 64)
         hlo = compiled.as_text()
         aliased, copies = hlo_facts(hlo, jax.tree.leaves(cache.k)[0].shape)
         assert aliased and not copies, (batch, loop, copies[:2])
-        copied = materialised(hlo, layer_shapes(args, cache))
-        assert bool(copied) == (loop == "scan"), (batch, loop, copied)
+        if loop == "unrolled":
+            copied = materialised(hlo, layer_shapes(args, cache))
+            assert not copied, (batch, loop, copied)
 
 
 _STEPS = {}
@@ -122,9 +124,9 @@ def test_unrolled_step_reads_weights_and_cache_once():
     weights = sum(x.nbytes for x in jax.tree.leaves(a1[0]))
     wpasses = (bytes_accessed(c1) - passes * cache(k1)) / weights
     # one read, plus the softmax's [B, S, KV, G] intermediates (0.6 of a pass at this tiny head_dim; 0.2 at
-    # SmolLM2's); a copy of a layer's cache would add 2 (read + write)
+    # SmolLM2's); a copy of a layer's cache would add 2 (read + write), a copy of the weights 2 (~3 passes)
     assert 0.9 < passes < 2.0, passes
-    assert 0.95 < wpasses < 1.3, wpasses
+    assert 0.9 < wpasses < 1.5, wpasses  # each weight read once (at least once, at most half a pass to spare)
 
 
 def test_auto_layer_loop_byte_cap(monkeypatch):
