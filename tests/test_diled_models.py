@@ -173,6 +173,8 @@ def test_presets_construct_and_round_trip_through_the_checkpoint_record():
 def test_protein_vae_baseline_adds_a_log_variance_head_and_trains_the_fitness_head():
     """vae_config(protein): the same networks plus a log-variance head; loss = rec + kl_weight * KL + fitness MSE
     (the joint_regressor term every protein model trains); the DiLED preset has no head and says so."""
+    import dataclasses
+
     from jaxlm.models.diled.model import DiLED, loss_jit, vae_config
 
     base = diled_config("protein")
@@ -182,8 +184,6 @@ def test_protein_vae_baseline_adds_a_log_variance_head_and_trains_the_fitness_he
     assert "to_logvar" not in nnx.to_pure_dict(nnx.state(abstract))["ae"]
     with pytest.raises(ConfigError, match="learned_variance=False"):
         abstract.ae.encode_stats({"tokens": jnp.zeros((2, 20), jnp.int32)})
-    import dataclasses
-
     small = dataclasses.replace(cfg.ae.encoder, num_layers=1, hidden_size=32, intermediate_size=32)
     rng = np.random.default_rng(0)
     g, st = nnx.split(nnx.eval_shape(lambda: DiLED(cfg.replace(ae=dataclasses.replace(cfg.ae, encoder=small, hidden=32)),
