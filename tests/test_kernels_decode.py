@@ -64,6 +64,11 @@ def test_bf16_rounding_and_dispatcher():
         return _reference(q, k, v, 1, LENGTHS, bf16_round=True), decode_attend(q, cache, LENGTHS, bf16_round=True), ker
 
     ref, xla, ker = paths(k, v, q)
+    # attend's bf16 rounding is a reduce-precision op, which XLA keeps (an f32 -> bf16 -> f32 pair it may drop)
+    f32 = lambda t: t.astype(jnp.float32)
+    rounded = jax.jit(lambda k, q: attend(q, k, k, bf16_round=True, causal=False)).lower(f32(k[1]), f32(q))
+    rounded = rounded.compile().as_text()
+    assert "reduce-precision" in rounded and "bf16[" not in rounded
     np.testing.assert_allclose(xla, ref, atol=1e-6)
     np.testing.assert_allclose(ker, ref, atol=1e-6)
     cache = LayerCache(k, v, jnp.int32(1))

@@ -124,8 +124,11 @@ def attend(q, k, v, q_pos=None, k_pos=None, scale: float | None = None, bf16_rou
         if which == "chunked":  # plain XLA: the partitioner shards it like the reference
             return kattn.attention(q, k, v, q_pos, k_pos, *(segs or (None, None)), kv_mask=kv_mask, **kw)
         return _per_shard(q, k, v, q_pos, k_pos, segs, kv_mask, kw)
-    if bf16_round:  # MobiLlama reference: flash-attn on bfloat16 inputs
-        q, k, v = (t.astype(jnp.bfloat16).astype(jnp.float32) for t in (q, k, v))
+    # MobiLlama reference: flash-attn on bfloat16 inputs. reduce_precision, not an f32 -> bf16 -> f32 convert pair
+    # (which XLA may drop as a no-op round trip)
+    to_bf16 = lambda t: jax.lax.reduce_precision(t.astype(jnp.float32), exponent_bits=8, mantissa_bits=7)
+    if bf16_round:
+        q, k, v = (to_bf16(t) for t in (q, k, v))
     g = "g" if H > KV else ""  # no size-1 group axis: on XLA CPU it costs layout copies (~10% of a train step)
     qg = q.reshape(B, T, KV, H // KV, D) if g else q
     s = jnp.einsum(f"btk{g}d,bskd->bk{g}ts", qg, k, preferred_element_type=jnp.float32) * scale
@@ -136,7 +139,7 @@ def attend(q, k, v, q_pos=None, k_pos=None, scale: float | None = None, bf16_rou
     o = jnp.einsum(f"bk{g}ts,bskd->btk{g}d", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     o = o.reshape(B, T, H, D)
     if bf16_round:
-        o = o.astype(jnp.bfloat16)
+        o = to_bf16(o)
     return o.astype(q.dtype)
 
 
