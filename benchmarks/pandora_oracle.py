@@ -1,7 +1,8 @@
 """Pandora's stage-(a) oracle diagnostic: can the video model follow a PERFECT action embedding at all?
 
 The action text is replaced by one token, the action's class id (colour x direction of the sprite world; the step
-count is dropped, so the class fixes which sprite moves and where, not how far), and the video model + bag-of-words
+count is dropped, so the class fixes which sprite moves and where, not how far; `--oracle full` adds the count, so
+the next clip is a function of the frames and the token), and the video model + bag-of-words
 embedding train on stage (a)'s loss (jaxlm.pandora.task.stage_loss, "dynamics"). Every `--probe-every` steps, on 2
 fixed held-out batches of 32: the one-step x0 prediction at t = T-1 (pure noise under the zero-terminal-SNR
 schedule, so x0 = -v and the prediction is the model's E[next clip | frames, action]) and its MSE to the true
@@ -29,7 +30,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def run_variant(overrides: dict, steps: int, batch: int, lr: float, probe_every: int, log=print) -> dict:
+def step_count(text: str) -> int:
+    """The sprite world's step count of an action text (its _COUNT_TEXT phrasings): 1, 2 or 3."""
+    t = str(text).lower()
+    return 3 if ("three" in t or "3 " in t) else 2 if ("twice" in t or "two" in t or "2 " in t) else 1
+
+
+def run_variant(overrides: dict, steps: int, batch: int, lr: float, probe_every: int, log=print,
+                oracle_kind: str = "class") -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -51,7 +59,10 @@ def run_variant(overrides: dict, steps: int, batch: int, lr: float, probe_every:
 
     def oracle(b):
         ids, mask = np.zeros_like(b["action_ids"]), np.zeros_like(b["action_mask"])
-        ids[:, 0], mask[:, 0] = b["action_class"] + 7, 1
+        cls = b["action_class"]
+        if oracle_kind == "full":  # class x step count: the clip is then a function of (frames, action)
+            cls = cls * 3 + np.asarray([step_count(t) - 1 for t in b["action_text"]])
+        ids[:, 0], mask[:, 0] = cls + 7, 1
         return {"before": jnp.asarray(b["before"]), "after": jnp.asarray(b["after"]),
                 "action_ids": jnp.asarray(ids), "action_mask": jnp.asarray(mask)}
 
@@ -93,7 +104,7 @@ def run_variant(overrides: dict, steps: int, batch: int, lr: float, probe_every:
             rows.append(row)
             log(f"  {json.dumps(overrides)} step {s + 1}: loss {row['loss']:.4f}  x0 err true {pr['true']:.4f}  "
                 f"other {pr['other']:.4f}  no-move {pr['no-move']:.4f}  {row['wall_s']:.0f}s  load {row['load']:.1f}")
-    return {"variant": overrides, "steps": steps, "batch": batch, "lr": lr, "curve": rows, **rows[-1]}
+    return {"variant": overrides, "oracle": oracle_kind, "steps": steps, "batch": batch, "lr": lr, "curve": rows, **rows[-1]}
 
 
 def main(argv=None):
@@ -103,17 +114,19 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--probe-every", type=int, default=50)
+    ap.add_argument("--oracle", choices=("class", "full"), default="class",
+                    help="class: colour x direction (the count dropped); full: also the step count")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     a = ap.parse_args(argv)
     results = []
     for v in a.variant or ["{}"]:
-        results.append(run_variant(json.loads(v), a.steps, a.batch, a.lr, a.probe_every))
+        results.append(run_variant(json.loads(v), a.steps, a.batch, a.lr, a.probe_every, oracle_kind=a.oracle))
         if a.out:
             Path(a.out).write_text(json.dumps(results, indent=1))
-    print("| variant | steps | x0 err true | other | no-move | wall s | load |")
-    print("|---|---|---|---|---|---|---|")
+    print("| variant | oracle | steps | x0 err true | other | no-move | wall s | load |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| `{json.dumps(r['variant'])}` | {r['steps']} | {r['true']:.4f} | {r['other']:.4f} | "
+        print(f"| `{json.dumps(r['variant'])}` | {r['oracle']} | {r['steps']} | {r['true']:.4f} | {r['other']:.4f} | "
               f"{r['no-move']:.4f} | {r['wall_s']:.0f} | {r['load']:.1f} |")
     return results
 
