@@ -122,3 +122,13 @@ def test_residual_target_round_trips_and_copy_is_zero():
         np.testing.assert_allclose(np.asarray(clip_from_target(c, before, y)), x[:, 2:], atol=1e-6)
     copy = jnp.broadcast_to(before[:, -1:], after.shape)
     assert float(jnp.abs(clip_target(CFG, before, copy)).max()) == 0.0
+
+
+def test_context_frames_stay_in_place_on_channels():
+    """The video model's channel-concatenated condition: pixel (h, w) carries each context frame's own (h, w)."""
+    from jaxlm.pandora.video import frames_on_channels
+
+    f = np.arange(2 * 3 * 4 * 5 * 3, dtype=np.float32).reshape(2, 3, 4, 5, 3)
+    out = np.asarray(frames_on_channels(jnp.asarray(f)))
+    assert out.shape == (2, 1, 4, 5, 9)
+    np.testing.assert_array_equal(out[1, 0, 2, 3], f[1, :, 2, 3].reshape(-1))

@@ -42,6 +42,14 @@ def unpatchify(x, p: int, H: int, W: int, C: int):
     return x.reshape(B, T, H, W, C)
 
 
+def frames_on_channels(frames):
+    """[B, Tb, H, W, C] -> [B, 1, H, W, Tb·C]: pixel (h, w) carries every frame's (h, w). (The frames' axis moves
+    next to the channels first: a plain reshape puts pixels of other rows and frames at each (h, w), which
+    scrambled the condition spatially before 2026-12-02.)"""
+    B, Tb, H, W, C = frames.shape
+    return frames.transpose(0, 2, 3, 1, 4).reshape(B, 1, H, W, Tb * C)
+
+
 def _modulate(x, shift, scale):
     return x * (1.0 + scale) + shift
 
@@ -110,7 +118,7 @@ class VideoDiT(nnx.Module):
             raise ShapeError(f"VideoDiT: x_t has shape {tuple(x_t.shape)}; expected [B, clip_len={cfg.clip_len}, "
                              f"{cfg.frame_size}, {cfg.frame_size}, 3]")
         p = cfg.video_patch
-        ctx_frames = frames.reshape(B, 1, H, W, -1) * jnp.ones((1, Ta, 1, 1, 1), frames.dtype)
+        ctx_frames = frames_on_channels(frames) * jnp.ones((1, Ta, 1, 1, 1), frames.dtype)
         h = self.patch_in(patchify(jnp.concatenate([x_t, ctx_frames.astype(x_t.dtype)], axis=-1), p))
         h = h + self.pos_space[...][None, None] + self.pos_time[...][None, :, None]
         temb = self.temb(t)
@@ -123,4 +131,4 @@ class VideoDiT(nnx.Module):
         return unpatchify(self.out(_modulate(self.norm_out(h), sh, sc)), p, H, W, C)
 
 
-__all__ = ["VideoDiT", "SpaceTimeBlock", "patchify", "unpatchify"]
+__all__ = ["VideoDiT", "SpaceTimeBlock", "patchify", "unpatchify", "frames_on_channels"]
