@@ -117,3 +117,15 @@ def test_align_normalizer_is_floored_for_identical_rows():
     varied = jax.random.normal(jax.random.key(1), (8, 4, 8))
     var = float(jnp.mean((varied - varied.mean(0)) ** 2))
     assert np.isclose(float(align_normalizer(varied)), var, rtol=1e-5)
+
+
+def test_recipe_defaults_and_a_bad_high_t_fraction():
+    import recipes.pandora as R
+    from jaxlm.errors import ConfigError
+    from jaxlm.pandora.world import make_world
+
+    world = make_world("sprites")
+    args = R.build_parser().parse_args([])
+    assert args.steps == "800,200,300" and R.make_config(args, world).high_t_fraction == 0.5
+    with pytest.raises(ConfigError, match=r"--high-t-fraction 1.5: expected a share in \[0, 1\]"):
+        R.make_config(R.build_parser().parse_args(["--high-t-fraction", "1.5"]), world)
