@@ -29,9 +29,9 @@ INTRO = ("Each run: the tiny Pandora (SmolLM2-135M-Instruct truncated, frozen; Q
 
 
 def record_rows(report: dict, path=None) -> Path:
-    from benchmarks.record import record, utc_now
+    from benchmarks.record import load_average, load_label, record, utc_now
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()
     i = report["idm"]
     idm = f"{i['heldout_acc']:.2f} / {i['shuffled_label_acc']:.2f} / {i['chance']:.2f}"
     steps = "/".join(str(s) for s in report["steps"])
@@ -41,8 +41,8 @@ def record_rows(report: dict, path=None) -> Path:
         acc = f"{r['action_acc']:.3f}" if "action_acc" in r else "-"
         lines.append(f"| {utc_now()} | {report['world']} | {steps} | {name} | {r['next_psnr']:.2f} | "
                      f"{r['next_ssim']:.3f} | {roll} | {acc} | {r['cf_diff_actions']:.2f} | "
-                     f"{r['cf_diff_seeds']:.2f} | {idm} | {load:.1f} ({platform.machine()}, 2 shared cores, "
-                     f"under load) |")
+                     f"{r['cf_diff_seeds']:.2f} | {idm} | {load:.1f} ({platform.machine()}, "
+                     f"{os.cpu_count()} cores{load_label(load)}) |")
     return record(TITLE, INTRO, "\n".join(lines), path)
 
 

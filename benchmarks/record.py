@@ -20,6 +20,16 @@ def utc_now(fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime(fmt)
 
 
+def load_average() -> float:
+    """The 1-minute load average (nan where the OS has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def load_label(*loads: float) -> str:
+    """", under load (other jobs)" when any load average exceeds half the cores, else "": rows say how they ran."""
+    return ", under load (other jobs)" if max(loads) > (os.cpu_count() or 1) / 2 else ""
+
+
 def record(title: str, intro: str, block: str, path: Path | None = None) -> Path:
     """Append `block` (table rows, or a dated `### ` sub-section) at the end of the section `## {title}`.
 

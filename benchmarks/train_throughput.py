@@ -193,10 +193,10 @@ def main():
               f"jaxlm / jaxlm-base: {best('jaxlm') / best('jaxlm-base'):.2f}x")
     if a.no_write or a.baseline or a.threads != "both":
         return
-    from benchmarks.record import record, utc_now
+    from benchmarks.record import load_label, record, utc_now
 
     fmt = lambda impl: ", ".join(f"{tok[k]:.0f} ({k.split()[1]})" for k in tok if k.split()[0] == impl)  # noqa: E731
-    loaded = ", under load (other jobs)" if max(load0, load1) > ncpu / 2 else ""
+    loaded = load_label(load0, load1)
     machine = f"{platform.machine()} {ncpu} cpus ({platform.system()}), load avg {load0:.1f} -> {load1:.1f}{loaded}"
     versions = f"{j['version']}, {res[f'torch {ncpu}t']['version']}"
     intro = ("Same Llama-architecture model and batch, float32, AdamW (0.9, 0.95, wd 0.1) + clip 1.0; "

@@ -207,6 +207,7 @@ class MLLMGenerator:
         self.gen = Generator(model.llm, tokenizer, **gen_kw)
         self._graph, self._state = nnx.split(model)
         self._tok_cache: dict[tuple, np.ndarray] = {}
+        self._tok_table = None  # the embedding table the cached embeddings came from
 
     def features(self, images) -> np.ndarray:
         """[B, H, W, C] in [-1, 1] -> [B, N, D] float32, in batches."""
@@ -222,7 +223,7 @@ class MLLMGenerator:
         """The LLM's input embeddings [T, D] float32 of token ids (cached: the part before the tag repeats)."""
         key = tuple(int(t) for t in ids)
         table = self.model.llm.embed.get_value()
-        if getattr(self, "_tok_table", None) is not table:  # the model was updated: cached embeddings are stale
+        if self._tok_table is not table:  # the model was updated: cached embeddings are stale
             self._tok_cache, self._tok_table = {}, table
         cache = self._tok_cache
         if key not in cache:
