@@ -480,6 +480,7 @@ class PandoraConfig:
     target_scale: float = 4.0             # ... times this (input scaling: sprite frames have std ~0.07 per pixel)
     high_t_fraction: float = 0.0          # share of training timesteps drawn from the noisiest 20% (t >= 0.8 T)
     action_adaln: bool = True             # the pooled action tokens also enter the DiT's adaLN (timestep) embedding
+    adapter_input_norm: bool = True       # stage (b) starts by setting the adapter's input standardization from data
     max_rounds: int = 8                   # rollout horizon (Open-Pandora's demo: 5 rounds)
 
     @property

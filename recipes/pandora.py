@@ -86,7 +86,11 @@ def train_stages(cfg, world, tok, out: Path, steps, args, mesh):
         pipe = TransitionPipeline(world, tok, args.batch, max_action_len=cfg.max_action_tokens, seed=args.seed,
                                   step_offset=offset)
         d = out / sub
-        train(run_cfg, pipe, mesh, d, task=PandoraTask(cfg, stage, prev), eval_batches=evb,
+        calib = None
+        if stage == "align":  # the adapter's input standardization is set from 128 training rows' query states
+            calib = TransitionPipeline(world, tok, 128, max_action_len=cfg.max_action_tokens, seed=args.seed,
+                                       step_offset=offset).batch_at(0)
+        train(run_cfg, pipe, mesh, d, task=PandoraTask(cfg, stage, prev, calibration=calib), eval_batches=evb,
               resume=args.resume or (d / "checkpoints").is_dir(), progress=not args.no_progress)
         dirs[stage], prev, offset = d, d, offset + n
     return dirs

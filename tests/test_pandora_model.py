@@ -132,3 +132,26 @@ def test_context_frames_stay_in_place_on_channels():
     out = np.asarray(frames_on_channels(jnp.asarray(f)))
     assert out.shape == (2, 1, 4, 5, 9)
     np.testing.assert_array_equal(out[1, 0, 2, 3], f[1, :, 2, 3].reshape(-1))
+
+
+def test_adapter_input_norm_standardizes_massive_features():
+    """init_input_norm (ActNorm-style): one massive, nearly constant feature (as in a decoder's residual stream)
+    is shifted and scaled to mean 0 / std ~1 per feature, and the forward then equals the un-normalised adapter's
+    forward on the standardised states; a wrong width is a ShapeError."""
+    from jaxlm.pandora.qformer import QFormerAdapter
+
+    def adapter():
+        return QFormerAdapter(16, 8, num_out=4, dim=16, depth=1, heads=2, rngs=nnx.Rngs(0))
+
+    x = np.random.default_rng(0).normal(0, 0.25, (32, 4, 16)).astype(np.float32)
+    x[..., 3] += 20.0
+    ad, plain = adapter(), adapter()
+    np.testing.assert_array_equal(np.asarray(ad(jnp.asarray(x))), np.asarray(plain(jnp.asarray(x))))  # identity
+    mu, scale = ad.init_input_norm(jnp.asarray(x))
+    z = (x - np.asarray(mu)) * np.asarray(scale)
+    assert np.abs(z.mean((0, 1))).max() < 1e-4
+    sd = z.std((0, 1))
+    assert 0.95 < sd.min() and sd.max() <= 1.0, sd
+    np.testing.assert_allclose(np.asarray(ad(jnp.asarray(x))), np.asarray(plain(jnp.asarray(z))), atol=1e-5)
+    with pytest.raises(ShapeError, match=r"init_input_norm.*\[B, N, 16\]"):
+        ad.init_input_norm(jnp.zeros((2, 4, 15)))

@@ -53,13 +53,13 @@ def data(n=8, seed=0):
             "action_mask": (np.arange(32)[None] < rs.randint(3, 20, (n, 1))).astype(np.int32)}
 
 
-def train_stage(stage, steps, out, init=None, stop_at=None, resume=False):
+def train_stage(stage, steps, out, init=None, stop_at=None, resume=False, calibration=None):
     from jaxlm.sharding import make_mesh
     from jaxlm.train import train
 
     mesh = make_mesh("1x1", devices=jax.devices()[:1])
     return train(run_config(stage, steps), ArrayPipeline(data(), 4, seed=0), mesh, out,
-                 task=PandoraTask(CFG, stage, init), resume=resume, stop_at=stop_at, progress=False, plot=False,
+                 task=PandoraTask(CFG, stage, init, calibration), resume=resume, stop_at=stop_at, progress=False, plot=False,
                  print_fn=lambda *a: None)
 
 
@@ -90,7 +90,7 @@ def test_stages_freeze_their_parts_and_resume_exactly(tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a2.state.opt_state),
                                                      jax.tree.leaves(a.state.opt_state)))
 
-    b = train_stage("align", 2, tmp_path / "b", init=tmp_path / "a")  # starts from stage (a)'s checkpoint
+    b = train_stage("align", 2, tmp_path / "b", init=tmp_path / "a", calibration=data(8, 1))  # from (a)'s ckpt
     pb = flat(b.state.params)
     assert same(pb, pa, {"video", "bow"}) and changed(pb, pa, "adapter") and changed(pb, pa, "queries")
     assert same(flat(b.rest), llm0, {"llm"})
@@ -129,3 +129,36 @@ def test_recipe_defaults_and_a_bad_high_t_fraction():
     assert args.steps == "800,200,300" and R.make_config(args, world).high_t_fraction == 0.5
     with pytest.raises(ConfigError, match=r"--high-t-fraction 1.5: expected a share in \[0, 1\]"):
         R.make_config(R.build_parser().parse_args(["--high-t-fraction", "1.5"]), world)
+
+
+def test_align_stage_sets_the_adapter_input_norm_from_its_calibration_batch():
+    """Stage (b) given a calibration batch starts with the adapter's input standardization set from the LLM's
+    query states on it (shift = their per-feature mean); other stages, or adapter_input_norm=False, leave the
+    identity."""
+    import jax.numpy as jnp
+
+    from jaxlm.pandora.model import _query_states_fn
+
+    def fresh(cfg=CFG):
+        abstract = nnx.eval_shape(lambda: WorldModel(cfg, rngs=nnx.Rngs(0)))
+        g, st = nnx.split(abstract)
+        rng = np.random.default_rng(0)
+        nnx.replace_by_pure_dict(st, jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.05, x.shape).astype(x.dtype)),
+                                                  nnx.to_pure_dict(st)))
+        m = nnx.merge(g, st)
+        m.adapter.in_shift[...] = jnp.zeros_like(m.adapter.in_shift[...])
+        m.adapter.in_scale[...] = jnp.ones_like(m.adapter.in_scale[...])
+        return m
+
+    calib = data(8, seed=3)
+    m = PandoraTask(CFG, "align", fresh(), calibration=calib).pretrained()
+    g, st = nnx.split(m)
+    qs = np.asarray(_query_states_fn(g, st, jnp.asarray(calib["before"]), jnp.asarray(calib["action_ids"]),
+                                     jnp.asarray(calib["action_mask"])))
+    np.testing.assert_allclose(np.asarray(m.adapter.in_shift[...]), qs.reshape(-1, qs.shape[-1]).mean(0), atol=1e-5)
+    assert not np.allclose(np.asarray(m.adapter.in_scale[...]), 1.0)
+    for task in (PandoraTask(CFG, "instruct", fresh(), calibration=calib),
+                 PandoraTask(CFG.replace(adapter_input_norm=False), "align", fresh(CFG.replace(adapter_input_norm=False)),
+                             calibration=calib)):
+        a = task.pretrained().adapter
+        assert np.all(np.asarray(a.in_shift[...]) == 0) and np.all(np.asarray(a.in_scale[...]) == 1)

@@ -148,6 +148,15 @@ class WorldModel(nnx.Module):
         """Pandora's conditioning: LLM query states -> Q-Former -> [B, adapter_queries, context_dim]."""
         return self.adapter(self.query_states(before, action_ids, action_mask))
 
+    def init_adapter_norm(self, batch: dict) -> None:
+        """ActNorm-style init of the adapter's input standardization (in place) from the LLM's query states of a
+        calibration batch (before [B, T, H, W, 3] float in [-1, 1], action_ids, action_mask): stage (b) starts
+        with it (cfg.adapter_input_norm); see jaxlm.pandora.qformer."""
+        before = jnp.asarray(batch["before"])[:, -self.cfg.context_frames:]
+        g, st = nnx.split(self)
+        qs = _query_states_fn(g, st, before, jnp.asarray(batch["action_ids"]), jnp.asarray(batch["action_mask"]))
+        self.adapter.init_input_norm(qs)
+
     def bow_tokens(self, action_ids, action_mask):
         return self.bow(action_ids, action_mask)
 
@@ -244,6 +253,11 @@ def _init_fn(cfg, seed):
     g = _init_graphdef(cfg)
     st = jax.jit(lambda: nnx.split(WorldModel(cfg, rngs=nnx.Rngs(seed)))[1])()
     return g, st
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _query_states_fn(graphdef, state, before, ids, mask):
+    return nnx.merge(graphdef, state).query_states(before, ids, mask)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7, 8, 9))

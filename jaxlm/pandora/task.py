@@ -1,5 +1,7 @@
 """Pandora's staged training on the shared engine: one `PandoraTask` per stage, each its own run (checkpoints,
-exact resume, metrics), the next stage starting from the previous one's final checkpoint.
+exact resume, metrics), the next stage starting from the previous one's final checkpoint. Stage (b) given a
+`calibration` batch first sets the adapter's input standardization from the LLM's query states on it
+(cfg.adapter_input_norm; ActNorm-style data-dependent init, see jaxlm.pandora.qformer).
 
     (a) "dynamics":  the video model (and the bag-of-words action embedding) learns the world's dynamics: the next
                      clip given the previous frames, conditioned on the bag-of-words action tokens, which are
@@ -95,8 +97,9 @@ class PandoraTask(Task):
 
     param_filter = TRAINED
 
-    def __init__(self, cfg: PandoraConfig, stage: str, init=None):
+    def __init__(self, cfg: PandoraConfig, stage: str, init=None, calibration: dict | None = None):
         self.cfg, self.stage = cfg, check_stage(stage)
+        self._calibration = calibration
         self.name = f"pandora-{stage}"
         self.batch_spec = batch_spec_of(cfg)
         self._init = init
@@ -117,6 +120,9 @@ class PandoraTask(Task):
                 self._model = load_world_model(self._init, self.cfg)
             elif self.cfg.llm_weights is not None:
                 self._model = build_world_model(self.cfg, 0)
+            if (self.stage == "align" and self.cfg.adapter_input_norm and self._calibration is not None
+                    and self._model is not None):
+                self._model.init_adapter_norm(self._calibration)
         return self._model
 
     def loss(self, model, batch, rng):
