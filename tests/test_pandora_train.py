@@ -127,6 +127,9 @@ def test_recipe_defaults_and_a_bad_high_t_fraction():
     world = make_world("sprites")
     args = R.build_parser().parse_args([])
     assert args.steps == "800,200,300" and R.make_config(args, world).high_t_fraction == 0.5
+    assert args.align_warmup == 0.5
+    with pytest.raises(ConfigError, match=r"--align-warmup 1.0: expected a share in \[0, 1\)"):
+        R.make_config(R.build_parser().parse_args(["--align-warmup", "1.0"]), world)
     with pytest.raises(ConfigError, match=r"--high-t-fraction 1.5: expected a share in \[0, 1\]"):
         R.make_config(R.build_parser().parse_args(["--high-t-fraction", "1.5"]), world)
 
@@ -162,3 +165,24 @@ def test_align_stage_sets_the_adapter_input_norm_from_its_calibration_batch():
                              calibration=calib)):
         a = task.pretrained().adapter
         assert np.all(np.asarray(a.in_shift[...]) == 0) and np.all(np.asarray(a.in_scale[...]) == 1)
+
+
+def test_align_stage_warms_up_the_adapter_alone_first():
+    """stage_phases("align", 200, lr, 0.5): 100 steps of the adapter alone, then 100 of every stage-(b) part (the
+    phase masks say so); other stages and a zero share are one phase; a share outside [0, 1) is a ConfigError."""
+    from jaxlm.errors import ConfigError
+    from jaxlm.pandora.task import stage_phases
+    from jaxlm.train.optim import phase_masks
+
+    phases = stage_phases("align", 200, LR, 0.5)
+    assert [(p.name, p.steps) for p in phases] == [("align-adapter", 100), ("align", 100)]
+    abstract = nnx.eval_shape(lambda: WorldModel(CFG, rngs=nnx.Rngs(0)))
+    params = nnx.to_pure_dict(nnx.split(abstract, TRAINED, ...)[1])
+    rc = RunConfig(name="b", model=None, optim=OptimConfig(weight_decay=0.0),
+                   train=TrainConfig(global_batch=4, seed=0, data_seed=0), phases=phases)
+    masks = phase_masks(rc, params)
+    tops = [{p.split("/")[0] for p, on in flat(m).items() if on} for m in masks]
+    assert tops == [{"adapter"}, {"vit", "projector", "queries", "adapter"}]
+    assert len(stage_phases("instruct", 200, LR, 0.5)) == 1 and len(stage_phases("align", 200, LR, 0.0)) == 1
+    with pytest.raises(ConfigError, match="adapter_warmup=1.5"):
+        stage_phases("align", 200, LR, 1.5)
