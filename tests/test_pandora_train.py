@@ -186,3 +186,17 @@ def test_align_stage_warms_up_the_adapter_alone_first():
     assert len(stage_phases("instruct", 200, LR, 0.5)) == 1 and len(stage_phases("align", 200, LR, 0.0)) == 1
     with pytest.raises(ConfigError, match="adapter_warmup=1.5"):
         stage_phases("align", 200, LR, 1.5)
+
+
+def test_checkpoint_config_diffs_treat_unrecorded_fields_as_defaults():
+    """A checkpoint written before a PandoraConfig field existed loads when this config keeps that field's default,
+    and not when it changes it; a recorded field that differs is named."""
+    from jaxlm.pandora.task import config_diffs
+    from jaxlm.train.config import to_dict
+
+    mine = to_dict(CFG)
+    old = {k: v for k, v in mine.items() if k != "adapter_input_norm"}
+    assert config_diffs(old, mine) == []
+    assert config_diffs(old, to_dict(CFG.replace(adapter_input_norm=not CFG.adapter_input_norm))) == \
+        ["adapter_input_norm"]
+    assert config_diffs({**mine, "clip_len": 7}, mine) == ["clip_len"]

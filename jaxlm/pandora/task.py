@@ -176,6 +176,15 @@ def stage_phases(stage: str, steps: int, lr, adapter_warmup: float = 0.0, **kw) 
             stage_phase(stage, steps - k, lr, **kw))
 
 
+def config_diffs(saved: dict, mine: dict) -> list[str]:
+    """The PandoraConfig fields (to_dict form) whose values differ between a checkpoint's record and this config.
+    A field the record lacks (added to PandoraConfig after the checkpoint was written) counts as its default."""
+    from jaxlm.train.config import to_dict
+
+    defaults = to_dict(PandoraConfig())
+    return sorted(k for k in set(saved) | set(mine) if saved.get(k, defaults.get(k)) != mine.get(k))
+
+
 def load_world_model(run_dir, cfg: PandoraConfig, step: int | None = None, *, pretrained_llm: bool = True) -> WorldModel:
     """The WorldModel of a stage run at its latest (or `step`) checkpoint, with the LLM's pretrained weights
     (cfg.llm_weights; a random-LLM config rebuilds the same seed-0 LLM the run used). A checkpoint made with
@@ -188,8 +197,8 @@ def load_world_model(run_dir, cfg: PandoraConfig, step: int | None = None, *, pr
     g, params, rest = nnx.split(model, TRAINED, ...)
 
     def abstract_for(saved, where):
-        if saved != mine:
-            diffs = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+        diffs = config_diffs(saved, mine)
+        if diffs:
             raise CheckpointError(f"{where} was trained with another PandoraConfig: fields {diffs} differ")
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(params))
 
