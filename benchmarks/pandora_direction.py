@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import re
 import sys
 from pathlib import Path
@@ -49,6 +51,15 @@ def flip_pairs(world, n: int, seeds):
         if len(out) == n:
             break
     return out
+
+
+def split_accuracy(pred_cls, cls) -> dict:
+    """IDM accuracy on the sprite world's classes (colour index x 4 + direction index), whole and per part."""
+    import numpy as np
+
+    p, c = np.asarray(pred_cls), np.asarray(cls)
+    return {"acc": float((p == c).mean()), "colour": float((p // 4 == c // 4).mean()),
+            "direction": float((p % 4 == c % 4).mean())}
 
 
 def analyse(run: Path, episodes: int = 96, n_flip: int = 64, idm_steps: int = 300, recipe_argv=()) -> dict:
@@ -95,9 +106,7 @@ def analyse(run: Path, episodes: int = 96, n_flip: int = 64, idm_steps: int = 30
         @jax.jit
         def x0(st, frames, ids, mask, noise, mode=mode, g=g):
             mm = nnx.merge(g, st)
-            ctx = mm.condition(frames, ids, mask, mode)
-            t = jnp.full((frames.shape[0],), cfg.diffusion_steps - 1, jnp.int32)
-            return -mm.video(noise, t, {"frames": frames, "ctx": ctx})  # zero terminal SNR: x0 = -v at t = T-1
+            return mm.first_step_x0(frames, mm.condition(frames, ids, mask, mode), noise)
 
         frames = jnp.asarray(pb[:, -cfg.context_frames:].astype(np.float32) / 127.5 - 1.0)
         noise = jax.random.normal(jax.random.key(0), (len(pairs), cfg.clip_len, cfg.frame_size, cfg.frame_size, 3))
@@ -105,13 +114,10 @@ def analyse(run: Path, episodes: int = 96, n_flip: int = 64, idm_steps: int = 30
                                                                           cfg.max_action_tokens)), noise))
               for k in (1, 3)]
         ca, cb = fn(pb, [p[1] for p in pairs], 0), fn(pb, [p[3] for p in pairs], 0)
-        rows[name] = {"acc": float((pc == cls).mean()), "colour": float((pc // 4 == cls // 4).mean()),
-                      "direction": float((pc % 4 == cls % 4).mean()), "flip_pix": mad(ca, cb),
+        rows[name] = {**split_accuracy(pc, cls), "flip_pix": mad(ca, cb),
                       "flip_x0_mse": float(np.mean((xs[0] - xs[1]) ** 2))}
-    pc = idm.predict(before, np.stack([t.after for t in ts]))
-    rows["simulator"] = {"acc": float((pc == cls).mean()), "colour": float((pc // 4 == cls // 4).mean()),
-                         "direction": float((pc % 4 == cls % 4).mean()), "flip_pix": mad(ta, tb),
-                         "flip_x0_mse": float("nan")}
+    rows["simulator"] = {**split_accuracy(idm.predict(before, np.stack([t.after for t in ts])), cls),
+                         "flip_pix": mad(ta, tb), "flip_x0_mse": float("nan")}
     bow = loaded[run / "a2_bow"]
     texts = [f"move the {c} ball {d}" for c in ("red", "green", "blue", "yellow") for d in OPPOSITE]
     ids, mask = encode_actions(tok, texts, cfg.max_action_tokens)
@@ -143,9 +149,6 @@ INTRO = ("The IDM's verdict on each model's clips split into colour (the right s
 
 
 def record_rows(rep: dict, path=None):
-    import os
-    import platform
-
     from benchmarks.record import load_average, load_label, record, utc_now
 
     load = load_average()

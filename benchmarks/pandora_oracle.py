@@ -44,10 +44,10 @@ def run_variant(overrides: dict, steps: int, batch: int, lr: float, probe_every:
     import optax
     from flax import nnx
 
+    from benchmarks.record import load_average
     from jaxlm.config import pandora_preset
-    from jaxlm.diffusion import q_sample
     from jaxlm.pandora import make_world
-    from jaxlm.pandora.model import build_world_model, clip_target, default_tokenizer, schedule_of
+    from jaxlm.pandora.model import build_world_model, clip_target, default_tokenizer
     from jaxlm.pandora.pipeline import TransitionPipeline, heldout_batches
     from jaxlm.pandora.task import stage_loss
 
@@ -84,12 +84,11 @@ def run_variant(overrides: dict, steps: int, batch: int, lr: float, probe_every:
         m = nnx.merge(g, params, rest)
         before = b["before"][:, -cfg.context_frames:]
         x0 = clip_target(cfg, before, b["after"])
-        t = jnp.full((x0.shape[0],), cfg.diffusion_steps - 1, jnp.int32)
-        xt = q_sample(schedule_of(cfg), x0, t, jax.random.normal(jax.random.key(3), x0.shape))
+        noise = jax.random.normal(jax.random.key(3), x0.shape)  # x_T: the zero-terminal-SNR schedule's pure noise
         out = {"no-move": jnp.mean(x0 ** 2)}
         for name, idx in (("true", jnp.arange(x0.shape[0])), ("other", jnp.roll(jnp.arange(x0.shape[0]), 1))):
             ctx = m.bow_tokens(b["action_ids"][idx], b["action_mask"][idx])
-            out[name] = jnp.mean((-m.video(xt, t, {"frames": before, "ctx": ctx}) - x0) ** 2)
+            out[name] = jnp.mean((m.first_step_x0(before, ctx, noise) - x0) ** 2)
         return out
 
     t0, hist, rows = time.time(), [], []
@@ -100,7 +99,7 @@ def run_variant(overrides: dict, steps: int, batch: int, lr: float, probe_every:
             pr = [probe(params, b) for b in probes]
             pr = {k: float(np.mean([p[k] for p in pr])) for k in pr[0]}
             row = {"step": s + 1, "loss": float(np.mean(hist[-probe_every:])), **pr, "wall_s": time.time() - t0,
-                   "load": os.getloadavg()[0]}
+                   "load": load_average()}
             rows.append(row)
             log(f"  {json.dumps(overrides)} step {s + 1}: loss {row['loss']:.4f}  x0 err true {pr['true']:.4f}  "
                 f"other {pr['other']:.4f}  no-move {pr['no-move']:.4f}  {row['wall_s']:.0f}s  load {row['load']:.1f}")

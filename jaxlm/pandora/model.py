@@ -185,6 +185,13 @@ class WorldModel(nnx.Module):
                           eta=eta, cond=cond, parametrization="v", clip_x0=target_range(cfg))
         return clip_from_target(cfg, before, out)
 
+    def first_step_x0(self, before, ctx, noise):
+        """The video model's one-step prediction of the (scaled) target from pure noise at t = T-1: on the
+        zero-terminal-SNR schedule x_T is the noise itself and x0 = -v, i.e. E[target | frames, action tokens]
+        (what the first sampling step sees; the diagnostics in benchmarks/pandora_oracle.py and pandora_direction.py)."""
+        t = jnp.full((before.shape[0],), self.cfg.diffusion_steps - 1, jnp.int32)
+        return -self.video(noise, t, {"frames": before, "ctx": ctx})
+
     # ------------------------------------------------------------------------------------------ host API
     def tokenizer(self):
         return default_tokenizer(self.cfg)

@@ -165,9 +165,9 @@ def stage_phases(stage: str, steps: int, lr, adapter_warmup: float = 0.0, **kw) 
     spread across held-out rows fell 6x in 200 steps) before the adapter could read them, and the adapter learned
     only the targets' mean; with the adapter first, held-out R^2 to the stage-(a) tokens reached 0.95 (docs)."""
     check_stage(stage)
-    k = int(round(adapter_warmup * steps)) if stage == "align" else 0
     if not 0.0 <= adapter_warmup < 1.0:
         raise ConfigError(f"adapter_warmup={adapter_warmup}: expected a share in [0, 1)")
+    k = int(round(adapter_warmup * steps)) if stage == "align" else 0
     if k <= 0:
         return (stage_phase(stage, steps, lr, **kw),)
     from jaxlm.train import PhaseConfig
