@@ -189,9 +189,9 @@ def main(argv=None):
         lines.append((r1, r2, passes, wpasses))
     if args.no_record:
         return
-    from benchmarks.record import record, utc_now
+    from benchmarks.record import load_average, record, utc_now
 
-    load = os.getloadavg()[0]
+    load = load_average()
     intro = ("One jitted decode step (jaxlm.infer.generate), float32, random weights. Cache passes = slope of XLA's "
              "cost-model bytes accessed over two capacities; weight passes = the rest of the bytes over the weight "
              "bytes (unrolled layers only: the cost model counts a loop body once). Copied out = ops that copy a "

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shutil
 import sys
@@ -288,7 +287,7 @@ def report(args, mod, names, rows, real_ppl, jax) -> int:
     print(text)
     print("\n".join(inter))
     if not args.no_record:
-        from benchmarks.record import record, utc_now
+        from benchmarks.record import load_average, record, utc_now
 
         intro = ("Same tiny networks (recipe presets), same steps and learning rate for every model, batch 64, Adam "
                  "(cosine), T = 200 constant-β 0.008 latent diffusion, EDDPM's DDPM sampler; the warm start's "
@@ -302,7 +301,7 @@ def report(args, mod, names, rows, real_ppl, jax) -> int:
                 f"seeds {args.seeds}, VAE kl_weight {args.kl_weight}"
                 + (f", tokenizer {_tokenizer_note(args)}" if mod == "text" else "")
                 + f"; jax {jax.__version__}; CPU shared with other agents (under load: load average "
-                f"{os.getloadavg()[0]:.1f} at the end)")
+                f"{load_average():.1f} at the end)")
         record(TITLE[mod], intro, head + "\n\n" + text + ("\n\nInterpolations (α = 0.2 .. 0.8):\n\n" + "\n".join(inter)
                                                            if inter else ""))
     return 0

@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks.record import load_average  # noqa: F401  (re-exported: the callers import it from here)
+
 READY = "INTERLEAVE_READY "
 DONE = "INTERLEAVE_DONE "
 
@@ -137,7 +139,3 @@ class Pool:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def load_average() -> float:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

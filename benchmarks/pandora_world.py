@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -80,9 +79,11 @@ def main(argv=None) -> int:
 
     import jax
 
-    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    from benchmarks.record import load_average
+
+    load0 = load_average()
     rows = [run_world(w, args) for w in args.worlds]
-    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load1 = load_average()
     table = ["| world | IDM held-out acc | shuffled-label IDM | chance | copy-last next PSNR / SSIM | copy-last "
              "rollout PSNR r1..r4 | copy-last action acc | copy-last cf Δ actions / seeds (sim Δ) | sim rounds/s |",
              "|---|---|---|---|---|---|---|---|---|"]

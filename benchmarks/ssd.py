@@ -145,7 +145,7 @@ def main(argv=None):
 def write_rows(rows, dec, args):
     import jaxlib
 
-    from benchmarks.record import record, utc_now
+    from benchmarks.record import load_average, record, utc_now
 
     intro = (f"CPU, float32, batch 1, heads {args.heads}, head_dim {args.head_dim}, "
              f"state {args.state}, chunk {args.chunk}. Time = median s after compile; MiB = XLA temp+output "
@@ -159,7 +159,7 @@ def write_rows(rows, dec, args):
     dev = jax.devices()[0]
     machine = (f"{dev.platform}:{dev.device_kind}; host {platform.machine()} {os.cpu_count()} cpus "
                f"({platform.processor() or platform.system()})")
-    load = os.getloadavg()[0]
+    load = load_average()
     lines = [f"### {stamp} — {machine}, load {load:.1f} (shared machine); jax {jax.__version__} / jaxlib "
              f"{jaxlib.__version__}, torch {tv}\n",
              "| T | chunked s | scan s | attn s | torch chunk_scan s | chunked MiB | scan MiB | attn MiB | "
